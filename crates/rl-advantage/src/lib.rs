@@ -1,0 +1,1 @@
+//! rl-advantage (work in progress).

@@ -1,0 +1,130 @@
+//! The one error type of rl-zero's core, shared by every stage crate that does not need more.
+
+use std::path::PathBuf;
+
+/// Every failure the core and the stage traits can report.
+///
+/// Variants carry structured fields so callers can react to them (and tests can match on them)
+/// instead of parsing messages. Stage crates may wrap this type in their own enum.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // === Shape and batch-layout errors ===
+    /// A tensor has the wrong shape.
+    #[error("shape mismatch for `{what}`: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// Which input (e.g. `"response_mask"`).
+        what: String,
+        /// The expected dimensions.
+        expected: Vec<usize>,
+        /// The dimensions that were given.
+        got: Vec<usize>,
+    },
+    /// The number of group ids does not match the batch size.
+    #[error("group ids: expected one id per response ({expected}), got {got}")]
+    GroupMismatch {
+        /// Batch size `B`.
+        expected: usize,
+        /// Number of group ids given.
+        got: usize,
+    },
+    /// A batch, group or row that must not be empty is empty.
+    #[error("`{what}` is empty")]
+    Empty {
+        /// What was empty (e.g. `"batch"`, `"response row 3"`).
+        what: String,
+    },
+    /// A statistic needs more valid elements than it got (e.g. an unbiased variance of one token).
+    #[error("`{what}` needs at least {needed} valid elements, got {got}")]
+    InsufficientData {
+        /// The statistic or input.
+        what: String,
+        /// Minimum number of valid elements.
+        needed: usize,
+        /// Number of valid elements found.
+        got: usize,
+    },
+    /// An input contains NaN or infinity where only finite values make sense.
+    #[error("non-finite value in `{what}` at flat index {index}: {value}")]
+    NonFinite {
+        /// Which input.
+        what: String,
+        /// Flat (row-major) index of the first offending element.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    // === Configuration ===
+    /// A configuration value is invalid.
+    #[error("invalid config `{field}`: {reason}")]
+    Config {
+        /// The field (dotted path, e.g. `"loss.clip_low"`).
+        field: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A stage was asked for something it does not implement (yet): never a silent stub.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    // === Stage failures ===
+    /// A reward function failed, panicked or timed out for one sample.
+    #[error("reward `{reward}` failed on sample {index}: {reason}")]
+    Reward {
+        /// Name of the reward function.
+        reward: String,
+        /// Index of the sample in the batch.
+        index: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A model, tokenizer or checkpoint file could not be used.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    // === Foreign errors ===
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A candle tensor error.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A JSON (de)serialisation error.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Any other error, with context (used by plugins that bring their own error types).
+    #[error("{0}")]
+    Msg(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::ShapeMismatch`].
+    pub fn shape(what: impl Into<String>, expected: &[usize], got: &[usize]) -> Self {
+        Self::ShapeMismatch { what: what.into(), expected: expected.to_vec(), got: got.to_vec() }
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config { field: field.into(), reason: reason.into() }
+    }
+
+    /// Shorthand for [`Error::Msg`].
+    pub fn msg(msg: impl std::fmt::Display) -> Self {
+        Self::Msg(msg.to_string())
+    }
+}
+
+/// `Result` with rl-core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Returns early with an [`Error`] built from a format string ([`Error::Msg`]) or from an
+/// expression that converts into [`Error`].
+#[macro_export]
+macro_rules! bail {
+    ($msg:literal $(,)?) => { return Err($crate::Error::Msg(format!($msg))) };
+    ($err:expr $(,)?) => { return Err($crate::Error::from($err)) };
+    ($fmt:expr, $($arg:tt)*) => { return Err($crate::Error::Msg(format!($fmt, $($arg)*))) };
+}

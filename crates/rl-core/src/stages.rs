@@ -1,0 +1,352 @@
+//! The stage traits of the pipeline:
+//! `prompts → Policy::generate → RewardFn → AdvantageEstimator → PolicyLoss (+ ValueLoss) → optimizer`.
+//!
+//! Each trait is one or two required methods; the stage crates (`rl-reward`, `rl-advantage`,
+//! `rl-loss`, `rl-policy`) implement them and pair them with serde enums of their built-ins.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::{Advantages, Groups, Metrics, Prompt, Result, Rewards, RolloutBatch, Sample};
+
+// ------------------------------------------------------------------------------------------------
+// Reward
+
+/// Scores one response. Implemented by rule-based rewards, verifiers and user plugins.
+///
+/// Any `Fn(&Sample) -> Result<f32> + Send + Sync` closure is a `RewardFn`:
+///
+/// ```
+/// use rl_core::{RewardFn, Sample};
+///
+/// // A plugin in a few lines: reward 1.0 when the response ends with the expected answer.
+/// let ends_with_answer = |s: &Sample| -> rl_core::Result<f32> {
+///     let answer = s.answer.as_deref().unwrap_or_default();
+///     Ok(if s.response.trim_end().ends_with(answer) { 1.0 } else { 0.0 })
+/// };
+///
+/// let sample = Sample::new("so the total is 42", "42");
+/// assert_eq!(ends_with_answer.score(&sample)?, 1.0);
+/// assert_eq!(ends_with_answer.score_batch(&[sample, Sample::new("no idea", "42")])?, vec![1.0, 0.0]);
+/// # Ok::<(), rl_core::Error>(())
+/// ```
+pub trait RewardFn: Send + Sync {
+    /// The reward of one sample. Return an error (not NaN) when the sample cannot be scored.
+    fn score(&self, sample: &Sample) -> Result<f32>;
+
+    /// A short name used in metrics and error messages.
+    fn name(&self) -> &str {
+        "reward"
+    }
+
+    /// Scores a whole batch (sequentially by default; `rl-reward` provides a parallel, panic- and
+    /// timeout-safe runner).
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        samples.iter().map(|s| self.score(s)).collect()
+    }
+}
+
+impl<F> RewardFn for F
+where
+    F: Fn(&Sample) -> Result<f32> + Send + Sync,
+{
+    fn score(&self, sample: &Sample) -> Result<f32> {
+        self(sample)
+    }
+}
+
+impl RewardFn for Box<dyn RewardFn> {
+    fn score(&self, sample: &Sample) -> Result<f32> {
+        (**self).score(sample)
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        (**self).score_batch(samples)
+    }
+}
+
+impl RewardFn for Arc<dyn RewardFn> {
+    fn score(&self, sample: &Sample) -> Result<f32> {
+        (**self).score(sample)
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        (**self).score_batch(samples)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Advantage
+
+/// What an advantage estimator gets.
+#[derive(Clone, Copy, Debug)]
+pub struct AdvantageInput<'a> {
+    /// Outcome (`(B,)`) or token-level (`(B, T)`) rewards.
+    pub rewards: &'a Rewards,
+    /// `(B, T)` f32 response mask.
+    pub response_mask: &'a Tensor,
+    /// Group id of each response, length `B`.
+    pub group_ids: &'a [usize],
+    /// `(B, T)` f32 critic values (GAE only).
+    pub values: Option<&'a Tensor>,
+    /// `(B,)` f32 per-response baseline supplied by the caller (ReMax: the greedy rollout's score).
+    pub baseline: Option<&'a Tensor>,
+}
+
+impl<'a> AdvantageInput<'a> {
+    /// Input with rewards, mask and group ids only.
+    pub fn new(rewards: &'a Rewards, response_mask: &'a Tensor, group_ids: &'a [usize]) -> Self {
+        Self { rewards, response_mask, group_ids, values: None, baseline: None }
+    }
+
+    /// Adds critic values.
+    pub fn with_values(mut self, values: &'a Tensor) -> Self {
+        self.values = Some(values);
+        self
+    }
+
+    /// Adds a per-response baseline.
+    pub fn with_baseline(mut self, baseline: &'a Tensor) -> Self {
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// Groups of the batch, checked against `B`.
+    pub fn groups(&self) -> Result<Groups> {
+        let b = self.response_mask.dims().first().copied().unwrap_or(0);
+        Groups::for_batch(self.group_ids, b)
+    }
+}
+
+/// Turns rewards (and values) into per-token advantages and returns.
+pub trait AdvantageEstimator {
+    /// Computes `(B, T)` advantages (0.0 on padding) and returns.
+    fn estimate(&self, input: &AdvantageInput<'_>) -> Result<Advantages>;
+
+    /// `true` when [`AdvantageInput::values`] is required (GAE).
+    fn requires_values(&self) -> bool {
+        false
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Losses
+
+/// Batch-wide counts that make micro-batch losses add up to the full mini-batch loss under
+/// gradient accumulation. `None` means "use this micro-batch's own count".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalCounts {
+    /// Valid tokens in the whole mini-batch (`Σ_{b,t} M_bt`).
+    pub tokens: Option<f64>,
+    /// Sequences with at least one valid token in the whole mini-batch.
+    pub sequences: Option<f64>,
+    /// Groups in the whole mini-batch.
+    pub groups: Option<f64>,
+    /// Valid tokens per group id in the whole mini-batch.
+    pub group_tokens: Option<BTreeMap<usize, f64>>,
+}
+
+impl GlobalCounts {
+    /// The counts of a whole mini-batch, from its `(B, T)` mask and group ids.
+    pub fn from_batch(response_mask: &Tensor, group_ids: &[usize]) -> Result<Self> {
+        let lens = crate::check::mask_lengths(response_mask, "response_mask")?;
+        let groups = Groups::for_batch(group_ids, lens.len())?;
+        let mut group_tokens = BTreeMap::new();
+        for (row, len) in lens.iter().enumerate() {
+            *group_tokens.entry(group_ids[row]).or_insert(0.0) += *len as f64;
+        }
+        Ok(Self {
+            tokens: Some(lens.iter().sum::<usize>() as f64),
+            sequences: Some(lens.iter().filter(|l| **l > 0).count() as f64),
+            groups: Some(groups.len() as f64),
+            group_tokens: Some(group_tokens),
+        })
+    }
+}
+
+/// A loss value with the metrics computed alongside it.
+#[derive(Clone, Debug)]
+pub struct LossOutput {
+    /// Scalar f32 loss, differentiable with respect to the current log-probs / values.
+    pub loss: Tensor,
+    /// Clip fractions, approx KL, ratio statistics, ...
+    pub metrics: Metrics,
+}
+
+/// What a policy loss gets. All tensors are `(B, T)` f32.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyLossInput<'a> {
+    /// Current log-probs `log π_θ` of the response tokens (carries the autograd graph).
+    pub log_probs: &'a Tensor,
+    /// Log-probs under the policy that produced the data (`log π_old`, detached).
+    pub old_log_probs: &'a Tensor,
+    /// Per-token advantages.
+    pub advantages: &'a Tensor,
+    /// Response mask.
+    pub response_mask: &'a Tensor,
+    /// Optional detached per-token importance weights (rollout/trainer mismatch correction).
+    pub rollout_is_weights: Option<&'a Tensor>,
+    /// Group ids (length `B`), needed by group-level aggregation.
+    pub group_ids: Option<&'a [usize]>,
+    /// Mini-batch-wide counts for gradient accumulation.
+    pub counts: Option<&'a GlobalCounts>,
+}
+
+impl<'a> PolicyLossInput<'a> {
+    /// Input with the four required tensors.
+    pub fn new(
+        log_probs: &'a Tensor,
+        old_log_probs: &'a Tensor,
+        advantages: &'a Tensor,
+        response_mask: &'a Tensor,
+    ) -> Self {
+        Self {
+            log_probs,
+            old_log_probs,
+            advantages,
+            response_mask,
+            rollout_is_weights: None,
+            group_ids: None,
+            counts: None,
+        }
+    }
+}
+
+/// A policy-gradient surrogate loss (PPO clip, GSPO, CISPO, ...).
+pub trait PolicyLoss {
+    /// The loss (to be minimised) and its metrics.
+    fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput>;
+}
+
+/// What a value (critic) loss gets. All tensors are `(B, T)` f32.
+#[derive(Clone, Copy, Debug)]
+pub struct ValueLossInput<'a> {
+    /// Current value predictions (carries the autograd graph).
+    pub values: &'a Tensor,
+    /// Values at rollout time (for value clipping).
+    pub old_values: &'a Tensor,
+    /// Targets (GAE returns).
+    pub returns: &'a Tensor,
+    /// Response mask.
+    pub response_mask: &'a Tensor,
+    /// Mini-batch-wide counts for gradient accumulation.
+    pub counts: Option<&'a GlobalCounts>,
+}
+
+/// A critic loss.
+pub trait ValueLoss {
+    /// The loss and its metrics (e.g. value clip fraction).
+    fn compute(&self, input: &ValueLossInput<'_>) -> Result<LossOutput>;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Policy and critic
+
+/// How to sample responses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Softmax temperature (> 0); `0.0` means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass in (0, 1]; 1.0 disables it.
+    pub top_p: f32,
+    /// Keep only the `k` most likely tokens; `None` disables it.
+    pub top_k: Option<usize>,
+    /// Drop tokens whose probability is below `min_p · p_max`; 0.0 disables it.
+    pub min_p: f32,
+    /// Maximum number of generated tokens per response.
+    pub max_new_tokens: usize,
+    /// Responses per prompt (the group size).
+    pub n: usize,
+    /// RNG seed; generation is reproducible for a given seed, batch and model.
+    pub seed: u64,
+    /// Stop strings (included in the response when hit).
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingConfig {
+    /// `temperature 1.0, top_p 1.0, no top-k/min-p, 512 new tokens, n = 1, seed 0` (TRL/verl
+    /// rollout defaults).
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            min_p: 0.0,
+            max_new_tokens: 512,
+            n: 1,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Greedy decoding (temperature 0, one sample) with `max_new_tokens`.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self { temperature: 0.0, max_new_tokens, ..Self::default() }
+    }
+
+    /// Checks the ranges of every field.
+    pub fn validate(&self) -> Result<()> {
+        use crate::Error;
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::config("sampling.temperature", "must be a finite number >= 0"));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config("sampling.top_p", "must be in (0, 1]"));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::config("sampling.top_k", "must be >= 1 (or absent)"));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(Error::config("sampling.min_p", "must be in [0, 1]"));
+        }
+        if self.n == 0 {
+            return Err(Error::config("sampling.n", "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Per-token log-probs (and optionally entropies) of the response tokens of a batch.
+#[derive(Clone, Debug)]
+pub struct TokenLogProbs {
+    /// `(B, T)` f32 `log π(y_t | x, y_<t)`, 0.0 on padding; carries the autograd graph when
+    /// computed from trainable weights.
+    pub log_probs: Tensor,
+    /// `(B, T)` f32 entropy of the next-token distribution at each response position.
+    pub entropy: Option<Tensor>,
+}
+
+/// A trainable language-model policy.
+pub trait Policy {
+    /// Samples `config.n` responses for each prompt. Responses to `prompts[i]` get group id `i`.
+    /// No autograd graph is kept; `old_log_probs` holds the sampling log-probs.
+    fn generate(&mut self, prompts: &[Prompt], config: &SamplingConfig) -> Result<RolloutBatch>;
+
+    /// Log-probs (and entropies if `with_entropy`) of `batch`'s response tokens under the current
+    /// weights, differentiable with respect to [`Policy::trainable_vars`].
+    fn log_probs(&self, batch: &RolloutBatch, with_entropy: bool) -> Result<TokenLogProbs>;
+
+    /// The parameters an optimizer updates.
+    fn trainable_vars(&self) -> Vec<Var>;
+}
+
+/// A learned value function (PPO critic).
+pub trait Critic {
+    /// `(B, T)` f32 values `V(x, y_<t)` (the state in which response token `t` is generated, as
+    /// verl aligns them) at each response position, 0.0 on padding;
+    /// differentiable with respect to [`Critic::trainable_vars`].
+    fn values(&self, batch: &RolloutBatch) -> Result<Tensor>;
+
+    /// The parameters an optimizer updates.
+    fn trainable_vars(&self) -> Vec<Var>;
+}

@@ -1,0 +1,1 @@
+//! rl-policy (work in progress).

@@ -1,0 +1,1 @@
+//! rl-reward (work in progress).
