@@ -148,9 +148,12 @@ impl RolloutBatch {
         if pb != b || rb != b {
             return Err(Error::GroupMismatch { expected: rb, got: b });
         }
-        for (name, x) in [("response_mask", Some(&self.response_mask)), ("old_log_probs", Some(&self.old_log_probs))]
-            .into_iter()
-            .chain([("ref_log_probs", self.ref_log_probs.as_ref()), ("values", self.values.as_ref())])
+        for (name, x) in [
+            ("response_mask", Some(&self.response_mask)),
+            ("old_log_probs", Some(&self.old_log_probs)),
+        ]
+        .into_iter()
+        .chain([("ref_log_probs", self.ref_log_probs.as_ref()), ("values", self.values.as_ref())])
         {
             if let Some(x) = x {
                 check::shape(x, &[b, t], name)?;
@@ -192,13 +195,17 @@ impl RolloutBatch {
         if batches.is_empty() {
             return Err(Error::Empty { what: "batches to concat".into() });
         }
-        let p = batches.iter().map(|b| b.prompt_ids.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
+        let p =
+            batches.iter().map(|b| b.prompt_ids.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
         let t = batches.iter().map(|b| b.response_len()).collect::<Vec<_>>();
         let (pmax, tmax) = (*p.iter().max().unwrap_or(&0), *t.iter().max().unwrap_or(&0));
-        let left = |x: &Tensor, n: usize| -> Result<Tensor> { Ok(x.pad_with_zeros(1, pmax - n, 0)?) };
-        let right = |x: &Tensor, n: usize| -> Result<Tensor> { Ok(x.pad_with_zeros(1, 0, tmax - n)?) };
+        let left =
+            |x: &Tensor, n: usize| -> Result<Tensor> { Ok(x.pad_with_zeros(1, pmax - n, 0)?) };
+        let right =
+            |x: &Tensor, n: usize| -> Result<Tensor> { Ok(x.pad_with_zeros(1, 0, tmax - n)?) };
         let cat = |f: &dyn Fn(&RolloutBatch, usize) -> Result<Tensor>| -> Result<Tensor> {
-            let parts = batches.iter().enumerate().map(|(i, b)| f(b, i)).collect::<Result<Vec<_>>>()?;
+            let parts =
+                batches.iter().enumerate().map(|(i, b)| f(b, i)).collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&parts, 0)?)
         };
         let opt = |get: &dyn Fn(&RolloutBatch) -> Option<&Tensor>| -> Result<Option<Tensor>> {

@@ -42,7 +42,7 @@ mod stages;
 pub mod testing;
 
 pub use batch::{
-    Advantages, FinishReason, Groups, Metadata, Prompt, RolloutBatch, Rewards, Sample,
+    Advantages, FinishReason, Groups, Metadata, Prompt, Rewards, RolloutBatch, Sample,
 };
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use error::{Error, Result};

@@ -77,7 +77,8 @@ impl Policy for MockPolicy {
         let mut rng = SplitMix64::new(config.seed);
         let b = prompts.len() * config.n;
         let t = config.max_new_tokens.max(1);
-        let (mut ids, mut mask, mut olp) = (vec![0u32; b * t], vec![0f32; b * t], vec![0f32; b * t]);
+        let (mut ids, mut mask, mut olp) =
+            (vec![0u32; b * t], vec![0f32; b * t], vec![0f32; b * t]);
         let (mut samples, mut group_ids) = (Vec::with_capacity(b), Vec::with_capacity(b));
         for (g, prompt) in prompts.iter().enumerate() {
             for k in 0..config.n {
