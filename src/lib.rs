@@ -20,3 +20,8 @@ pub use rl_loss as loss;
 pub use rl_policy as policy;
 pub use rl_reward as reward;
 pub use rl_trainer as trainer;
+
+// The README's code blocks are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
