@@ -17,12 +17,14 @@ Conventions (the Rust side must use the same):
 
 Run: bash scripts/fetch_smollm2.sh && scripts/.venv/bin/python scripts/reference/policy_golden.py
 """
+import copy
 import json
 import os
 import sys
 
 import torch
 import transformers
+from tokenizers import pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -163,10 +165,31 @@ def smollm2():
         "<|im_start|>user\nno end token<|endoftext|>tail",
         "",
     ]
-    tokenizer_cases = [{"text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]} for t in tok_texts]
-    # Decoding (skip_special_tokens=False) must give the text back for these.
-    for c in tokenizer_cases:
-        assert tok.decode(c["ids"], skip_special_tokens=False) == c["text"], c["text"]
+    # Whitespace before digits and non-ASCII numerals: here transformers' GGUF tokenizer (plain GPT-2
+    # ByteLevel split) and llama.cpp's `pre = "smollm"` split (`\p{N}` first, llama-vocab.cpp
+    # LLAMA_VOCAB_PRE_TYPE_SMOLLM; the same as SmolLM2's own tokenizer.json: Digits(individual) +
+    # ByteLevel) disagree. The model was trained with the latter, so `ids` follow it, and
+    # `transformers_gguf_ids` records transformers' ids where they differ.
+    tok_texts += ["  99 bottles", "x ²³ and\n 7", "tab\t\t12"]
+    faithful = copy.deepcopy(tok.backend_tokenizer)
+    faithful.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+    tokenizer_cases = []
+    for t in tok_texts:
+        ids = faithful.encode(t, add_special_tokens=False).ids
+        case = {"text": t, "ids": ids}
+        hf_ids = tok(t, add_special_tokens=False)["input_ids"]
+        if hf_ids != ids:
+            case["transformers_gguf_ids"] = hf_ids
+        tokenizer_cases.append(case)
+        # Decoding (skip_special_tokens=False) must give the text back.
+        assert tok.decode(ids, skip_special_tokens=False) == t, t
+    for c in cases:
+        assert faithful.encode(c["text"], add_special_tokens=False).ids == c["input_ids"], c["name"]
 
     out = {
         "source": SOURCE,
@@ -194,6 +217,8 @@ def smollm2():
         if "greedy_new_ids" in c:
             print(f"  {c['name']}: greedy -> {tok.decode(c['greedy_new_ids'])!r}")
     print(f"  chat template: {chat_text!r}")
+    differ = [c["text"] for c in tokenizer_cases if "transformers_gguf_ids" in c]
+    print(f"  transformers' GGUF tokenizer differs from llama.cpp/upstream split on: {differ!r}")
 
 
 def tiny(name, cls, config, seed, legacy_rope=False):
