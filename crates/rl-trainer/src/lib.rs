@@ -1,1 +1,28 @@
-//! rl-trainer (work in progress).
+//! # rl-trainer
+//!
+//! The training loops of rl-zero, written against the stage traits of [`rl_core`]:
+//! [`Trainer::grpo`] (GRPO, Dr. GRPO, DAPO, ... without a critic) and [`Trainer::ppo`] (PPO with a
+//! learned critic), plus what a run needs around them: [`AdamW`] with saveable state,
+//! [`clip_grad_norm`], [`LrSchedule`]s, a serde [`TrainerConfig`], [`checkpoint`]s that resume
+//! exactly, per-step [`Metrics`](rl_core::Metrics) written as JSONL. The stage order and the
+//! gradient-accumulation semantics are described in [`trainer`] and `docs/trainer.md`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+mod error;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::{Checkpointable, TrainerState};
+pub use config::{DynamicSampling, OptimizerConfig, Shortfall, TrainerConfig};
+pub use data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};
+pub use error::{Result, TrainerError};
+pub use metrics::MetricsLog;
+pub use optim::{AdamW, AdamWConfig, ClipReport, clip_grad_norm};
+pub use schedule::LrSchedule;
+pub use trainer::{
+    EvalReport, GrpoTrainer, LossTerm, NoCritic, PpoTrainer, StepReport, TermInput, Trainer,
+};

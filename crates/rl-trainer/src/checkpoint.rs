@@ -1,0 +1,132 @@
+//! Checkpoints: trainer state, optimizer moments and (through [`Checkpointable`]) the weights of
+//! the policy and critic, written atomically.
+//!
+//! Layout of `root/step-000042/`: `trainer.json` ([`TrainerState`]), `actor_optim.safetensors`,
+//! `critic_optim.safetensors` (PPO), `policy/` and `critic/` (whatever their
+//! [`Checkpointable`] writes). A checkpoint is assembled in `root/.tmp-step-000042` and renamed
+//! into place, then `root/latest` (holding the directory name) is replaced by a rename too: a run
+//! killed during a save resumes from the previous checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataPosition;
+use crate::{Result, TrainerError};
+
+/// Something whose state goes into a checkpoint directory (policy and critic weights; rl-policy
+/// writes Hugging Face safetensors here).
+pub trait Checkpointable {
+    /// Writes the state into the (existing, empty) directory `dir`.
+    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()>;
+
+    /// Restores the state written by [`Checkpointable::save_checkpoint`] from `dir`.
+    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()>;
+}
+
+/// The trainer's own progress, saved as `trainer.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    /// Completed training steps (rollout + update).
+    pub step: u64,
+    /// Actor optimizer steps taken (the LR schedule position).
+    pub actor_updates: u64,
+    /// Critic optimizer steps taken.
+    pub critic_updates: u64,
+    /// Updates skipped for a non-finite loss or gradient norm, over the whole run.
+    pub skipped_updates: usize,
+    /// Position of the prompt source after the last step, when it has one.
+    pub data: Option<DataPosition>,
+}
+
+/// Name of the file in the checkpoint root that holds the latest checkpoint's directory name.
+pub const LATEST: &str = "latest";
+
+/// Directory name of the checkpoint of `step`.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
+
+/// Builds a checkpoint directory `root/name` atomically: `fill` writes into a temporary directory
+/// that is renamed into place, then `root/latest` is updated (by rename). Returns the directory.
+pub fn write_atomic(
+    root: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(root)?;
+    let tmp = root.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
+    let dst = root.join(name);
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst)?;
+    }
+    std::fs::rename(&tmp, &dst)?;
+    let latest_tmp = root.join(format!(".tmp-{LATEST}"));
+    std::fs::write(&latest_tmp, name)?;
+    std::fs::rename(&latest_tmp, root.join(LATEST))?;
+    Ok(dst)
+}
+
+/// The directory of the latest complete checkpoint under `root`, if any.
+pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
+    let file = root.join(LATEST);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&file)?;
+    let dir = root.join(name.trim());
+    if !dir.join("trainer.json").exists() {
+        return Err(TrainerError::checkpoint(dir, "`latest` names an incomplete checkpoint"));
+    }
+    Ok(Some(dir))
+}
+
+/// Saves optimizer moments and the step count to `path` (safetensors; the count is stored as a
+/// one-element u32 pair `[lo, hi]` named `steps`).
+pub fn save_optimizer(path: &Path, steps: u64, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut all = tensors.clone();
+    let words = [steps as u32, (steps >> 32) as u32];
+    all.insert("steps".into(), Tensor::new(&words, &Device::Cpu)?);
+    candle_core::safetensors::save(&all, path)?;
+    Ok(())
+}
+
+/// Loads what [`save_optimizer`] wrote.
+pub fn load_optimizer(path: &Path) -> Result<(u64, HashMap<String, Tensor>)> {
+    let mut all = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| TrainerError::checkpoint(path, e.to_string()))?;
+    let words = all
+        .remove("steps")
+        .ok_or_else(|| TrainerError::checkpoint(path, "no `steps` entry"))?
+        .to_vec1::<u32>()?;
+    let steps = match words.as_slice() {
+        [lo, hi] => (*lo as u64) | ((*hi as u64) << 32),
+        _ => return Err(TrainerError::checkpoint(path, "`steps` must hold 2 words")),
+    };
+    Ok((steps, all))
+}
+
+/// `Checkpointable` for the mock policy of `rl_core::testing`: its logits in `logits.safetensors`.
+#[cfg(any(test, feature = "testing"))]
+impl Checkpointable for rl_core::testing::MockPolicy {
+    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()> {
+        self.logits().as_tensor().save_safetensors("logits", dir.join("logits.safetensors"))?;
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()> {
+        let t =
+            candle_core::safetensors::load(dir.join("logits.safetensors"), self.logits().device())?;
+        let logits = t.get("logits").ok_or_else(|| rl_core::Error::msg("no `logits` tensor"))?;
+        self.logits().set(logits)?;
+        Ok(())
+    }
+}
