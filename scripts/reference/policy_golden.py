@@ -317,7 +317,146 @@ def tiny_models():
     )
 
 
+def prompt_templates():
+    """R1-Zero prompt templates, transcribed from their sources and rendered as they render them."""
+    from jinja2 import Template
+
+    # orz:playground/zero_setting_base.py L12-22 (two Jinja templates; Jinja drops the trailing newline).
+    orz_prompt = (
+        "{{bos_token}}A conversation between User and Assistant. The User asks a question, and the Assistant "
+        "solves it. The Assistant first thinks about the reasoning process in the mind and then provides the User "
+        "with the answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
+        "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+        "</answer>. User: {{prompt}}\nAssistant: <think>"
+    )
+    orz_instruction = (
+        "You must put your answer inside <answer> </answer> tags, i.e., <answer> answer here </answer>. And your "
+        "final answer will be extracted automatically by the \\boxed{} tag.\nThis is the problem:\n{{prompt}}\n"
+    )
+
+    def orz(q, bos):
+        return Template(orz_prompt).render(bos_token=bos, prompt=Template(orz_instruction).render(prompt=q))
+
+    # urz:train_zero_math.py L45-71.
+    def r1(q):
+        return (
+            "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. The "
+            "Assistant first thinks about the reasoning process in the mind and then provides the User with the "
+            "answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
+            "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer "
+            "here </answer>.\nUser: " + q + "\nAssistant: <think>"
+        )
+
+    def qwen_math(q):
+        return (
+            "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+            "<|im_start|>user\n" + q + "<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    cases = []
+    for q in ["What is 12+34?", "Let $x^2 = 4$.\nFind $x$ (in \\boxed{})."]:
+        cases += [
+            {"template": "open_reasoner_zero", "bos_token": "", "question": q, "prompt": orz(q, "")},
+            {"template": "open_reasoner_zero", "bos_token": "<|endoftext|>", "question": q, "prompt": orz(q, "<|endoftext|>")},
+            {"template": "r1", "bos_token": "", "question": q, "prompt": r1(q)},
+            {"template": "qwen_math", "bos_token": "", "question": q, "prompt": qwen_math(q)},
+            {"template": "none", "bos_token": "", "question": q, "prompt": q},
+        ]
+    path = os.path.join(FIXTURES, "prompt_templates.json")
+    write_json(path, {"source": SOURCE, "cases": cases})
+    print(f"prompt templates: {len(cases)} cases -> {path}")
+
+
+# A Qwen-style chat template written for this test (not copied from a model): it uses the Jinja and
+# Python features Qwen2.5 / Qwen3 templates rely on (namespace, loop.index0 / loop.first, negative
+# indexing, str.split / lstrip / rstrip / strip / startswith / endswith / upper, `in`, tojson,
+# raise_exception, `is defined` / `is false`), and block tags without `-` to exercise
+# trim_blocks / lstrip_blocks, plus printed booleans and None (Python spelling).
+PARITY_TEMPLATE = """\
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
+    {{- "# Tools\\n<tools>" }}
+    {%- for tool in tools %}{{- "\\n" }}{{- tool | tojson }}{%- endfor %}
+    {{- "\\n</tools><|im_end|>\\n" }}
+{%- elif messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are a test assistant.<|im_end|>\\n' }}
+{%- endif %}
+{%- set ns = namespace(last_user=-1) %}
+{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}{%- endfor %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+    {%- elif message.role not in ['user', 'assistant', 'system', 'tool'] %}
+        {{- raise_exception('unknown role: ' + message.role) }}
+    {%- elif message.role == 'assistant' %}
+        {%- set content = message.content %}
+        {%- if '</think>' in content %}
+            {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+        {%- endif %}
+        {{- '<|im_start|>assistant\\n' + content.strip() + '<|im_end|>\\n' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|im_start|>user\\n<tool_response>\\n' + message.content.rstrip() + '\\n</tool_response><|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- endif %}
+{%- endfor %}
+{% for m in messages %}
+  {% if m.role == "user" %}
+[{{ loop.index0 }}/{{ ns.last_user }}] {{ m.content | upper }} {{ m.content.startswith("Hi") }} {{ m.content.endswith("?") }} {{ m.missing is defined }} {{ none }}
+  {% endif %}
+{% endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}
+{%- endif %}
+"""
+
+
+def chat_template_parity():
+    """Rendered by transformers' own chat-template renderer (transformers.utils.chat_template_utils)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    tool = {"type": "function", "function": {"name": "add", "description": "Add two numbers: a+b \"quoted\" é",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "number"}},
+                           "required": ["a", "b"]}}}
+    # rl-policy takes the context as serde_json values, whose maps iterate in sorted key order: give
+    # the tool with its keys sorted so the parity is about rendering, not map order (documented).
+    tool = json.loads(json.dumps(tool, sort_keys=True))
+    chats = [
+        {"name": "default_system", "messages": [{"role": "user", "content": "Hi there?"}],
+         "add_generation_prompt": True, "extra": {}},
+        {"name": "system_think_tool", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2+3?"},
+            {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n  5  "},
+            {"role": "tool", "content": "{\"result\": 5}\n\n"},
+            {"role": "user", "content": "Hi again"}],
+         "add_generation_prompt": True, "extra": {"enable_thinking": False}},
+        {"name": "tools", "messages": [{"role": "user", "content": "Add 1 and 2."}],
+         "add_generation_prompt": False, "extra": {"tools": [tool]}},
+        {"name": "bad_role", "messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}],
+         "add_generation_prompt": False, "extra": {}},
+    ]
+    for c in chats:
+        extra = dict(c["extra"])
+        tools = extra.pop("tools", None)
+        try:
+            rendered, _ = render_jinja_template(
+                conversations=[c["messages"]], tools=tools, chat_template=PARITY_TEMPLATE,
+                add_generation_prompt=c["add_generation_prompt"], **extra)
+            c["rendered"] = rendered[0]
+        except Exception as e:  # raise_exception
+            c["error"] = str(e)
+    path = os.path.join(FIXTURES, "chat_template_parity.json")
+    write_json(path, {"source": SOURCE, "template": PARITY_TEMPLATE, "cases": chats})
+    print(f"chat template parity: {len(chats)} cases -> {path}")
+
+
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)
+    prompt_templates()
+    chat_template_parity()
     tiny_models()
     smollm2()
