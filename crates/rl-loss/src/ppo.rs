@@ -1,0 +1,203 @@
+//! The PPO clipped surrogate: symmetric clip, DAPO's asymmetric clip-higher and dual clip.
+
+use rl_core::{LossOutput, PolicyLoss, PolicyLossInput, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::Aggregation;
+use crate::dual::Dual;
+use crate::host::{CLIP_DUAL, CLIP_HIGH, CLIP_LOW, Tok, check_clip, token_loss};
+
+/// PPO clipped surrogate, verl `compute_policy_loss_vanilla` (`core_algos.py` L1160-1250):
+///
+/// ```text
+/// log ρ = clamp(logπθ − logπold, −20, 20);  ρ = exp(log ρ)
+/// L1 = −A·ρ;  L2 = −A·clamp(ρ, 1 − ε_low, 1 + ε_high);  Lc = max(L1, L2)
+/// ℓ  = min(−A·c, Lc) where A < 0 (dual clip, when `dual_clip = Some(c)`), else Lc
+/// loss = aggregation(ℓ · rollout_is_weights)
+/// ```
+///
+/// Inputs: [`PolicyLossInput`] tensors, all `(B, T)` f32. The loss is a scalar f32
+/// differentiable w.r.t. `log_probs`. Metrics: `clipfrac` (verl `pg_clipfrac`), `clipfrac_low`,
+/// `clipfrac_high`, `clipfrac_dual` (verl `pg_clipfrac_lower`), `approx_kl`,
+/// `ratio_{mean,min,max}`, `loss`.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use rl_core::{PolicyLoss, PolicyLossInput};
+/// use rl_loss::PpoLoss;
+///
+/// let d = Device::Cpu;
+/// let lp = Var::new(&[[-1.0f32, -0.5, -2.0]], &d)?;
+/// let old = lp.as_tensor().detach(); // on-policy: ratio 1
+/// let adv = Tensor::new(&[[1.0f32, 1.0, 0.0]], &d)?;
+/// let mask = Tensor::new(&[[1.0f32, 1.0, 0.0]], &d)?;
+/// let out = PpoLoss::dapo().compute(&PolicyLossInput::new(&lp, &old, &adv, &mask))?;
+/// assert_eq!(out.loss.to_scalar::<f32>()?, -1.0); // minus the token-mean advantage
+/// assert_eq!(out.metrics.get("clipfrac"), Some(0.0));
+/// # Ok::<(), rl_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoLoss {
+    /// `ε_low`: the ratio is clipped below at `1 − ε_low` (> 0, <= `clip_high`).
+    pub clip_low: f64,
+    /// `ε_high`: the ratio is clipped above at `1 + ε_high` (> 0).
+    pub clip_high: f64,
+    /// Dual-clip constant `c > 1` (Ye et al. 2019, arXiv 1912.09729) bounding the loss of
+    /// negative-advantage tokens by `−A·c`; `None` disables it.
+    pub dual_clip: Option<f64>,
+    /// How token losses are reduced.
+    pub aggregation: Aggregation,
+}
+
+impl Default for PpoLoss {
+    /// verl's actor defaults: `clip_ratio 0.2` both sides, `clip_ratio_c 3.0`, `token-mean`
+    /// (`_generated_ppo_trainer.yaml` L55-71).
+    fn default() -> Self {
+        Self {
+            clip_low: 0.2,
+            clip_high: 0.2,
+            dual_clip: Some(3.0),
+            aggregation: Aggregation::TokenMean,
+        }
+    }
+}
+
+impl PpoLoss {
+    /// Open-Reasoner-Zero (`orz/ppo/actors.py` L81-130, `ppo_base_exp.py` L94-95): clip 0.2,
+    /// no dual clip, no KL, token mean over the micro-batch.
+    pub fn open_reasoner_zero() -> Self {
+        Self { dual_clip: None, ..Self::default() }
+    }
+
+    /// Dr. GRPO (arXiv 2503.20783; oat `ppo.py` L216-224): clip 0.2, no dual clip, per-sequence
+    /// token sums divided by the constant `max_len` (oat `generate_max_length`, 3000 in
+    /// understand-r1-zero's scripts), mean over sequences.
+    pub fn dr_grpo(max_len: usize) -> Self {
+        Self {
+            dual_clip: None,
+            aggregation: Aggregation::SeqMeanTokenSumNorm { max_len: Some(max_len) },
+            ..Self::default()
+        }
+    }
+
+    /// DAPO (arXiv 2503.14476; verl `recipe/dapo/run_dapo_qwen2.5_32b.sh`): clip-higher
+    /// `ε_low 0.2, ε_high 0.28`, `clip_ratio_c 10`, token-level loss.
+    pub fn dapo() -> Self {
+        Self {
+            clip_low: 0.2,
+            clip_high: 0.28,
+            dual_clip: Some(10.0),
+            aggregation: Aggregation::TokenMean,
+        }
+    }
+
+    /// GRPO as TRL `loss_type = "grpo"` (`grpo_trainer.py` L3054-3148, `epsilon 0.2`, no dual
+    /// clip): per-sequence token mean, then mean over sequences.
+    pub fn grpo() -> Self {
+        Self { dual_clip: None, aggregation: Aggregation::SeqMeanTokenMean, ..Self::default() }
+    }
+
+    /// Checks `0 < ε_low <= ε_high`, `ε_low < 1` and `c > 1`.
+    pub fn validate(&self) -> Result<()> {
+        check_clip(self.clip_low, self.clip_high, "ppo")?;
+        if self.clip_low >= 1.0 {
+            return Err(rl_core::Error::config("ppo.clip_low", "must be < 1"));
+        }
+        if let Some(c) = self.dual_clip
+            && !(c > 1.0 && c.is_finite())
+        {
+            return Err(rl_core::Error::config("ppo.dual_clip", "must be a finite number > 1"));
+        }
+        self.aggregation.validate()
+    }
+
+    /// One token of the surrogate.
+    fn token(&self, lp: f32, old: f32, adv: f32) -> Tok {
+        let (lo, hi) = ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32);
+        let ratio = Dual::var(lp).sub(Dual::c(old)).clamp(-20.0, 20.0).exp();
+        let (l1, l2) = clip_pair(adv, ratio, lo, hi);
+        let lc = l1.max(l2);
+        let mut flags = clip_flags(adv, l1, l2);
+        let l = match self.dual_clip {
+            Some(c) if adv < 0.0 => {
+                let l3 = Dual::c(-adv * c as f32);
+                if lc.v > l3.v {
+                    flags |= CLIP_DUAL;
+                }
+                l3.min(lc)
+            }
+            _ => lc,
+        };
+        Tok { l, flags }
+    }
+}
+
+/// `(L1, L2) = (−A·ρ, −A·clamp(ρ, lo, hi))`.
+pub(crate) fn clip_pair(adv: f32, ratio: Dual, lo: f32, hi: f32) -> (Dual, Dual) {
+    let a = Dual::c(-adv);
+    (a.mul(ratio), a.mul(ratio.clamp(lo, hi)))
+}
+
+/// verl's `L2 > L1` split by the sign of the advantage: low clip for `A < 0`, high for `A > 0`.
+pub(crate) fn clip_flags(adv: f32, l1: Dual, l2: Dual) -> u8 {
+    match (l2.v > l1.v, adv < 0.0) {
+        (false, _) => 0,
+        (true, true) => CLIP_LOW,
+        (true, false) => CLIP_HIGH,
+    }
+}
+
+impl PolicyLoss for PpoLoss {
+    fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput> {
+        self.validate()?;
+        Ok(token_loss(input, &self.aggregation, |_, _, lp, old, a| self.token(lp, old, a))?.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_cite_their_numbers() {
+        for p in [
+            PpoLoss::default(),
+            PpoLoss::open_reasoner_zero(),
+            PpoLoss::dr_grpo(3000),
+            PpoLoss::dapo(),
+            PpoLoss::grpo(),
+        ] {
+            p.validate().unwrap();
+        }
+        assert_eq!(PpoLoss::dapo().clip_high, 0.28);
+        assert_eq!(PpoLoss::open_reasoner_zero().dual_clip, None);
+    }
+
+    #[test]
+    fn invalid_configs_are_typed_errors() {
+        let bad = [
+            PpoLoss { clip_low: 0.0, ..PpoLoss::default() },
+            PpoLoss { clip_low: -0.1, ..PpoLoss::default() },
+            PpoLoss { clip_low: 0.3, clip_high: 0.2, ..PpoLoss::default() },
+            PpoLoss { dual_clip: Some(1.0), ..PpoLoss::default() },
+            PpoLoss { dual_clip: Some(0.5), ..PpoLoss::default() },
+        ];
+        for b in bad {
+            assert!(matches!(b.validate(), Err(rl_core::Error::Config { .. })), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn token_flags() {
+        let p = PpoLoss::default();
+        // A > 0, ratio e^0.5 > 1.2: high clip, zero gradient.
+        let t = p.token(0.5, 0.0, 1.0);
+        assert_eq!((t.flags, t.l.d), (CLIP_HIGH, 0.0));
+        // A < 0, ratio e^-0.5 < 0.8: low clip.
+        assert_eq!(p.token(-0.5, 0.0, -1.0).flags, CLIP_LOW);
+        // A < 0, ratio e^2 > 3: dual clip, constant loss 3·|A|.
+        let t = p.token(2.0, 0.0, -1.0);
+        assert_eq!((t.flags, t.l.v, t.l.d), (CLIP_DUAL, 3.0, 0.0));
+    }
+}
