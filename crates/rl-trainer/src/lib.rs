@@ -16,6 +16,9 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
+#[cfg(test)]
+mod tests;
+
 pub use checkpoint::{Checkpointable, TrainerState};
 pub use config::{DynamicSampling, OptimizerConfig, Shortfall, TrainerConfig};
 pub use data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};

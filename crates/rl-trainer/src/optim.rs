@@ -75,9 +75,10 @@ struct Moments {
 /// let mut opt = AdamW::new(vec![w.clone()], AdamWConfig::default())?;
 /// let grads = w.as_tensor().sqr()?.sum_all()?.backward()?; // d/dw Σ w² = 2w
 /// opt.step(&grads, 0.1)?;
-/// // The first Adam step moves every coordinate by ≈ lr against the sign of its gradient.
+/// // Decay by 1 − lr·λ = 0.999, then the first Adam step moves every coordinate by lr against
+/// // the sign of its gradient.
 /// let w1 = w.as_tensor().to_vec1::<f32>()?;
-/// assert!((w1[0] - 0.8999).abs() < 1e-3 && (w1[1] + 1.8998).abs() < 1e-3);
+/// assert!((w1[0] - 0.899).abs() < 1e-5 && (w1[1] + 1.898).abs() < 1e-5);
 /// # Ok::<(), rl_trainer::TrainerError>(())
 /// ```
 #[derive(Debug)]

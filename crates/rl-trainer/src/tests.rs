@@ -1,0 +1,496 @@
+//! Trainer tests with `rl_core::testing::MockPolicy` and small test-only stages.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use rl_core::testing::MockPolicy;
+use rl_core::{
+    AdvantageEstimator, AdvantageInput, Advantages, Critic, LossOutput, Metrics, PolicyLoss,
+    PolicyLossInput, Prompt, RolloutBatch, Sample, SamplingConfig, ValueLoss, ValueLossInput,
+};
+
+use crate::{
+    Checkpointable, DynamicSampling, GrpoTrainer, LrSchedule, OptimizerConfig, PromptDataset,
+    PromptSource, Shortfall, Trainer, TrainerConfig, TrainerError,
+};
+
+type R<T = ()> = crate::Result<T>;
+
+// ---------------------------------------------------------------------------------------------
+// Test stages
+
+/// Dr. GRPO advantage: `r_i − mean_g(r)` broadcast over the response tokens.
+struct MeanCentered;
+
+impl AdvantageEstimator for MeanCentered {
+    fn estimate(&self, input: &AdvantageInput<'_>) -> rl_core::Result<Advantages> {
+        let groups = input.groups()?;
+        let r = input.rewards.sequence_scores()?.to_vec1::<f32>()?;
+        let mut a = vec![0f32; r.len()];
+        for rows in groups.iter() {
+            let mean = rows.iter().map(|&i| r[i]).sum::<f32>() / rows.len() as f32;
+            for &i in rows {
+                a[i] = r[i] - mean;
+            }
+        }
+        let a = Tensor::new(a, input.response_mask.device())?.unsqueeze(1)?;
+        let adv = input.response_mask.broadcast_mul(&a)?;
+        Ok(Advantages { advantages: adv.clone(), returns: adv })
+    }
+}
+
+/// γ = λ = 1 GAE with an outcome reward: `A_t = r − V_t`, returns `r` on every valid token.
+struct OutcomeMinusValue;
+
+impl AdvantageEstimator for OutcomeMinusValue {
+    fn estimate(&self, input: &AdvantageInput<'_>) -> rl_core::Result<Advantages> {
+        let v = input.values.ok_or_else(|| rl_core::Error::msg("no values"))?;
+        let r = input.rewards.sequence_scores()?.unsqueeze(1)?;
+        let returns = input.response_mask.broadcast_mul(&r)?;
+        let advantages = returns.sub(&v.mul(input.response_mask)?)?;
+        Ok(Advantages { advantages, returns })
+    }
+
+    fn requires_values(&self) -> bool {
+        true
+    }
+}
+
+/// PPO clip (ε = 0.2), token-sum normalised by the mini-batch token count.
+struct PpoClip;
+
+impl PolicyLoss for PpoClip {
+    fn compute(&self, i: &PolicyLossInput<'_>) -> rl_core::Result<LossOutput> {
+        let ratio = i.log_probs.sub(i.old_log_probs)?.exp()?;
+        let unclipped = ratio.mul(i.advantages)?;
+        let clipped = ratio.clamp(0.8f32, 1.2f32)?.mul(i.advantages)?;
+        let per_token = unclipped.minimum(&clipped)?.neg()?.mul(i.response_mask)?;
+        let local = || i.response_mask.sum_all()?.to_scalar::<f32>().map(f64::from);
+        let tokens = i.counts.and_then(|c| c.tokens).map_or_else(local, Ok)?.max(1.0);
+        let loss = per_token.sum_all()?.affine(1.0 / tokens, 0.0)?;
+        let ratio_mean = rl_core::masked::masked_mean(&ratio, i.response_mask, None)?;
+        let metrics = Metrics::new().with("ratio_mean", ratio_mean.to_scalar::<f32>()? as f64);
+        Ok(LossOutput { loss, metrics })
+    }
+}
+
+/// `½ Σ (V − R)² M / tokens`.
+struct HalfSquared;
+
+impl ValueLoss for HalfSquared {
+    fn compute(&self, i: &ValueLossInput<'_>) -> rl_core::Result<LossOutput> {
+        let local = || i.response_mask.sum_all()?.to_scalar::<f32>().map(f64::from);
+        let tokens = i.counts.and_then(|c| c.tokens).map_or_else(local, Ok)?.max(1.0);
+        let se = i.values.sub(i.returns)?.sqr()?.mul(i.response_mask)?;
+        let loss = se.sum_all()?.affine(0.5 / tokens, 0.0)?;
+        Ok(LossOutput { loss, metrics: Metrics::new() })
+    }
+}
+
+/// A critic with one trainable bias: `V_t = b` on every valid token.
+#[derive(Debug)]
+struct BiasCritic(Var);
+
+impl Critic for BiasCritic {
+    fn values(&self, batch: &RolloutBatch) -> rl_core::Result<Tensor> {
+        Ok(batch.response_mask.broadcast_mul(self.0.as_tensor())?)
+    }
+
+    fn trainable_vars(&self) -> Vec<Var> {
+        vec![self.0.clone()]
+    }
+}
+
+impl Checkpointable for BiasCritic {
+    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()> {
+        std::fs::write(dir.join("bias.json"), serde_json::to_string(&self.0.to_vec1::<f32>()?)?)?;
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()> {
+        let v: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(dir.join("bias.json"))?)?;
+        self.0.set(&Tensor::new(v, self.0.device())?)?;
+        Ok(())
+    }
+}
+
+/// Reward 1.0 when the response contains the token 'b' (id 2 of the mock), else 0.0.
+fn contains_b(s: &Sample) -> rl_core::Result<f32> {
+    Ok(if s.response.contains('b') { 1.0 } else { 0.0 })
+}
+
+fn prompts(n: usize) -> Vec<Prompt> {
+    (0..n).map(|i| Prompt::new(format!("q{i}"), "b")).collect()
+}
+
+/// Mock with tokens EOS, 'a', 'b', 'c' (all equally likely).
+fn mock() -> MockPolicy {
+    MockPolicy::new(&[0.0, 0.0, 0.0, 0.0], &Device::Cpu).expect("mock")
+}
+
+fn config(n: usize, lr: f64) -> TrainerConfig {
+    TrainerConfig {
+        sampling: SamplingConfig { n, max_new_tokens: 4, ..SamplingConfig::default() },
+        micro_batch_size: 4,
+        actor: OptimizerConfig { lr, max_grad_norm: Some(1.0), ..OptimizerConfig::default() },
+        critic: OptimizerConfig { lr, ..OptimizerConfig::default() },
+        ..TrainerConfig::default()
+    }
+}
+
+fn grpo(cfg: TrainerConfig) -> R<GrpoTrainer<MockPolicy>> {
+    Trainer::grpo(mock(), contains_b, MeanCentered, PpoClip, cfg)
+}
+
+fn logits(t: &GrpoTrainer<MockPolicy>) -> Vec<f32> {
+    t.policy().logits().as_tensor().to_vec1::<f32>().expect("logits")
+}
+
+/// Metrics without wall-clock timings (`time/*`, `perf/*`).
+fn deterministic(m: &Metrics) -> Vec<(String, f64)> {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("perf/"))
+        .map(|(k, v)| (k.into(), v))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn grpo_raises_the_reward_of_responses_containing_b() -> R {
+    let mut t =
+        grpo(TrainerConfig { ppo_epochs: 2, mini_batch_groups: Some(2), ..config(8, 0.1) })?;
+    let ps = prompts(4);
+    assert_eq!(t.evaluate(&ps, true)?.accuracy, 0.0, "greedy picks EOS first: empty response");
+    let rewards: Vec<f64> = (0..12)
+        .map(|_| t.step(&ps).map(|r| r.metrics.get("reward/mean").expect("reward")))
+        .collect::<R<_>>()?;
+    let (first, last) =
+        (rewards[..3].iter().sum::<f64>() / 3.0, rewards[9..].iter().sum::<f64>() / 3.0);
+    assert!(last > first + 0.2, "rewards did not rise: {rewards:?}");
+    let l = logits(&t);
+    assert!(
+        l[2] > l[0] && l[2] > l[1] && l[2] > l[3],
+        "'b' should become the most likely token: {l:?}"
+    );
+    assert_eq!(t.evaluate(&ps, true)?.accuracy, 1.0);
+    assert_eq!(t.state().step, 12);
+    assert_eq!(t.state().actor_updates, 12 * 2 * 2, "2 epochs × 2 mini-batches per step");
+    Ok(())
+}
+
+#[test]
+fn step_reports_the_documented_metrics() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("logs/metrics.jsonl");
+    let cfg =
+        TrainerConfig { entropy_coef: 0.01, metrics_path: Some(path.clone()), ..config(4, 0.05) };
+    let mut t = grpo(cfg)?;
+    let m = t.step(&prompts(3))?.metrics;
+    for name in [
+        "reward/mean",
+        "reward/std",
+        "reward/accuracy",
+        "response/length_mean",
+        "response/length_max",
+        "response/truncated_frac",
+        "actor/loss",
+        "actor/pg_loss",
+        "actor/entropy",
+        "actor/ratio_mean",
+        "actor/grad_norm",
+        "actor/lr",
+        "actor/updates",
+        "perf/generate_tokens_per_s",
+        "perf/train_tokens_per_s",
+        "time/generate_s",
+        "time/score_s",
+        "time/prepare_s",
+        "time/train_s",
+        "time/optimizer_s",
+        "time/step_s",
+        "train/skipped_total",
+    ] {
+        assert!(m.get(name).is_some_and(f64::is_finite), "missing metric {name}: {m:?}");
+    }
+    assert!((m.get("actor/ratio_mean").unwrap() - 1.0).abs() < 1e-6, "on-policy ratio is 1");
+    assert_eq!(m.get("actor/lr"), Some(0.05));
+    assert!((m.get("actor/entropy").unwrap() - 4f64.ln()).abs() < 1e-5, "uniform over 4 tokens");
+    assert!(m.get("response/length_max").unwrap() <= 4.0);
+    t.step(&prompts(3))?;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["step"], 2);
+    assert_eq!(lines[0]["reward/mean"].as_f64(), m.get("reward/mean"));
+    Ok(())
+}
+
+/// Two epochs of one mini-batch with `micro` responses per micro-batch: final logits, mean
+/// pre-clip gradient norm and mean loss.
+fn run_micro(micro: usize, seed: u64) -> R<(Vec<f32>, f64, f64)> {
+    let mut cfg = TrainerConfig { micro_batch_size: micro, ppo_epochs: 2, seed, ..config(6, 0.1) };
+    cfg.actor.max_grad_norm = None;
+    let policy = MockPolicy::new(&[0.3, -0.2, 0.1, 0.0], &Device::Cpu)?;
+    let mut t = Trainer::grpo(policy, contains_b, MeanCentered, PpoClip, cfg)?;
+    let m = t.step(&prompts(3))?.metrics;
+    let get = |k: &str| m.get(k).ok_or_else(|| TrainerError::config(k, "missing metric"));
+    Ok((logits(&t), get("actor/grad_norm")?, get("actor/loss")?))
+}
+
+/// With losses normalised by the mini-batch counts, gradient accumulation over micro-batches
+/// gives the same gradients, loss and update as one pass over the whole mini-batch.
+fn assert_micro_invariant(micro: usize, seed: u64) -> R {
+    let (whole, norm, loss) = run_micro(18, seed)?;
+    let (got, got_norm, got_loss) = run_micro(micro, seed)?;
+    assert!(
+        (got_norm - norm).abs() < 1e-6 * norm.max(1.0),
+        "micro {micro}: norm {got_norm} vs {norm}"
+    );
+    assert!((got_loss - loss).abs() < 1e-6, "micro {micro}: loss {got_loss} vs {loss}");
+    for (a, b) in got.iter().zip(&whole) {
+        assert!((a - b).abs() < 1e-6, "micro {micro}: {got:?} vs {whole:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn micro_batching_does_not_change_the_update() -> R {
+    for micro in [1, 4, 7] {
+        assert_micro_invariant(micro, 0)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn ppo_trains_the_critic_and_respects_critic_warmup() -> R {
+    let cfg = TrainerConfig { critic_warmup_steps: 1, ..config(4, 0.1) };
+    let mut t = Trainer::ppo(
+        mock(),
+        BiasCritic(Var::new(&[0f32], &Device::Cpu)?),
+        contains_b,
+        OutcomeMinusValue,
+        PpoClip,
+        HalfSquared,
+        cfg,
+    )?;
+    let before = t.policy().logits().as_tensor().to_vec1::<f32>()?;
+    let m = t.step(&prompts(4))?.metrics;
+    assert_eq!(
+        t.policy().logits().as_tensor().to_vec1::<f32>()?,
+        before,
+        "actor frozen during warm-up"
+    );
+    assert!(m.get("actor/loss").is_none() && m.get("critic/loss").is_some());
+    let bias = |t: &Trainer<MockPolicy, BiasCritic>| {
+        t.critic().expect("critic").0.to_vec1::<f32>().expect("b")[0]
+    };
+    // The mean reward is positive, so the first critic step moves V = 0 up by ≈ lr.
+    assert!((bias(&t) - 0.1).abs() < 1e-3, "bias {}", bias(&t));
+    assert_eq!((t.state().actor_updates, t.state().critic_updates), (0, 1));
+    let m = t.step(&prompts(4))?.metrics;
+    assert!(m.get("actor/grad_norm").is_some());
+    assert_ne!(
+        t.policy().logits().as_tensor().to_vec1::<f32>()?,
+        before,
+        "actor trains after warm-up"
+    );
+    assert_eq!((t.state().actor_updates, t.state().critic_updates), (1, 2));
+    // GAE without a critic is a config error.
+    let err = Trainer::grpo(mock(), contains_b, OutcomeMinusValue, PpoClip, config(4, 0.1));
+    assert!(matches!(err, Err(TrainerError::Config { .. })));
+    Ok(())
+}
+
+#[test]
+fn dynamic_sampling_fills_the_batch_or_reports_a_shortfall() -> R {
+    let ds = |on_shortfall| Some(DynamicSampling { max_rounds: 8, on_shortfall });
+    let mut t = grpo(TrainerConfig { dynamic_sampling: ds(Shortfall::Error), ..config(4, 0.01) })?;
+    let m = t.step(&prompts(6))?.metrics;
+    assert_eq!(m.get("dynamic/kept_groups"), Some(6.0));
+    assert!(m.get("dynamic/rounds").unwrap() >= 1.0);
+    // A policy that always stops at once: every group has the same reward, nothing is kept.
+    let always_eos = || MockPolicy::new(&[50.0, 0.0, 0.0, 0.0], &Device::Cpu);
+    for on_shortfall in [Shortfall::Error, Shortfall::Train] {
+        let cfg = TrainerConfig { dynamic_sampling: ds(on_shortfall), ..config(4, 0.01) };
+        let mut t = Trainer::grpo(always_eos()?, contains_b, MeanCentered, PpoClip, cfg)?;
+        let err = t.step(&prompts(2)).unwrap_err();
+        assert!(
+            matches!(err, TrainerError::DynamicSamplingShortfall { kept: 0, needed: 2, rounds: 8 }),
+            "{err}"
+        );
+    }
+    // Training on a partial batch when allowed: reward 1 only for prompt q0's group can vary.
+    let only_q0 = |s: &Sample| -> rl_core::Result<f32> {
+        Ok((s.prompt == "q0" && s.response.contains('b')) as u8 as f32)
+    };
+    let cfg = TrainerConfig {
+        dynamic_sampling: Some(DynamicSampling { max_rounds: 1, on_shortfall: Shortfall::Train }),
+        ..config(8, 0.01)
+    };
+    let mut t = Trainer::grpo(mock(), only_q0, MeanCentered, PpoClip, cfg)?;
+    let m = t.step(&prompts(3))?.metrics;
+    assert_eq!(m.get("dynamic/kept_groups"), Some(1.0));
+    Ok(())
+}
+
+/// A loss that is NaN: every update is skipped, the weights never change, and the run stops
+/// with a typed error once the limit is exceeded.
+#[test]
+fn non_finite_losses_skip_updates_then_stop() -> R {
+    let nan_loss = |i: &PolicyLossInput<'_>| -> rl_core::Result<LossOutput> {
+        Ok(LossOutput {
+            loss: i.log_probs.sum_all()?.affine(f64::NAN, 0.0)?,
+            metrics: Metrics::new(),
+        })
+    };
+    struct F<L>(L);
+    impl<L: Fn(&PolicyLossInput<'_>) -> rl_core::Result<LossOutput>> PolicyLoss for F<L> {
+        fn compute(&self, i: &PolicyLossInput<'_>) -> rl_core::Result<LossOutput> {
+            (self.0)(i)
+        }
+    }
+    let cfg =
+        TrainerConfig { max_skipped_updates: 2, mini_batch_groups: Some(1), ..config(2, 0.1) };
+    let mut t = Trainer::grpo(mock(), contains_b, MeanCentered, F(nan_loss), cfg)?;
+    let before = logits(&t);
+    let m = t.step(&prompts(2))?.metrics;
+    assert_eq!(m.get("actor/updates"), Some(0.0));
+    assert_eq!(m.get("train/skipped_total"), Some(2.0));
+    assert_eq!(logits(&t), before);
+    let err = t.step(&prompts(2)).unwrap_err();
+    assert!(matches!(err, TrainerError::NonFiniteUpdates { skipped: 3, limit: 2, .. }), "{err}");
+    Ok(())
+}
+
+/// Save after two steps, continue one step; a fresh trainer resumed from the checkpoint
+/// produces exactly the same third step (metrics and weights), data position included.
+#[test]
+fn resume_reproduces_the_next_step_exactly() -> R {
+    let dir = tempfile::tempdir()?;
+    let cfg = TrainerConfig {
+        actor: OptimizerConfig {
+            schedule: LrSchedule::WarmupConstant { warmup_steps: 3 },
+            ..config(4, 0.1).actor
+        },
+        ..config(4, 0.1)
+    };
+    let new = || -> R<(Trainer<MockPolicy, BiasCritic>, PromptDataset)> {
+        let t = Trainer::ppo(
+            mock(),
+            BiasCritic(Var::new(&[0f32], &Device::Cpu)?),
+            contains_b,
+            OutcomeMinusValue,
+            PpoClip,
+            HalfSquared,
+            cfg.clone(),
+        )?;
+        Ok((t, PromptDataset::new(prompts(5), 3, true)?))
+    };
+    let (mut a, mut data_a) = new()?;
+    a.step_from(&mut data_a, 2)?;
+    a.step_from(&mut data_a, 2)?;
+    let saved = a.save_checkpoint(dir.path())?;
+    assert!(saved.ends_with("step-000002"));
+    let expected = a.step_from(&mut data_a, 2)?;
+
+    // A save killed half-way leaves a temp dir behind; resume ignores it.
+    std::fs::create_dir_all(dir.path().join(".tmp-step-000003/policy"))?;
+    let (mut b, mut data_b) = new()?;
+    let state = b.resume(dir.path())?.expect("a checkpoint");
+    assert_eq!(state.step, 2);
+    data_b.seek(state.data.expect("data position"));
+    let got = b.step_from(&mut data_b, 2)?;
+    assert_eq!(got.step, expected.step);
+    assert_eq!(deterministic(&got.metrics), deterministic(&expected.metrics));
+    assert_eq!(
+        b.policy().logits().as_tensor().to_vec1::<f32>()?,
+        a.policy().logits().as_tensor().to_vec1::<f32>()?
+    );
+    assert_eq!(data_b.position(), data_a.position());
+
+    // A checkpoint for a different model is rejected with a typed error.
+    let mut other = Trainer::grpo(
+        MockPolicy::new(&[0.0, 0.0], &Device::Cpu)?,
+        contains_b,
+        MeanCentered,
+        PpoClip,
+        config(2, 0.1),
+    )?;
+    assert!(other.load_checkpoint(&saved).is_err());
+    Ok(())
+}
+
+#[test]
+fn configs_round_trip_through_toml_and_reject_typos() -> R {
+    for c in [
+        TrainerConfig::default(),
+        TrainerConfig::open_reasoner_zero(),
+        TrainerConfig::dr_grpo(),
+        TrainerConfig::dapo(),
+        TrainerConfig {
+            actor: OptimizerConfig {
+                schedule: LrSchedule::openrlhf_cosine(100),
+                ..OptimizerConfig::default()
+            },
+            ..TrainerConfig::default()
+        },
+    ] {
+        c.validate()?;
+        let text = c.to_toml()?;
+        assert_eq!(TrainerConfig::from_toml(&text)?, c, "{text}");
+    }
+    let err = TrainerConfig::from_toml("[actor]\nlearning_rate = 1e-6").unwrap_err();
+    assert!(
+        matches!(&err, TrainerError::ConfigParse(_)) && err.to_string().contains("learning_rate"),
+        "{err}"
+    );
+    let err = TrainerConfig::from_toml("[actor.schedule]\ntype = \"cosine\"").unwrap_err();
+    assert!(err.to_string().contains("cosine"), "{err}");
+    for (text, field) in [
+        ("ppo_epochs = 0", "ppo_epochs"),
+        ("micro_batch_size = 0", "micro_batch_size"),
+        ("[actor]\nlr = -1.0", "actor.lr"),
+        ("[critic.adam]\nbeta2 = 1.0", "critic.adam.beta2"),
+        ("[actor]\nmax_grad_norm = 0.0", "actor.max_grad_norm"),
+    ] {
+        match TrainerConfig::from_toml(text) {
+            Err(TrainerError::Config { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        TrainerConfig::from_toml("[sampling]\nn = 0"),
+        Err(TrainerError::Core(rl_core::Error::Config { .. }))
+    ));
+    Ok(())
+}
+
+#[test]
+fn dataset_cycles_through_every_prompt_each_epoch() -> R {
+    let mut d = PromptDataset::new(prompts(5), 11, true)?;
+    let mut seen: Vec<String> = d.next_prompts(5)?.into_iter().map(|p| p.text).collect();
+    seen.sort();
+    assert_eq!(seen, prompts(5).into_iter().map(|p| p.text).collect::<Vec<_>>());
+    let _ = d.next_prompts(2)?;
+    assert_eq!(d.position().map(|p| (p.epoch, p.index)), Some((1, 2)));
+    assert!(PromptDataset::new(Vec::new(), 0, true).is_err());
+    Ok(())
+}
+
+mod props {
+    use super::assert_micro_invariant;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+        /// Any micro-batch size gives the same update as the whole mini-batch.
+        #[test]
+        fn accumulation_is_exact(micro in 1usize..12, seed in 0u64..1000) {
+            assert_micro_invariant(micro, seed).unwrap();
+        }
+    }
+}
