@@ -1,0 +1,248 @@
+//! Batched sampling with a per-layer KV cache over left-padded prompts.
+//!
+//! Token choice: logits are divided by the temperature, then top-k, top-p (nucleus) and min-p
+//! filters are applied in that order (the order of transformers' logits warpers), and a token is
+//! drawn from the renormalised distribution with a [`StdRng`] seeded from
+//! [`SamplingConfig::seed`] (draws are consumed row by row, step by step, so a run is reproducible
+//! for a given seed, batch and model). Temperature 0 is greedy (first maximal logit).
+//!
+//! The recorded log-prob of each chosen token is `log softmax(logits)` of the **unmodified model
+//! distribution** (temperature 1, no filtering), which is what verl/TRL recompute as the "old"
+//! log-probs for the importance ratio.
+
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rl_core::{FinishReason, SamplingConfig};
+
+use crate::model::{AttentionLayout, KvCache, Mode, Transformer};
+use crate::{PolicyError, Result};
+
+/// Generated responses, one row per (prompt, sample) in prompt-major order: row `i·n + j` is
+/// sample `j` of prompt `i`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    /// Response token ids of each row (EOS / stop-string tokens included, no padding).
+    pub tokens: Vec<Vec<u32>>,
+    /// Log-prob of each chosen token under the temperature-1 model distribution.
+    pub log_probs: Vec<Vec<f32>>,
+    /// Why each row stopped.
+    pub finish: Vec<FinishReason>,
+}
+
+/// Log-softmax of one row, in f64 for accuracy.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    logits.iter().map(|&l| l as f64 - lse).collect()
+}
+
+/// Chooses a token from one row of logits (see the module docs for the order of the filters).
+pub fn choose_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0usize, f32::NEG_INFINITY),
+                |best, (i, &l)| if l > best.1 { (i, l) } else { best },
+            )
+            .0 as u32
+    };
+    if cfg.temperature == 0.0 {
+        return argmax();
+    }
+    let scaled: Vec<f32> = logits.iter().map(|&l| l / cfg.temperature).collect();
+    let mut probs: Vec<f64> = log_softmax(&scaled).into_iter().map(f64::exp).collect();
+    let needs_sort = cfg.top_k.is_some_and(|k| k < probs.len()) || cfg.top_p < 1.0;
+    if needs_sort {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let mut keep = cfg.top_k.unwrap_or(order.len()).min(order.len());
+        if cfg.top_p < 1.0 {
+            let mass: f64 = order[..keep].iter().map(|&i| probs[i]).sum();
+            let mut cum = 0.0;
+            for (n, &i) in order[..keep].iter().enumerate() {
+                cum += probs[i] / mass;
+                if cum >= cfg.top_p as f64 {
+                    keep = n + 1;
+                    break;
+                }
+            }
+        }
+        for &i in &order[keep..] {
+            probs[i] = 0.0;
+        }
+    }
+    if cfg.min_p > 0.0 {
+        let pmax = probs.iter().copied().fold(0.0, f64::max);
+        let threshold = cfg.min_p as f64 * pmax;
+        probs.iter_mut().filter(|p| **p < threshold).for_each(|p| *p = 0.0);
+    }
+    let total: f64 = probs.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return argmax();
+    }
+    let mut u = rng.random::<f64>() * total;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            if u < p {
+                return i as u32;
+            }
+            u -= p;
+        }
+    }
+    // Rounding left a sliver of mass: the last token with non-zero probability.
+    probs.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32
+}
+
+/// `stop(response_ids)`: `true` when the response (decoded) contains a stop string.
+pub type StopFn<'a> = dyn Fn(&[u32]) -> Result<bool> + 'a;
+
+/// What ends a response besides `max_new_tokens`.
+#[derive(Clone, Copy)]
+pub struct StopRules<'a> {
+    /// End-of-sequence ids: generating any of them ends the response (the token is kept).
+    pub eos_ids: &'a [u32],
+    /// `stop(response_ids)` is `true` when the response contains a stop string.
+    pub stop: Option<&'a StopFn<'a>>,
+}
+
+impl std::fmt::Debug for StopRules<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopRules")
+            .field("eos_ids", &self.eos_ids)
+            .field("stop", &self.stop.is_some())
+            .finish()
+    }
+}
+
+/// Samples `cfg.n` responses for each prompt (`prompts[i]`: token ids, non-empty) with a KV cache,
+/// using the [`Mode::Fused`] forward of `model` (build it with
+/// [`LanguageModel::detached`](crate::LanguageModel::detached) so no autograd graph is kept).
+/// Prompts are left-padded with `pad_id`; finished rows keep being fed `pad_id` (masked out).
+///
+/// # Errors
+/// Invalid sampling config, empty prompts, ids outside the vocabulary, `max_new_tokens == 0`.
+pub fn generate(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    rules: StopRules<'_>,
+    pad_id: u32,
+) -> Result<Generation> {
+    cfg.validate()?;
+    let vocab = model.config().vocab_size;
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(PolicyError::input(
+            "prompts",
+            "need at least one prompt, each with at least one token",
+        ));
+    }
+    if let Some(bad) =
+        prompts.iter().flatten().copied().chain([pad_id]).find(|&id| id as usize >= vocab)
+    {
+        return Err(PolicyError::input("prompts", format!("token id {bad} >= vocab size {vocab}")));
+    }
+    if cfg.max_new_tokens == 0 {
+        return Err(PolicyError::input("max_new_tokens", "must be >= 1"));
+    }
+    let rows: Vec<&Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.n)).collect();
+    let r = rows.len();
+    let p = rows.iter().map(|x| x.len()).max().unwrap_or(0);
+    let mut valid: Vec<Vec<bool>> =
+        rows.iter().map(|x| (0..p).map(|j| j >= p - x.len()).collect()).collect();
+    let ids: Vec<u32> = rows
+        .iter()
+        .flat_map(|x| std::iter::repeat_n(pad_id, p - x.len()).chain(x.iter().copied()))
+        .collect();
+    let dev = model.device();
+    let mut cache = KvCache::new(model.config().num_layers);
+    let mut input = Tensor::from_vec(ids, (r, p), dev)?;
+    let mut out = Generation {
+        tokens: vec![Vec::new(); r],
+        log_probs: vec![Vec::new(); r],
+        finish: vec![FinishReason::Length; r],
+    };
+    let mut active = vec![true; r];
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    for _ in 0..cfg.max_new_tokens {
+        let s = input.dim(1)?;
+        let layout = AttentionLayout::new(&valid, s, model.dtype(), dev)?;
+        let hidden = model.hidden_states(&input, &layout, Some(&mut cache), Mode::Fused)?;
+        let logits = model
+            .logits(&hidden.narrow(1, s - 1, 1)?.squeeze(1)?)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let mut next = vec![pad_id; r];
+        for (row, logits) in logits.iter().enumerate() {
+            if !active[row] {
+                continue;
+            }
+            let tok = choose_token(logits, cfg, &mut rng);
+            let lp = log_softmax(logits)[tok as usize];
+            out.tokens[row].push(tok);
+            out.log_probs[row].push(lp as f32);
+            next[row] = tok;
+            if rules.eos_ids.contains(&tok) {
+                out.finish[row] = FinishReason::Eos;
+                active[row] = false;
+            } else if let Some(stop) = rules.stop
+                && stop(&out.tokens[row])?
+            {
+                out.finish[row] = FinishReason::StopString;
+                active[row] = false;
+            }
+        }
+        if !active.iter().any(|&a| a) {
+            break;
+        }
+        for (row, v) in valid.iter_mut().enumerate() {
+            v.push(active[row]);
+        }
+        input = Tensor::from_vec(next, (r, 1), dev)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(t: f32) -> SamplingConfig {
+        SamplingConfig { temperature: t, ..SamplingConfig::default() }
+    }
+
+    #[test]
+    fn greedy_and_filters() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let logits = [0.0f32, 3.0, 1.0, 2.9];
+        assert_eq!(choose_token(&logits, &cfg(0.0), &mut rng), 1);
+        let top1 = SamplingConfig { top_k: Some(1), ..cfg(1.0) };
+        let tiny_p = SamplingConfig { top_p: 1e-3, ..cfg(1.0) };
+        let strict_min_p = SamplingConfig { min_p: 0.99, ..cfg(1.0) };
+        for _ in 0..50 {
+            assert_eq!(choose_token(&logits, &top1, &mut rng), 1);
+            assert_eq!(choose_token(&logits, &tiny_p, &mut rng), 1);
+            assert_eq!(choose_token(&logits, &strict_min_p, &mut rng), 1);
+            let top2 =
+                choose_token(&logits, &SamplingConfig { top_k: Some(2), ..cfg(1.0) }, &mut rng);
+            assert!(top2 == 1 || top2 == 3);
+        }
+    }
+
+    #[test]
+    fn sampling_frequencies_follow_softmax() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let logits = [0.0f32, (2.0f32).ln(), (3.0f32).ln()];
+        let mut counts = [0usize; 3];
+        let n = 30_000;
+        for _ in 0..n {
+            counts[choose_token(&logits, &cfg(1.0), &mut rng) as usize] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            let expected = (i + 1) as f64 / 6.0;
+            assert!((*c as f64 / n as f64 - expected).abs() < 0.015, "{counts:?}");
+        }
+    }
+}

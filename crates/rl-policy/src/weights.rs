@@ -1,0 +1,221 @@
+//! [`LanguageModel`]: a configuration plus its weights as trainable [`Var`]s in a [`VarMap`],
+//! with random initialisation and Hugging Face checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::model::Transformer;
+use crate::{ModelConfig, PolicyError, Result};
+
+/// A decoder's configuration and weights. Every weight is a [`Var`] named as in Hugging Face
+/// checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...); [`VarMap::all_vars`] on
+/// [`LanguageModel::varmap`] gives the trainable parameters.
+pub struct LanguageModel {
+    cfg: ModelConfig,
+    varmap: VarMap,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanguageModel")
+            .field("architecture", &self.cfg.architecture)
+            .field("params", &self.num_params())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// Normal samples by Box–Muller from a seeded RNG (candle's CPU RNG cannot be seeded).
+fn normal(rng: &mut StdRng, n: usize, mean: f64, std: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            let u2: f64 = rng.random();
+            mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect()
+}
+
+impl LanguageModel {
+    /// Wraps named weights after checking that every tensor of [`ModelConfig::tensor_shapes`] is
+    /// present with the right shape (extra tensors, e.g. a tied `lm_head.weight`, are ignored).
+    /// Weights are converted to `dtype` and moved to `device`.
+    ///
+    /// # Errors
+    /// [`PolicyError::MissingTensor`] / [`PolicyError::TensorShape`] naming `source` (the file or
+    /// directory the weights came from) and the tensor.
+    pub fn from_tensors(
+        cfg: ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("varmap lock");
+            for (name, shape) in cfg.tensor_shapes() {
+                let t = tensors.remove(&name).ok_or_else(|| PolicyError::MissingTensor {
+                    path: source.to_path_buf(),
+                    name: name.clone(),
+                })?;
+                if t.dims() != shape.as_slice() {
+                    return Err(PolicyError::TensorShape {
+                        path: source.to_path_buf(),
+                        name,
+                        expected: shape,
+                        got: t.dims().to_vec(),
+                    });
+                }
+                let t = t.to_dtype(dtype)?.to_device(device)?;
+                data.insert(name, Var::from_tensor(&t)?);
+            }
+        }
+        Ok(Self { cfg, varmap, dtype, device: device.clone() })
+    }
+
+    /// A randomly initialised model (reproducible for a `seed`): matrices `N(0, 0.02²)` like
+    /// transformers' `initializer_range`, norm weights `N(1, 0.1²)` and biases `N(0, 0.02²)` (not the
+    /// usual 1 and 0, so tests see every parameter matter).
+    ///
+    /// # Errors
+    /// Invalid configs.
+    pub fn random(cfg: ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in cfg.tensor_shapes() {
+            let n = shape.iter().product();
+            let values = if name.ends_with("norm.weight") {
+                normal(&mut rng, n, 1.0, 0.1)
+            } else {
+                normal(&mut rng, n, 0.0, 0.02)
+            };
+            tensors.insert(name, Tensor::from_vec(values, shape, device)?);
+        }
+        Self::from_tensors(cfg, tensors, Path::new("<random init>"), dtype, device)
+    }
+
+    /// A deep copy: new `Var`s with copied storage (training the copy leaves `self` unchanged).
+    /// Used for a frozen reference policy and to initialise a critic from the policy.
+    ///
+    /// # Errors
+    /// Device errors while copying.
+    pub fn deep_copy(&self) -> Result<Self> {
+        let varmap = VarMap::new();
+        {
+            let mut dst = varmap.data().lock().expect("varmap lock");
+            for (name, var) in self.named_vars() {
+                dst.insert(name, Var::from_tensor(&var.as_tensor().copy()?)?);
+            }
+        }
+        Ok(Self { cfg: self.cfg.clone(), varmap, dtype: self.dtype, device: self.device.clone() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The weights' dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The weights' device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The underlying [`VarMap`] (Hugging Face names → vars).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// `(name, var)` pairs sorted by name.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The trainable parameters, sorted by name.
+    pub fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Total number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    fn transformer(&self, detach: bool) -> Result<Transformer> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        Transformer::from_weights(&self.cfg, |name| {
+            data.get(name)
+                .map(|v| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() })
+        })
+    }
+
+    /// The decoder over the trainable vars: gradients of its outputs reach [`Self::vars`].
+    ///
+    /// # Errors
+    /// Never for a model built by this crate.
+    pub fn trainable(&self) -> Result<Transformer> {
+        self.transformer(false)
+    }
+
+    /// The decoder over detached views of the vars (same storage, so later optimizer updates are
+    /// visible; no autograd graph is recorded). Use for sampling and reference log-probs.
+    ///
+    /// # Errors
+    /// Never for a model built by this crate.
+    pub fn detached(&self) -> Result<Transformer> {
+        self.transformer(true)
+    }
+
+    /// Saves a Hugging Face checkpoint into `dir` (created if needed): `config.json` and
+    /// `model.safetensors` (weights in the model dtype; a tied `lm_head` is not written, as
+    /// transformers does). Each file is written to a temporary name and renamed into place.
+    ///
+    /// # Errors
+    /// I/O and serialisation errors.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tensors: HashMap<String, Tensor> =
+            self.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+        let weights = dir.join("model.safetensors");
+        let tmp = tmp_name(&weights);
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, &weights)?;
+        let mut cfg = self.cfg.to_hf_json();
+        if let Some(obj) = cfg.as_object_mut() {
+            let name = match self.dtype {
+                DType::F64 => "float64",
+                DType::F16 => "float16",
+                DType::BF16 => "bfloat16",
+                _ => "float32",
+            };
+            obj.insert("torch_dtype".into(), name.into());
+        }
+        let config = dir.join("config.json");
+        let tmp = tmp_name(&config);
+        std::fs::write(&tmp, serde_json::to_string_pretty(&cfg)?)?;
+        std::fs::rename(&tmp, &config)?;
+        Ok(())
+    }
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}

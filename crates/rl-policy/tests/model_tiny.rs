@@ -1,0 +1,371 @@
+//! Properties of the decoder on tiny random models: gradients reach every parameter, finite
+//! differences agree with autograd, padding and KV cache do not change results, the fused and
+//! differentiable paths agree, checkpoints round-trip, loaders report typed errors, sampling is
+//! reproducible and consistent with the training log-probs.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rl_core::{Critic, Policy, SamplingConfig};
+use rl_policy::logprobs::{PromptResponse, token_log_probs};
+use rl_policy::model::{AttentionLayout, KvCache, Mode};
+use rl_policy::{LanguageModel, LmPolicy, ModelConfig, PolicyError, ValueModel};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn config(model_type: &str, tied: bool) -> ModelConfig {
+    ModelConfig::from_hf_json(serde_json::json!({
+        "model_type": model_type, "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "tie_word_embeddings": tied, "eos_token_id": 3, "rms_norm_eps": 1e-6,
+        "attention_bias": model_type == "llama", "rope_theta": 10000.0,
+    }))
+    .expect("valid config")
+}
+
+fn tiny(model_type: &str, tied: bool, dtype: DType) -> LanguageModel {
+    LanguageModel::random(config(model_type, tied), 42, dtype, &Device::Cpu).expect("random model")
+}
+
+/// A left-padded prompt batch and a right-padded response batch (B = 3, P = 4, T = 5).
+struct Batch {
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+}
+
+fn batch() -> Batch {
+    let d = Device::Cpu;
+    let t = |v: &[[u32; 4]; 3]| Tensor::new(v, &d).expect("tensor");
+    let r = |v: &[[u32; 5]; 3]| Tensor::new(v, &d).expect("tensor");
+    let f = |v: &[[f32; 4]; 3]| Tensor::new(v, &d).expect("tensor");
+    let g = |v: &[[f32; 5]; 3]| Tensor::new(v, &d).expect("tensor");
+    Batch {
+        prompt_ids: t(&[[0, 0, 5, 6], [7, 8, 9, 10], [0, 0, 0, 11]]),
+        prompt_mask: f(&[[0., 0., 1., 1.], [1., 1., 1., 1.], [0., 0., 0., 1.]]),
+        response_ids: r(&[[12, 13, 14, 0, 0], [15, 16, 17, 18, 19], [20, 0, 0, 0, 0]]),
+        response_mask: g(&[[1., 1., 1., 0., 0.], [1., 1., 1., 1., 1.], [1., 0., 0., 0., 0.]]),
+    }
+}
+
+impl Batch {
+    fn view(&self) -> PromptResponse<'_> {
+        PromptResponse {
+            prompt_ids: &self.prompt_ids,
+            prompt_mask: &self.prompt_mask,
+            response_ids: &self.response_ids,
+            response_mask: &self.response_mask,
+        }
+    }
+}
+
+/// Weighted sum of response log-probs and entropies (weights make every position matter).
+fn loss(model: &LanguageModel, b: &Batch, chunk: usize) -> R<Tensor> {
+    let m = model.trainable()?;
+    let hidden = b.view().response_hidden(&m, Mode::Diff)?;
+    let (lp, ent) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, chunk, true)?;
+    let w = Tensor::arange(1.0, 16.0, &Device::Cpu)?.reshape((3, 5))?.to_dtype(lp.dtype())?;
+    Ok(((lp * &w)?.sum_all()? + (ent.expect("entropy") * 0.1)?.sum_all()?)?)
+}
+
+#[test]
+fn every_parameter_gets_a_gradient() -> R {
+    for (arch, tied) in [("llama", false), ("qwen2", true), ("qwen3", false)] {
+        let model = tiny(arch, tied, DType::F32);
+        let grads = loss(&model, &batch(), 2)?.backward()?;
+        let named = model.named_vars();
+        let expected = model.config().tensor_shapes().len();
+        assert_eq!(named.len(), expected);
+        let with_grad = named
+            .iter()
+            .filter(|(_, v)| {
+                grads.get(v.as_tensor()).is_some_and(|g| {
+                    g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0
+                })
+            })
+            .count();
+        let missing: Vec<_> = named
+            .iter()
+            .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(with_grad, expected, "{arch}: params without gradient: {missing:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn gradients_match_finite_differences() -> R {
+    for arch in ["llama", "qwen3"] {
+        let model = tiny(arch, arch == "qwen3", DType::F64);
+        let b = batch();
+        let grads = loss(&model, &b, 0)?.backward()?;
+        let named = model.named_vars();
+        let mut checked = 0;
+        for (name, var) in named.iter().filter(|(n, _)| {
+            n.contains("layers.0.self_attn.q_proj.weight")
+                || n.contains("layers.1.mlp.down_proj")
+                || n.contains("layers.0.input_layernorm")
+                || n.contains("q_norm")
+                || n.contains("embed_tokens")
+                || n.contains("k_proj.bias")
+                || *n == "model.norm.weight"
+        }) {
+            let g = grads.get(var.as_tensor()).ok_or("no grad")?.flatten_all()?.to_vec1::<f64>()?;
+            let orig = var.as_tensor().copy()?;
+            let n = orig.elem_count();
+            for k in [0, n / 3, n - 1] {
+                let eval = |delta: f64| -> R<f64> {
+                    let mut v = orig.flatten_all()?.to_vec1::<f64>()?;
+                    v[k] += delta;
+                    var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu)?)?;
+                    Ok(loss(&model, &b, 0)?.to_scalar::<f64>()?)
+                };
+                let h = 1e-5;
+                let numeric = (eval(h)? - eval(-h)?) / (2.0 * h);
+                var.set(&orig)?;
+                let rel = (numeric - g[k]).abs() / g[k].abs().max(numeric.abs()).max(1e-6);
+                assert!(
+                    rel < 1e-4,
+                    "{arch} {name}[{k}]: autograd {} vs numeric {numeric} (rel {rel})",
+                    g[k]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "{arch}: only {checked} coordinates checked");
+    }
+    Ok(())
+}
+
+#[test]
+fn chunking_does_not_change_log_probs() -> R {
+    let model = tiny("qwen2", false, DType::F32);
+    let m = model.trainable()?;
+    let b = batch();
+    let hidden = b.view().response_hidden(&m, Mode::Diff)?;
+    let (a, _) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, 1, false)?;
+    let (c, _) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, 0, false)?;
+    assert_eq!(a.to_vec2::<f32>()?, c.to_vec2::<f32>()?);
+    // Padding is exactly zero.
+    assert_eq!(a.to_vec2::<f32>()?[2][1..], [0.0; 4]);
+    Ok(())
+}
+
+#[test]
+fn left_padding_and_fused_path_do_not_change_logits() -> R {
+    for arch in ["llama", "qwen2", "qwen3"] {
+        let model = tiny(arch, false, DType::F32);
+        let (diff, fused) = (model.trainable()?, model.detached()?);
+        let d = Device::Cpu;
+        let tokens = [5u32, 9, 2, 33, 7];
+        let plain = diff.forward(&Tensor::new(&[tokens], &d)?, &[vec![true; 5]], Mode::Diff)?;
+        let padded_ids = Tensor::new(&[[0u32, 0, 5, 9, 2, 33, 7], [1, 2, 3, 4, 5, 6, 7]], &d)?;
+        let valid = vec![vec![false, false, true, true, true, true, true], vec![true; 7]];
+        for (m, mode) in [(&diff, Mode::Diff), (&fused, Mode::Fused)] {
+            let padded = m.forward(&padded_ids, &valid, mode)?;
+            let all = padded.flatten_all()?.to_vec1::<f32>()?;
+            assert!(
+                all.iter().all(|x| x.is_finite()),
+                "{arch} {mode:?}: non-finite logits on pad rows"
+            );
+            let row = padded.get(0)?.narrow(0, 2, 5)?;
+            let delta = (row - plain.get(0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(delta < 1e-5, "{arch} {mode:?}: padded vs plain {delta}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn kv_cache_steps_equal_full_forward() -> R {
+    let d = Device::Cpu;
+    let ids = [[0u32, 4, 8, 15, 16, 23, 30], [1, 2, 3, 5, 7, 11, 13]];
+    let valid = vec![vec![false, true, true, true, true, true, true], vec![true; 7]];
+    let mut worst = 0f32;
+    for (arch, mode) in [
+        ("qwen3", Mode::Fused),
+        ("qwen3", Mode::Diff),
+        ("llama", Mode::Fused),
+        ("llama", Mode::Diff),
+    ] {
+        let model = tiny(arch, true, DType::F32);
+        let m = model.detached()?;
+        let full = m.forward(&Tensor::new(&ids, &d)?, &valid, mode)?;
+        let mut cache = KvCache::new(2);
+        let prefix = 4;
+        let first = Tensor::new(&ids, &d)?.narrow(1, 0, prefix)?;
+        let vp: Vec<Vec<bool>> = valid.iter().map(|r| r[..prefix].to_vec()).collect();
+        let layout = AttentionLayout::new(&vp, prefix, m.dtype(), &d)?;
+        let mut outs =
+            vec![m.logits(&m.hidden_states(&first, &layout, Some(&mut cache), mode)?)?];
+        for s in prefix..7 {
+            let step = Tensor::new(&ids, &d)?.narrow(1, s, 1)?;
+            let vs: Vec<Vec<bool>> = valid.iter().map(|r| r[..=s].to_vec()).collect();
+            let layout = AttentionLayout::new(&vs, 1, m.dtype(), &d)?;
+            outs.push(m.logits(&m.hidden_states(&step, &layout, Some(&mut cache), mode)?)?);
+        }
+        assert_eq!(cache.len(), 7);
+        // Pad queries (row 0, position 0) attend to nothing real: their output is arbitrary.
+        let inc = Tensor::cat(&outs, 1)?.narrow(1, 1, 6)?;
+        let delta = (inc - full.narrow(1, 1, 6)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        worst = worst.max(delta);
+    }
+    assert!(worst < 1e-5, "{worst}");
+    Ok(())
+}
+
+#[test]
+fn checkpoints_round_trip_and_loaders_report_typed_errors() -> R {
+    let dir = tempfile::tempdir()?;
+    let model = tiny("qwen2", false, DType::F32);
+    model.save(dir.path())?;
+    let back = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu)?;
+    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?;
+    let a = model.detached()?.forward(&ids, &[vec![true; 3]], Mode::Fused)?;
+    let b = back.detached()?.forward(&ids, &[vec![true; 3]], Mode::Fused)?;
+    assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+    assert!(
+        !dir.path()
+            .read_dir()?
+            .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains(".tmp")))
+    );
+
+    let weights = dir.path().join("model.safetensors");
+    // Missing tensor: save a model without lm_head under an untied config.
+    let tied = tiny("qwen2", true, DType::F32);
+    let other = tempfile::tempdir()?;
+    tied.save(other.path())?;
+    std::fs::copy(other.path().join("model.safetensors"), &weights)?;
+    let err = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::MissingTensor { name, path } if name == "lm_head.weight" && path == &weights),
+        "{err}"
+    );
+    // Wrong shape: a config with a bigger vocabulary.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json"))?)?;
+    cfg["vocab_size"] = 41.into();
+    cfg["tie_word_embeddings"] = true.into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
+    let err = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::TensorShape { name, expected, got, .. } if name == "model.embed_tokens.weight" && expected == &[41, 16] && got == &[40, 16]),
+        "{err}"
+    );
+    // Corrupt weights, missing weights, unknown architecture, GGUF garbage.
+    std::fs::write(&weights, b"not a safetensors file")?;
+    let err = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
+    assert!(matches!(&err, PolicyError::CorruptFile { path, .. } if path == &weights), "{err}");
+    std::fs::remove_file(&weights)?;
+    let err = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
+    assert!(matches!(&err, PolicyError::MissingFile { path } if path == &weights), "{err}");
+    cfg["model_type"] = "gpt2".into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
+    let err = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
+    assert!(matches!(&err, PolicyError::UnknownArchitecture { name } if name == "gpt2"), "{err}");
+    let gguf = dir.path().join("x.gguf");
+    std::fs::write(&gguf, b"GGUF garbage")?;
+    assert!(matches!(
+        LanguageModel::from_gguf(&gguf, DType::F32, &Device::Cpu),
+        Err(PolicyError::CorruptFile { .. })
+    ));
+    Ok(())
+}
+
+fn policy() -> LmPolicy {
+    LmPolicy::new(tiny("llama", true, DType::F32)).with_pad_id(0)
+}
+
+#[test]
+fn sampling_is_reproducible_and_consistent_with_training_log_probs() -> R {
+    let policy = policy();
+    let prompts = vec![vec![5u32, 6, 7], vec![9u32]];
+    let cfg = SamplingConfig {
+        max_new_tokens: 6,
+        n: 3,
+        seed: 11,
+        top_p: 0.95,
+        top_k: Some(30),
+        ..SamplingConfig::default()
+    };
+    let a = policy.generate_ids(&prompts, None, &cfg)?;
+    let b = policy.generate_ids(&prompts, None, &cfg)?;
+    a.validate()?;
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.group_ids, vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(a.response_ids.to_vec2::<u32>()?, b.response_ids.to_vec2::<u32>()?);
+    let other = policy.generate_ids(&prompts, None, &SamplingConfig { seed: 12, ..cfg.clone() })?;
+    assert_ne!(a.response_ids.to_vec2::<u32>()?, other.response_ids.to_vec2::<u32>()?);
+    // EOS (id 3) ends a response and is inside the mask; lengths match the samples.
+    let ids = a.response_ids.to_vec2::<u32>()?;
+    let mask = a.response_mask.to_vec2::<f32>()?;
+    for (r, s) in a.samples.iter().enumerate() {
+        let len = mask[r].iter().filter(|m| **m == 1.0).count();
+        assert_eq!(len, s.response_tokens);
+        assert_eq!(ids[r][..len].contains(&3), s.finish == rl_core::FinishReason::Eos);
+    }
+    // Sampling log-probs (fused path, T = 1) equal the training log-probs of the same tokens.
+    let train = policy.log_probs(&a, true)?;
+    let delta = (train.log_probs - &a.old_log_probs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(delta < 1e-5, "{delta}");
+    // The reference is a frozen copy: same numbers.
+    let reference = policy.reference()?;
+    let r = reference.log_probs(&a)?;
+    let exact = policy.log_probs_detached(&a, false, Mode::Diff)?.log_probs;
+    assert_eq!(r.to_vec2::<f32>()?, exact.to_vec2::<f32>()?);
+    Ok(())
+}
+
+#[test]
+fn greedy_generation_is_argmax_and_stops_on_eos() -> R {
+    let policy = policy().with_eos_ids(vec![]);
+    let batch = policy.generate_ids(&[vec![1, 2, 3]], None, &SamplingConfig::greedy(4))?;
+    let toks = batch.response_ids.to_vec2::<u32>()?[0].clone();
+    assert_eq!(batch.samples[0].finish, rl_core::FinishReason::Length);
+    // The first greedy token is the argmax of the full forward.
+    let m = policy.model().detached()?;
+    let logits =
+        m.forward(&Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?, &[vec![true; 3]], Mode::Fused)?;
+    let first = logits.get(0)?.get(2)?.argmax(0)?.to_scalar::<u32>()?;
+    assert_eq!(toks[0], first);
+    // Make that token an EOS: generation stops after one token.
+    let stop = policy.clone().with_eos_ids(vec![first]);
+    let batch = stop.generate_ids(&[vec![1, 2, 3]], None, &SamplingConfig::greedy(4))?;
+    assert_eq!(batch.response_len(), 1);
+    assert_eq!(batch.samples[0].finish, rl_core::FinishReason::Eos);
+    assert!(policy.generate_ids(&[vec![]], None, &SamplingConfig::greedy(4)).is_err());
+    assert!(policy.generate_ids(&[vec![99]], None, &SamplingConfig::greedy(4)).is_err());
+    Ok(())
+}
+
+#[test]
+fn critic_values_are_aligned_and_trainable() -> R {
+    let model = tiny("qwen2", false, DType::F32);
+    let critic = ValueModel::from_model(&model, 1)?;
+    let policy = LmPolicy::new(model).with_pad_id(0);
+    let batch = policy.generate_ids(
+        &[vec![5, 6], vec![7, 8, 9]],
+        None,
+        &SamplingConfig { max_new_tokens: 4, ..SamplingConfig::default() },
+    )?;
+    let v = critic.values(&batch)?;
+    assert_eq!(v.dims(), &[2, batch.response_len()]);
+    let detached = critic.values_detached(&batch)?;
+    assert_eq!(v.to_vec2::<f32>()?, detached.to_vec2::<f32>()?);
+    let grads = v.sqr()?.sum_all()?.backward()?;
+    let vars: Vec<Var> = critic.trainable_vars();
+    assert_eq!(vars.len(), policy.trainable_vars().len() - 1 + 2);
+    let missing = vars.iter().filter(|v| grads.get(v.as_tensor()).is_none()).count();
+    assert_eq!(missing, 0);
+    // Training the critic does not touch the policy (deep copy).
+    let before =
+        policy.log_probs_detached(&batch, false, Mode::Diff)?.log_probs.to_vec2::<f32>()?;
+    for var in &vars {
+        var.set(&var.as_tensor().affine(0.5, 0.0)?)?;
+    }
+    assert_eq!(
+        before,
+        policy.log_probs_detached(&batch, false, Mode::Diff)?.log_probs.to_vec2::<f32>()?
+    );
+    Ok(())
+}
