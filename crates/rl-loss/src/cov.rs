@@ -48,7 +48,8 @@ pub(crate) fn seeded_choice(mut items: Vec<usize>, k: usize, seed: u64) -> Vec<u
 fn covariance(hb: &HostBatch) -> (Vec<f32>, usize) {
     let n: usize = hb.lens.iter().sum();
     let mean = |v: &[f32]| {
-        let s: f64 = v.iter().zip(&hb.mask).map(|(x, m)| (x * m) as f64).sum();
+        let s: f64 =
+            v.iter().zip(&hb.mask).filter(|(_, m)| **m != 0.0).map(|(x, _)| *x as f64).sum();
         (s / (n as f64 + 1e-8)) as f32
     };
     let (ma, ml) = (mean(&hb.adv), mean(&hb.lp));

@@ -104,7 +104,7 @@ pub enum PolicyLossConfig {
 }
 
 impl Default for PolicyLossConfig {
-    /// verl's default: [`PpoLoss::default`].
+    /// [`PpoLoss::default`] (plain PPO-clip).
     fn default() -> Self {
         Self::Ppo(PpoLoss::default())
     }

@@ -51,23 +51,24 @@ pub struct PpoLoss {
 }
 
 impl Default for PpoLoss {
-    /// verl's actor defaults: `clip_ratio 0.2` both sides, `clip_ratio_c 3.0`, `token-mean`
-    /// (`_generated_ppo_trainer.yaml` L55-71).
+    /// Plain PPO-clip (Schulman et al. 2017): `ε = 0.2` both sides, no dual clip, token mean.
+    /// (A missing `dual_clip` in a recipe means "off", so that configs round-trip.)
     fn default() -> Self {
-        Self {
-            clip_low: 0.2,
-            clip_high: 0.2,
-            dual_clip: Some(3.0),
-            aggregation: Aggregation::TokenMean,
-        }
+        Self { clip_low: 0.2, clip_high: 0.2, dual_clip: None, aggregation: Aggregation::TokenMean }
     }
 }
 
 impl PpoLoss {
+    /// verl's actor defaults: `clip_ratio 0.2` both sides, `clip_ratio_c 3.0` (verl always
+    /// applies the dual clip), `token-mean` (`_generated_ppo_trainer.yaml` L55-71).
+    pub fn verl() -> Self {
+        Self { dual_clip: Some(3.0), ..Self::default() }
+    }
+
     /// Open-Reasoner-Zero (`orz/ppo/actors.py` L81-130, `ppo_base_exp.py` L94-95): clip 0.2,
     /// no dual clip, no KL, token mean over the micro-batch.
     pub fn open_reasoner_zero() -> Self {
-        Self { dual_clip: None, ..Self::default() }
+        Self::default()
     }
 
     /// Dr. GRPO (arXiv 2503.20783; oat `ppo.py` L216-224): clip 0.2, no dual clip, per-sequence
@@ -75,7 +76,6 @@ impl PpoLoss {
     /// understand-r1-zero's scripts), mean over sequences.
     pub fn dr_grpo(max_len: usize) -> Self {
         Self {
-            dual_clip: None,
             aggregation: Aggregation::SeqMeanTokenSumNorm { max_len: Some(max_len) },
             ..Self::default()
         }
@@ -95,7 +95,7 @@ impl PpoLoss {
     /// GRPO as TRL `loss_type = "grpo"` (`grpo_trainer.py` L3054-3148, `epsilon 0.2`, no dual
     /// clip): per-sequence token mean, then mean over sequences.
     pub fn grpo() -> Self {
-        Self { dual_clip: None, aggregation: Aggregation::SeqMeanTokenMean, ..Self::default() }
+        Self { aggregation: Aggregation::SeqMeanTokenMean, ..Self::default() }
     }
 
     /// Checks `0 < ε_low <= ε_high`, `ε_low < 1` and `c > 1`.
@@ -162,6 +162,7 @@ mod tests {
     #[test]
     fn presets_are_valid_and_cite_their_numbers() {
         for p in [
+            PpoLoss::verl(),
             PpoLoss::default(),
             PpoLoss::open_reasoner_zero(),
             PpoLoss::dr_grpo(3000),
@@ -180,8 +181,8 @@ mod tests {
             PpoLoss { clip_low: 0.0, ..PpoLoss::default() },
             PpoLoss { clip_low: -0.1, ..PpoLoss::default() },
             PpoLoss { clip_low: 0.3, clip_high: 0.2, ..PpoLoss::default() },
-            PpoLoss { dual_clip: Some(1.0), ..PpoLoss::default() },
-            PpoLoss { dual_clip: Some(0.5), ..PpoLoss::default() },
+            PpoLoss { dual_clip: Some(1.0), ..PpoLoss::verl() },
+            PpoLoss { dual_clip: Some(0.5), ..PpoLoss::verl() },
         ];
         for b in bad {
             assert!(matches!(b.validate(), Err(rl_core::Error::Config { .. })), "{b:?}");
@@ -190,7 +191,7 @@ mod tests {
 
     #[test]
     fn token_flags() {
-        let p = PpoLoss::default();
+        let p = PpoLoss::verl();
         // A > 0, ratio e^0.5 > 1.2: high clip, zero gradient.
         let t = p.token(0.5, 0.0, 1.0);
         assert_eq!((t.flags, t.l.d), (CLIP_HIGH, 0.0));

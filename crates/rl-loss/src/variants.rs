@@ -52,7 +52,8 @@ impl PolicyLoss for GspoLoss {
                     .iter()
                     .zip(&hb.old[r.clone()])
                     .zip(&hb.mask[r])
-                    .map(|((lp, old), m)| ((lp - old) * m) as f64)
+                    .filter(|(_, m)| **m != 0.0)
+                    .map(|((lp, old), _)| (lp - old) as f64)
                     .sum();
                 (s / hb.lens[b].max(1) as f64) as f32
             })
