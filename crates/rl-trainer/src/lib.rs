@@ -13,6 +13,7 @@ pub mod data;
 mod error;
 pub mod metrics;
 pub mod optim;
+pub mod recipe;
 pub mod schedule;
 pub mod trainer;
 
@@ -25,6 +26,7 @@ pub use data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};
 pub use error::{Result, TrainerError};
 pub use metrics::MetricsLog;
 pub use optim::{AdamW, AdamWConfig, ClipReport, clip_grad_norm};
+pub use recipe::{AlgorithmConfig, Recipe};
 pub use schedule::LrSchedule;
 pub use trainer::{
     EvalReport, GrpoTrainer, LossTerm, NoCritic, PpoTrainer, StepReport, TermInput, Trainer,

@@ -494,3 +494,123 @@ mod props {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Recipes: the real estimators of rl-advantage and losses of rl-loss, picked by name.
+
+mod recipes {
+    use super::*;
+    use crate::{AlgorithmConfig, Recipe};
+
+    fn small(mut r: Recipe) -> Recipe {
+        let t = config(8, 0.1);
+        r.trainer.sampling = t.sampling;
+        r.trainer.micro_batch_size = 4;
+        r.trainer.actor.lr = 0.1;
+        r.trainer.actor.schedule = LrSchedule::Constant;
+        r.trainer.critic.lr = 0.1;
+        r.trainer.critic.schedule = LrSchedule::Constant;
+        r
+    }
+
+    #[test]
+    fn recipes_round_trip_and_name_bad_stages() -> R {
+        for r in
+            [Recipe::default(), Recipe::open_reasoner_zero(), Recipe::dr_grpo(), Recipe::dapo()]
+        {
+            let text = r.to_toml()?;
+            assert_eq!(Recipe::from_toml(&text)?, r, "{text}");
+        }
+        let text = "[algorithm.advantage]\ntype = \"dr_grpo\"\n[algorithm.policy_loss]\ntype = \"ppo\"\nclip_high = 0.28\n[trainer]\nppo_epochs = 2";
+        let r = Recipe::from_toml(text)?;
+        assert_eq!(
+            (r.algorithm.advantage, r.trainer.ppo_epochs),
+            (rl_advantage::Advantage::dr_grpo(), 2)
+        );
+        for (bad, name) in [
+            ("[algorithm.policy_loss]\ntype = \"ppo2\"", "ppo2"),
+            ("[algorithm]\nadvantages = 1", "advantages"),
+            ("[trainer.actor]\nlearning_rate = 1.0", "learning_rate"),
+        ] {
+            let err = Recipe::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains(name), "{bad}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dr_grpo_recipe_raises_the_reward() -> R {
+        let mut r = small(Recipe::dr_grpo());
+        r.algorithm = AlgorithmConfig::dr_grpo(4);
+        let mut t = r.grpo(mock(), contains_b)?;
+        let ps = prompts(4);
+        let rewards: Vec<f64> = (0..12)
+            .map(|_| t.step(&ps).map(|s| s.metrics.get("reward/mean").expect("reward")))
+            .collect::<R<_>>()?;
+        let (first, last) =
+            (rewards[..3].iter().sum::<f64>() / 3.0, rewards[9..].iter().sum::<f64>() / 3.0);
+        assert!(last > first + 0.2, "{rewards:?}");
+        assert_eq!(t.evaluate(&ps, true)?.accuracy, 1.0);
+        Ok(())
+    }
+
+    #[test]
+    fn dapo_recipe_steps_with_dynamic_sampling() -> R {
+        let mut t = small(Recipe::dapo()).grpo(mock(), contains_b)?;
+        let m = t.step(&prompts(4))?.metrics;
+        assert_eq!(m.get("dynamic/kept_groups"), Some(4.0));
+        assert!(m.get("actor/clipfrac").is_some(), "{m:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn ppo_recipe_trains_actor_and_critic() -> R {
+        let r = small(Recipe::open_reasoner_zero());
+        let critic = BiasCritic(Var::new(&[0f32], &Device::Cpu)?);
+        let mut t = r.ppo(mock(), critic, contains_b)?;
+        let m = t.step(&prompts(4))?.metrics;
+        for k in
+            ["actor/loss", "actor/grad_norm", "critic/loss", "critic/clipfrac", "critic/grad_norm"]
+        {
+            assert!(m.get(k).is_some_and(f64::is_finite), "{k}: {m:?}");
+        }
+        assert_eq!((t.state().actor_updates, t.state().critic_updates), (1, 1));
+        let critic = BiasCritic(Var::new(&[0f32], &Device::Cpu)?);
+        assert!(matches!(
+            small(Recipe::dr_grpo()).ppo(mock(), critic, contains_b),
+            Err(TrainerError::Config { .. })
+        ));
+        assert!(
+            matches!(r.grpo(mock(), contains_b), Err(TrainerError::Config { .. })),
+            "GAE needs a critic"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn kl_and_entropy_terms_use_the_reference_and_entropies() -> R {
+        let mut r = small(Recipe::dr_grpo());
+        r.algorithm = AlgorithmConfig {
+            kl_loss: Some(rl_loss::KlLoss { coef: 0.1, ..Default::default() }),
+            entropy_bonus: Some(rl_loss::EntropyBonus { coef: 0.01, ..Default::default() }),
+            ..AlgorithmConfig::dr_grpo(4)
+        };
+        r.trainer.mini_batch_groups = Some(1);
+        let mut t = r.grpo(mock(), contains_b)?.with_reference(mock());
+        let m = t.step(&prompts(2))?.metrics;
+        let kl = m.get("actor/kl/kl").expect("kl metric");
+        assert!(kl > 0.0 && kl.is_finite(), "the second mini-batch sees an updated policy: {kl}");
+        // Per micro-batch the bonus is its share of the mini-batch token mean (normalised by the
+        // mini-batch counts): positive, at most ln 4, and it lowers the loss.
+        let h = m.get("actor/entropy_bonus/entropy").expect("entropy");
+        assert!(h > 0.0 && h <= 4f64.ln() + 1e-6, "{h}");
+        assert!(m.get("actor/entropy_bonus/loss").expect("bonus") < 0.0);
+        // Without a reference policy the KL term is a typed error.
+        let mut t = r.grpo(mock(), contains_b)?;
+        assert!(matches!(
+            t.step(&prompts(2)),
+            Err(TrainerError::Core(rl_core::Error::Config { .. }))
+        ));
+        Ok(())
+    }
+}

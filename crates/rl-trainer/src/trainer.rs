@@ -59,7 +59,7 @@ const SEED_SHUFFLE: u64 = 2;
 pub struct TermInput<'a> {
     /// Current log-probs (carry the autograd graph).
     pub log_probs: &'a Tensor,
-    /// Entropies, when the trainer computed them (`entropy_coef != 0`).
+    /// Entropies, when the trainer computed them (`entropy_coef != 0` or a term needs them).
     pub entropy: Option<&'a Tensor>,
     /// Rollout log-probs.
     pub old_log_probs: &'a Tensor,
@@ -82,6 +82,12 @@ pub trait LossTerm {
     /// Metric prefix (`actor/<name>/...`).
     fn name(&self) -> &str {
         "term"
+    }
+
+    /// `true` when the term reads [`TermInput::entropy`] (the trainer then asks the policy for
+    /// entropies).
+    fn needs_entropy(&self) -> bool {
+        false
     }
 }
 
@@ -602,7 +608,8 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         adv: &Tensor,
         counts: &GlobalCounts,
     ) -> Result<LossOutput> {
-        let with_entropy = self.config.entropy_coef != 0.0;
+        let with_entropy =
+            self.config.entropy_coef != 0.0 || self.terms.iter().any(|t| t.needs_entropy());
         let lp = self.policy.log_probs(micro, with_entropy)?;
         let mut input =
             PolicyLossInput::new(&lp.log_probs, &micro.old_log_probs, adv, &micro.response_mask);
@@ -610,7 +617,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         input.counts = Some(counts);
         let LossOutput { mut loss, mut metrics } = self.policy_loss.compute(&input)?;
         metrics.insert("pg_loss", scalar(&loss)?);
-        if let Some(h) = &lp.entropy {
+        if let (Some(h), true) = (&lp.entropy, self.config.entropy_coef != 0.0) {
             let tokens = counts.tokens.unwrap_or(1.0).max(1.0);
             let sum = rl_core::masked::masked_sum(h, &micro.response_mask, None)?;
             metrics.insert(
