@@ -1,1 +1,33 @@
-//! rl-reward (work in progress).
+//! # rl-reward
+//!
+//! Rule-based rewards for R1-Zero-style RL, all implementing [`rl_core::RewardFn`]:
+//!
+//! * [`math`]: a pure-Rust math answer verifier (extraction, normalisation, exact comparison);
+//! * [`rewards`]: the Open-Reasoner-Zero outcome reward, DAPO ±1, the R1 format reward,
+//!   countdown, DAPO overlong and length penalties, combinators, and the serde enum
+//!   [`BuiltinReward`] of all built-ins;
+//! * [`runner`]: a parallel, panic- and timeout-safe batch runner for any reward (plugins);
+//! * [`tasks`]: seeded arithmetic and countdown prompt generators and a JSONL loader.
+//!
+//! ```
+//! use rl_core::{FinishReason, RewardFn, Sample};
+//! use rl_reward::OrzReward;
+//!
+//! let mut s = Sample::new("... so the answer is \\boxed{\\frac{1}{2}}", "0.5");
+//! assert_eq!(OrzReward::default().score(&s)?, 1.0);
+//! s.finish = FinishReason::Length; // truncated responses get 0
+//! assert_eq!(OrzReward::default().score(&s)?, 0.0);
+//! # Ok::<(), rl_core::Error>(())
+//! ```
+
+pub mod math;
+pub mod rewards;
+pub mod runner;
+pub mod tasks;
+
+pub use math::{MathVerifier, Verdict, VerifyConfig, verify};
+pub use rewards::{
+    BuiltinReward, Clip, CountdownReward, DapoReward, LengthPenalty, OrzReward, OverlongPenalty,
+    R1FormatReward, SequenceReward, WeightedSum,
+};
+pub use runner::{OnFailure, SafeRunner};

@@ -1,0 +1,273 @@
+//! Built-in tasks: seeded arithmetic and countdown prompt generators, and a JSONL loader.
+//!
+//! ```
+//! use rl_reward::tasks::{arithmetic, countdown};
+//!
+//! let p = arithmetic(3, 1, 42)?;
+//! assert_eq!(p.len(), 3);
+//! assert!(p[0].text.ends_with("Put the final answer in \\boxed{}."));
+//! assert_eq!(p, arithmetic(3, 1, 42)?); // seeded: reproducible
+//! let c = countdown(2, 4, 7)?;
+//! assert_eq!(c[0].metadata["numbers"].as_array().unwrap().len(), 4);
+//! # Ok::<(), rl_core::Error>(())
+//! ```
+
+use std::io::BufRead;
+use std::path::Path;
+
+use rl_core::{Error, Metadata, Prompt, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A tiny deterministic PRNG (SplitMix64), so generated tasks do not depend on `rand` versions.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform integer in `lo..=hi`.
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        let span = (hi - lo + 1).max(1) as u64;
+        lo + (self.next_u64() % span) as i64
+    }
+}
+
+/// `n` arithmetic prompts at `difficulty` 1–4, seeded:
+///
+/// | level | question |
+/// |---|---|
+/// | 1 | `a + b` or `a − b`, two-digit operands |
+/// | 2 | `a × b`, one- and two-digit operands |
+/// | 3 | `a + b × c`, up to three digits |
+/// | 4 | `(a − b) × c + d`, up to three digits, may be negative |
+///
+/// Example: "What is 37 + 48? Put the final answer in \boxed{}." with answer "85"; metadata
+/// holds `task = "arithmetic"` and `difficulty`.
+///
+/// # Errors
+/// [`Error::Config`] for a difficulty outside 1–4.
+pub fn arithmetic(n: usize, difficulty: u8, seed: u64) -> Result<Vec<Prompt>> {
+    if !(1..=4).contains(&difficulty) {
+        return Err(Error::config("arithmetic.difficulty", "must be 1, 2, 3 or 4"));
+    }
+    let mut rng = SplitMix64::new(seed);
+    Ok((0..n)
+        .map(|_| {
+            let (q, a) = match difficulty {
+                1 => {
+                    let (x, y) = (rng.range(10, 99), rng.range(10, 99));
+                    if rng.next_u64().is_multiple_of(2) {
+                        (format!("{x} + {y}"), x + y)
+                    } else {
+                        (format!("{x} - {y}"), x - y)
+                    }
+                }
+                2 => {
+                    let (x, y) = (rng.range(2, 9), rng.range(10, 99));
+                    (format!("{x} \\times {y}"), x * y)
+                }
+                3 => {
+                    let (x, y, z) = (rng.range(10, 999), rng.range(2, 99), rng.range(2, 99));
+                    (format!("{x} + {y} \\times {z}"), x + y * z)
+                }
+                _ => {
+                    let (x, y, z, w) = (
+                        rng.range(10, 999),
+                        rng.range(10, 999),
+                        rng.range(2, 20),
+                        rng.range(1, 999),
+                    );
+                    (format!("({x} - {y}) \\times {z} + {w}"), (x - y) * z + w)
+                }
+            };
+            let mut metadata = Metadata::new();
+            metadata.insert("task".into(), "arithmetic".into());
+            metadata.insert("difficulty".into(), difficulty.into());
+            Prompt {
+                text: format!("What is {q}? Put the final answer in \\boxed{{}}."),
+                answer: Some(a.to_string()),
+                metadata,
+            }
+        })
+        .collect())
+}
+
+/// `n` countdown prompts with `k` numbers (2–6) in 1–99, seeded. The target is built from a
+/// random equation over all numbers that stays a positive integer, so every puzzle is solvable.
+/// Metadata holds `numbers` and `target` (what [`crate::CountdownReward`] reads); the answer is
+/// the target.
+///
+/// # Errors
+/// [`Error::Config`] for `k` outside 2–6.
+pub fn countdown(n: usize, k: usize, seed: u64) -> Result<Vec<Prompt>> {
+    if !(2..=6).contains(&k) {
+        return Err(Error::config("countdown.k", "must be between 2 and 6"));
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let nums: Vec<i64> = (0..k).map(|_| rng.range(1, 99)).collect();
+        let mut target = nums[0];
+        for &x in &nums[1..] {
+            target = match rng.next_u64() % 4 {
+                0 => target + x,
+                1 if target > x => target - x,
+                2 if target * x <= 1000 => target * x,
+                3 if target % x == 0 => target / x,
+                _ => target + x,
+            };
+        }
+        if target <= 0 {
+            continue;
+        }
+        let list = nums.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let mut metadata = Metadata::new();
+        metadata.insert("task".into(), "countdown".into());
+        metadata.insert("numbers".into(), nums.clone().into());
+        metadata.insert("target".into(), target.into());
+        out.push(Prompt {
+            text: format!(
+                "Using the numbers [{list}], create an equation that equals {target}. You can use basic arithmetic \
+                 operations (+, -, *, /) and each number exactly once. Show your work in <think> </think> tags \
+                 and return the final equation in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
+            ),
+            answer: Some(target.to_string()),
+            metadata,
+        });
+    }
+    Ok(out)
+}
+
+/// Field names of a JSONL dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JsonlFields {
+    /// The prompt field. Default `"prompt"`.
+    pub prompt: String,
+    /// The answer field (strings and numbers are accepted). Default `"answer"`.
+    pub answer: String,
+    /// Fields copied into [`Prompt::metadata`] (all other fields when empty).
+    pub metadata: Vec<String>,
+}
+
+impl Default for JsonlFields {
+    fn default() -> Self {
+        Self { prompt: "prompt".into(), answer: "answer".into(), metadata: Vec::new() }
+    }
+}
+
+/// Reads one JSON object per line into prompts. Blank lines are allowed; a malformed line, a
+/// non-object, a missing or non-string prompt, or a missing answer is an error that names the
+/// line (1-based): nothing is skipped silently.
+pub fn load_jsonl(path: &Path, fields: &JsonlFields) -> Result<Vec<Prompt>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::File { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| Error::File {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {why}", i + 1),
+        };
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".into()))?;
+        let text = obj
+            .get(&fields.prompt)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("missing string field `{}`", fields.prompt)))?;
+        let answer = json_text(obj.get(&fields.answer))
+            .ok_or_else(|| bad(format!("missing field `{}`", fields.answer)))?;
+        let metadata = obj
+            .iter()
+            .filter(|(k, _)| {
+                if fields.metadata.is_empty() {
+                    **k != fields.prompt && **k != fields.answer
+                } else {
+                    fields.metadata.contains(k)
+                }
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.push(Prompt { text: text.to_string(), answer: Some(answer), metadata });
+    }
+    Ok(out)
+}
+
+/// A JSON string or number as text.
+pub fn json_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CountdownReward, verify};
+
+    #[test]
+    fn arithmetic_answers_are_right() -> Result<()> {
+        for level in 1..=4 {
+            for p in arithmetic(20, level, 3)? {
+                let a = p.answer.clone().unwrap_or_default();
+                assert!(verify(&a, &format!("\\boxed{{{a}}}")), "{p:?}");
+            }
+        }
+        assert!(arithmetic(1, 9, 0).is_err());
+        assert_ne!(arithmetic(5, 1, 1)?, arithmetic(5, 1, 2)?);
+        Ok(())
+    }
+
+    #[test]
+    fn countdown_is_consistent() -> Result<()> {
+        for p in countdown(50, 4, 11)? {
+            let t = p.metadata["target"].as_i64().unwrap_or(0);
+            assert!(t > 0);
+        }
+        assert!(countdown(1, 1, 0).is_err());
+        let _ = CountdownReward::default();
+        Ok(())
+    }
+
+    #[test]
+    fn jsonl_loader_names_bad_lines() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("rl-reward-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let good = dir.join("good.jsonl");
+        std::fs::write(
+            &good,
+            "{\"q\": \"1+1?\", \"a\": 2, \"src\": \"x\"}\n\n{\"q\": \"2+2?\", \"a\": \"4\"}\n",
+        )?;
+        let f = JsonlFields { prompt: "q".into(), answer: "a".into(), metadata: vec![] };
+        let p = load_jsonl(&good, &f)?;
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].answer.as_deref(), Some("2"));
+        assert_eq!(p[0].metadata["src"], "x");
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, "{\"q\": \"1\", \"a\": 1}\n{oops\n")?;
+        let err = load_jsonl(&bad, &f).expect_err("malformed line").to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::write(&bad, "{\"q\": \"1\"}\n")?;
+        assert!(load_jsonl(&bad, &f).expect_err("missing answer").to_string().contains("line 1"));
+        Ok(())
+    }
+}
