@@ -12,10 +12,11 @@
 //! pre-tokenizer splits listed in [`GGUF_PRE_TOKENIZERS`]; anything else is a
 //! [`PolicyError::Config`] naming the offending key, never a silently different tokenizer.
 //!
-//! ```no_run
+//! ```
 //! use rl_policy::tokenizer::Tokenizer;
 //!
-//! let tok = Tokenizer::from_gguf_file(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! // <workspace>/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched on first use).
+//! let tok = Tokenizer::from_gguf_file(rl_policy::testing_assets::smollm2_gguf()?)?;
 //! let ids = tok.encode("What is 12+34?", false)?;
 //! assert_eq!(ids, [1780, 314, 216, 33, 34, 27, 35, 36, 47]);
 //! assert_eq!(tok.decode(&ids, false)?, "What is 12+34?");
