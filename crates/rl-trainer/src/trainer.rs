@@ -320,11 +320,14 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let (mut batch, scores) = self.rollout(source, groups, &mut metrics)?;
 
         let t = Instant::now();
+        let micro = self.config.micro_batch_size;
         if let Some(reference) = &self.reference {
-            batch.ref_log_probs = Some(reference.log_probs(&batch, false)?.log_probs.detach());
+            let lp =
+                by_micro_batch(&batch, micro, |mb| Ok(reference.log_probs(mb, false)?.log_probs))?;
+            batch.ref_log_probs = Some(lp);
         }
         if let Some(c) = &self.critic {
-            batch.values = Some(c.critic.values(&batch)?.detach());
+            batch.values = Some(by_micro_batch(&batch, micro, |mb| Ok(c.critic.values(mb)?))?);
         }
         let rewards = Rewards::from_scores(&scores, batch.response_mask.device())?;
         let mut input = AdvantageInput::new(&rewards, &batch.response_mask, &batch.group_ids);
@@ -719,6 +722,24 @@ fn scalar(t: &Tensor) -> Result<f64> {
         return Err(rl_core::Error::shape("loss (must be a scalar)", &[], t.dims()).into());
     }
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// `f` over consecutive micro-batches of `micro` rows, outputs detached and concatenated along
+/// `B` (reference log-probs and rollout values never need the whole batch's graph at once).
+fn by_micro_batch(
+    batch: &RolloutBatch,
+    micro: usize,
+    f: impl Fn(&RolloutBatch) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let n = batch.len();
+    let parts = (0..n)
+        .step_by(micro.max(1))
+        .map(|s| {
+            let rows: Vec<usize> = (s..(s + micro).min(n)).collect();
+            Ok(f(&batch.select(&rows)?)?.detach())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
