@@ -362,11 +362,22 @@ fn last_number(s: &str) -> Option<(usize, String)> {
             .expect("valid regex")
     });
     let b = s.as_bytes();
-    // Numbers inside a math region that did not form a valid span are not extracted.
-    let inside_broken_math = |pos: usize| {
-        let before = &s[..pos];
-        let dollars = before.matches('$').count() - before.matches("\\$").count();
-        dollars % 2 == 1 || before.matches("\\(").count() > before.matches("\\)").count()
+    // Numbers inside a math region that did not form a valid span are not extracted. The counts
+    // are kept incrementally so the scan stays linear.
+    let (mut at, mut dollars, mut open) = (0usize, 0usize, 0i64);
+    let mut inside_broken_math = move |pos: usize| {
+        for i in at..pos {
+            let prev = if i > 0 { b[i - 1] } else { b' ' };
+            match (prev, b[i]) {
+                (b'\\', b'$') => {}
+                (_, b'$') => dollars += 1,
+                (b'\\', b'(') => open += 1,
+                (b'\\', b')') => open -= 1,
+                _ => {}
+            }
+        }
+        at = at.max(pos);
+        dollars % 2 == 1 || open > 0
     };
     RE.find_iter(s)
         .filter(|m| !inside_broken_math(m.start()))

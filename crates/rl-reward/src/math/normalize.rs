@@ -72,6 +72,8 @@ static RELATIONS: LazyLock<[(Regex, &'static str); 5]> = LazyLock::new(|| {
 pub fn normalize(s: &str) -> Normalized {
     let mut t = map_unicode(s);
     t = DOUBLED.replace_all(&t, "$1\\$2").into_owned();
+    // Protect LaTeX row breaks `\\` from the single-backslash rules below.
+    t = t.replace("\\\\", "\u{2}");
     t = t.replace("\\left.", "").replace("\\right.", "");
     t = SIZING.replace_all(&t, "").into_owned();
     t = t.replace("{,}", "").replace("{, }", "");
@@ -105,6 +107,7 @@ pub fn normalize(s: &str) -> Normalized {
     t = t.replace("=<", "<=").replace("=>", ">=").replace("\\approx", " \\approx ");
     t = join_digit_groups(&t, ',');
     t = join_digit_groups(&t, ' ');
+    t = t.replace('\u{2}', "\\\\");
     Normalized { text: trim_punct(&t).to_string(), percent }
 }
 

@@ -1,0 +1,131 @@
+//! Verifier behaviour on typical grader pairs (Hendrycks MATH / Qwen2.5-Math style), adversarial
+//! inputs, and a property test that random strings never panic.
+
+use std::time::Instant;
+
+use proptest::prelude::*;
+use rl_reward::math::{MathVerifier, extract_answer};
+
+fn eq(gold: &str, pred: &str) -> bool {
+    MathVerifier::default().equivalent(gold, pred)
+}
+
+#[test]
+fn equivalent_forms() {
+    let yes = [
+        ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}"),
+        ("\\frac12", "0.5"),
+        ("\\dfrac{3}{4}", "0.75"),
+        ("(x+1)^2", "x^2+2x+1"),
+        ("\\text{(A)}", "A"),
+        ("10\\%", "10"),
+        ("\\$5", "5"),
+        ("5 \\text{ cm}", "5"),
+        ("3\\sqrt{2}", "\\sqrt{18}"),
+        ("2\\pi", "6.2832"),
+        ("(-\\infty, 3]", "(-\\infty,3]"),
+        ("\\{1,2\\}", "\\{2,1\\}"),
+        ("x=2", "2"),
+        ("1/2", "\\frac{1}{2}"),
+        ("50^\\circ", "50"),
+        ("\\sqrt[3]{2}", "2^{1/3}"),
+        ("-3", "−3"),
+        ("1,000,000", "1000000"),
+        ("007", "7"),
+        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1, 2)"),
+        ("y = 2x + 3", "y=3+2x"),
+        ("2 \\le x < 5", "x \\in [2, 5)"),
+        ("3 \\frac{1}{2}", "\\frac{7}{2}"),
+        ("\\binom{5}{2}", "10"),
+        ("5!", "120"),
+        ("2^{10}", "1024"),
+        ("\\sin^2 x + \\cos^2 x", "1"),
+        ("\\frac{\\pi}{3}", "60^\\circ\\cdot\\frac{\\pi}{180}"),
+        ("1 \\pm \\sqrt{2}", "1 - \\sqrt 2, 1+\\sqrt 2"),
+    ];
+    for (g, p) in yes {
+        assert!(eq(g, p), "expected equal: {g:?} vs {p:?}");
+    }
+}
+
+#[test]
+fn different_answers() {
+    let no = [
+        ("3", "2"),
+        ("12", "1.2"),
+        ("\\frac{1}{3}", "0.33"),
+        ("16386.17", "16386.16"),
+        ("(1, 2)", "(2, 1)"),
+        ("[0, 1)", "[0, 1]"),
+        ("x^2", "2x"),
+        ("\\sqrt{2}", "1.41"),
+        ("10", "10x"),
+        ("\\{1, 2\\}", "\\{1, 2, 3\\}"),
+        ("2", "-2"),
+        ("1000", "10000"),
+        ("\\infty", "-\\infty"),
+        ("\\begin{pmatrix} 1 & 2 \\end{pmatrix}", "\\begin{pmatrix} 2 & 1 \\end{pmatrix}"),
+        ("x > 1", "x \\ge 1"),
+        ("A", "B"),
+        ("(3, 4)", "3, 4, 5"),
+    ];
+    for (g, p) in no {
+        assert!(!eq(g, p), "expected different: {g:?} vs {p:?}");
+    }
+}
+
+#[test]
+fn extraction_order() {
+    let ex = |s: &str| extract_answer(s).map(|e| e.text);
+    assert_eq!(ex("<think>maybe \\boxed{1}</think><answer>2</answer>").as_deref(), Some("2"));
+    assert_eq!(ex("We get 3 and then 4. The final answer is 5.").as_deref(), Some("5"));
+    assert_eq!(ex("first $x = 1$, so there are 7 ways").as_deref(), Some("7"));
+    assert_eq!(ex("The roots are \\boxed{2} and \\boxed{3}.").as_deref(), Some("2, 3"));
+    assert_eq!(ex("no numbers here"), None);
+}
+
+#[test]
+fn adversarial_inputs_are_bounded() {
+    let inputs = [
+        format!("\\boxed{{{}}}", "{".repeat(100_000)),
+        format!("\\boxed{{{}1{}}}", "(".repeat(10_000), ")".repeat(10_000)),
+        "\\boxed{9^{9^{9^{9^{9^{9}}}}}}".to_string(),
+        "\\boxed{10^{10^{10}}!}".to_string(),
+        format!("\\boxed{{{}}}", "1+".repeat(20_000) + "1"),
+        format!("\\boxed{{{}}}", "\\sqrt{".repeat(5_000) + "2" + &"}".repeat(5_000)),
+        format!("\\boxed{{{}}}", "x^".repeat(3_000) + "x"),
+        "$".repeat(50_000),
+        "1,".repeat(30_000),
+        format!("\\boxed{{\\begin{{pmatrix}}{}\\end{{pmatrix}}}}", "1&".repeat(5_000)),
+        "\\frac".repeat(10_000),
+    ];
+    for s in &inputs {
+        let t = Instant::now();
+        let _ = MathVerifier::default().check("2", s);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!("{:>8.2} ms  {}", ms, &s[..s.len().min(40)]);
+        assert!(ms < 2_000.0, "took {ms} ms on {}", &s[..40.min(s.len())]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn random_strings_never_panic(gold in "\\PC{0,40}", pred in "\\PC{0,200}") {
+        let _ = MathVerifier::default().check(&gold, &pred);
+    }
+
+    #[test]
+    fn random_latex_never_panics(pred in "(\\\\boxed\\{|\\\\frac|\\{|\\}|\\^|_|[0-9]|[xy]|\\\\sqrt|\\$|,|\\(|\\)|\\[|\\]|=|<|\\\\pm|\\\\cup|%|\\.| |\\\\left|\\\\right|\\\\begin\\{pmatrix\\}|\\\\end\\{pmatrix\\}|&|\\\\\\\\){0,60}") {
+        let _ = MathVerifier::default().check("1", &pred);
+    }
+
+    #[test]
+    fn integers_match_themselves(n in any::<i64>()) {
+        let s = n.to_string();
+        let boxed = |x: &str| ["so \\boxed{", x, "}"].concat();
+        prop_assert!(MathVerifier::default().check(&s, &boxed(&s)).correct);
+        prop_assert!(!MathVerifier::default().check(&s, &boxed(&(n as i128 + 1).to_string())).correct);
+    }
+}

@@ -1,0 +1,143 @@
+//! The `rl-zero` command line.
+//!
+//! ```text
+//! rl-zero score --input samples.jsonl [--output scored.jsonl] [--response-field response]
+//!               [--answer-field answer] [--reward '{"type": "orz"}']
+//! ```
+//!
+//! `score` reads one JSON object per line, grades the response against the answer with the math
+//! verifier, and writes each object back with `reward`, `extracted`, `correct` and, when no
+//! answer could be found, `reason`. A summary (count, accuracy, parse failures) goes to stderr.
+//! A malformed line stops the run with an error naming its line number; nothing is skipped.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use rl_zero::core::{FinishReason, RewardFn, Sample};
+use rl_zero::reward::tasks::json_text;
+use rl_zero::reward::{BuiltinReward, MathVerifier};
+use serde_json::{Map, Value};
+
+/// rl-zero: composable RL for training language models to reason.
+#[derive(Debug, Parser)]
+#[command(name = "rl-zero", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Grade model responses in a JSONL file with the math verifier (and optionally a reward).
+    Score(ScoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScoreArgs {
+    /// Input JSONL file (one object per line).
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Output JSONL file (stdout when absent).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Field holding the model response.
+    #[arg(long, default_value = "response")]
+    response_field: String,
+    /// Field holding the ground-truth answer (string or number).
+    #[arg(long, default_value = "answer")]
+    answer_field: String,
+    /// A built-in reward as JSON (e.g. '{"type": "orz"}'); `reward` is then its score, computed
+    /// with the optional fields `finish` ("eos" | "stop_string" | "length") and `response_tokens`.
+    /// Default: 1.0 when correct, else 0.0.
+    #[arg(long)]
+    reward: Option<String>,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Score(args) => score(&args),
+    }
+}
+
+fn score(args: &ScoreArgs) -> Result<()> {
+    let reward: Option<BuiltinReward> = args
+        .reward
+        .as_deref()
+        .map(|r| serde_json::from_str(r).context("--reward is not a valid built-in reward"))
+        .transpose()?;
+    if let Some(r) = &reward {
+        r.validate()?;
+    }
+    let input =
+        File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let verifier = MathVerifier::default();
+    let (mut count, mut correct, mut unparsed) = (0usize, 0usize, 0usize);
+    for (i, line) in BufReader::new(input).lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("line {n}: cannot read"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut obj: Map<String, Value> = match serde_json::from_str(&line) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => bail!("line {n}: expected a JSON object"),
+            Err(e) => bail!("line {n}: invalid JSON: {e}"),
+        };
+        let response = obj
+            .get(&args.response_field)
+            .and_then(Value::as_str)
+            .with_context(|| format!("line {n}: missing string field `{}`", args.response_field))?
+            .to_string();
+        let answer = json_text(obj.get(&args.answer_field)).with_context(|| {
+            format!("line {n}: missing field `{}` (string or number)", args.answer_field)
+        })?;
+        let verdict = verifier.check(&answer, &response);
+        let value = match &reward {
+            None => f32::from(u8::from(verdict.correct)),
+            Some(r) => {
+                let mut sample = Sample::new(response.clone(), answer.clone());
+                if let Some(f) = obj.get("finish") {
+                    sample.finish = serde_json::from_value::<FinishReason>(f.clone())
+                        .with_context(|| {
+                            format!(
+                                "line {n}: `finish` must be \"eos\", \"stop_string\" or \"length\""
+                            )
+                        })?;
+                }
+                if let Some(t) = obj.get("response_tokens") {
+                    sample.response_tokens = t.as_u64().with_context(|| {
+                        format!("line {n}: `response_tokens` must be a non-negative integer")
+                    })? as usize;
+                }
+                r.score(&sample).with_context(|| format!("line {n}: reward failed"))?
+            }
+        };
+        count += 1;
+        correct += usize::from(verdict.correct);
+        unparsed += usize::from(verdict.extracted.is_none());
+        obj.insert("reward".into(), value.into());
+        obj.insert("extracted".into(), verdict.extracted.map_or(Value::Null, Value::from));
+        obj.insert("correct".into(), verdict.correct.into());
+        if let Some(reason) = verdict.reason {
+            obj.insert("reason".into(), reason.into());
+        }
+        serde_json::to_writer(&mut out, &obj)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    let acc = if count == 0 { 0.0 } else { correct as f64 / count as f64 };
+    eprintln!(
+        "scored {count} samples: accuracy {:.2}% ({correct} correct), {unparsed} without an extractable answer",
+        acc * 100.0
+    );
+    Ok(())
+}
