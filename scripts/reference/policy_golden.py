@@ -24,7 +24,7 @@ import sys
 
 import torch
 import transformers
-from tokenizers import pre_tokenizers
+from tokenizers import Regex, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -191,6 +191,24 @@ def smollm2():
     for c in cases:
         assert faithful.encode(c["text"], add_special_tokens=False).ids == c["input_ids"], c["name"]
 
+    # The other `tokenizer.ggml.pre` splits, applied to SmolLM2's vocabulary exactly the way
+    # transformers' GGUF loader sets them (gguf_tokenizer_mapping.py `set_split_regex`):
+    # Split(regex, isolated) + ByteLevel(use_regex=False). Checks the regexes, not a real Qwen vocab.
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    pre_tokenizer_cases = {}
+    for pre in ["qwen2", "llama-bpe"]:
+        split_tok = copy.deepcopy(tok.backend_tokenizer)
+        split_tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(GGUF_PRE_TOKENIZER_SPLITS[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        pre_tokenizer_cases[pre] = [
+            {"text": t, "ids": split_tok.encode(t, add_special_tokens=False).ids} for t in tok_texts
+        ]
+
     out = {
         "source": SOURCE,
         "model": GGUF_NAME + " (dequantized, f32)",
@@ -207,6 +225,7 @@ def smollm2():
         "cases": cases,
         "batch": batch,
         "tokenizer_cases": tokenizer_cases,
+        "pre_tokenizer_cases": pre_tokenizer_cases,
         "chat_template_cases": chat_cases,
     }
     path = os.path.join(FIXTURES, "smollm2_golden.json")

@@ -67,6 +67,23 @@ fn gguf_ids_match_golden_tokenizer_cases() -> TestResult {
 }
 
 #[test]
+fn qwen2_and_llama3_splits_match_transformers() -> TestResult {
+    // SmolLM2's vocabulary with another `tokenizer.ggml.pre`: checks the split regexes.
+    let cases = golden()["pre_tokenizer_cases"].as_object().expect("pre_tokenizer_cases");
+    assert_eq!(cases.len(), 2);
+    for (pre, cases) in cases {
+        let mut content = gguf_content();
+        content.metadata.insert("tokenizer.ggml.pre".into(), gguf_file::Value::String(pre.clone()));
+        let tok = Tokenizer::from_gguf(&content)?;
+        for case in cases.as_array().expect("cases") {
+            let t = text(&case["text"]);
+            assert_eq!(tok.encode(t, false)?, ids(&case["ids"]), "pre {pre}, text {t:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn gguf_ids_match_model_cases() -> TestResult {
     let tok = smollm2();
     for case in golden()["cases"].as_array().expect("cases") {
