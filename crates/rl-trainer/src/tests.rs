@@ -538,6 +538,22 @@ mod recipes {
         Ok(())
     }
 
+    /// The TOML example of `docs/trainer.md` parses and validates.
+    #[test]
+    fn the_documented_recipe_parses() -> R {
+        let doc = include_str!("../../../docs/trainer.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let text = &doc[start..start + doc[start..].find("```").expect("closed block")];
+        let r = Recipe::from_toml(text)?;
+        assert_eq!(r.trainer.mini_batch_groups, Some(32));
+        assert!(matches!(
+            r.trainer.actor.schedule,
+            LrSchedule::WarmupCosine { total_steps: 100, .. }
+        ));
+        assert_eq!(r.algorithm.advantage, rl_advantage::Advantage::dr_grpo());
+        Ok(())
+    }
+
     #[test]
     fn dr_grpo_recipe_raises_the_reward() -> R {
         let mut r = small(Recipe::dr_grpo());
