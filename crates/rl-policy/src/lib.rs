@@ -43,5 +43,5 @@ mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use error::{PolicyError, Result};
 pub use model::{Mode, Transformer};
-pub use policy::{LmPolicy, ReferencePolicy, TextCodec, ValueModel};
+pub use policy::{LmPolicy, ReferencePolicy, TextCodec, VALUE_HEAD_FILE, ValueModel};
 pub use weights::LanguageModel;

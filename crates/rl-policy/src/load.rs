@@ -202,7 +202,9 @@ fn gguf_config(ct: &gguf_file::Content, path: &Path) -> Result<ModelConfig> {
         ct.metadata
             .get(&format!("{arch_name}.{k}"))
             .and_then(|v| v.to_f32().ok())
-            .map_or(default, f64::from)
+            // f32 metadata: keep its shortest decimal form (1e-5, not 9.999999747378752e-6).
+            .and_then(|x| x.to_string().parse::<f64>().ok())
+            .unwrap_or(default)
     };
     let tok_id = |k: &str| ct.metadata.get(k).and_then(|v| v.to_u32().ok());
     let embd = ct

@@ -118,10 +118,54 @@ impl LmPolicy {
         Self { model: Arc::new(model), codec: None, eos_ids, pad_id, chunk: 0 }
     }
 
+    /// Loads model and tokenizer from a GGUF file ([`LanguageModel::from_gguf`],
+    /// [`Tokenizer::from_gguf_file`](crate::tokenizer::Tokenizer::from_gguf_file)).
+    ///
+    /// # Errors
+    /// Those of both loaders.
+    pub fn from_gguf(
+        path: &std::path::Path,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let model = LanguageModel::from_gguf(path, dtype, device)?;
+        Ok(Self::new(model).with_tokenizer(crate::tokenizer::Tokenizer::from_gguf_file(path)?))
+    }
+
+    /// Loads a Hugging Face directory ([`LanguageModel::from_hf_dir`]) and, when `tokenizer.json`
+    /// is present, its tokenizer (EOS ids then come from `generation_config.json`).
+    ///
+    /// # Errors
+    /// Those of both loaders.
+    pub fn from_hf_dir(
+        dir: &std::path::Path,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let policy = Self::new(LanguageModel::from_hf_dir(dir, dtype, device)?);
+        if dir.join("tokenizer.json").is_file() {
+            Ok(policy.with_tokenizer(crate::tokenizer::Tokenizer::from_hf_dir(dir)?))
+        } else {
+            Ok(policy)
+        }
+    }
+
     /// Sets the text codec (needed by [`Policy::generate`] and stop strings).
     pub fn with_codec(mut self, codec: Arc<dyn TextCodec>) -> Self {
         self.codec = Some(codec);
         self
+    }
+
+    /// Uses `tokenizer` as the codec, and takes its EOS ids (when it has any, e.g. `<|im_end|>`
+    /// for chat models) and pad id.
+    pub fn with_tokenizer(mut self, tokenizer: crate::tokenizer::Tokenizer) -> Self {
+        if !tokenizer.eos_ids().is_empty() {
+            self.eos_ids = tokenizer.eos_ids().to_vec();
+        }
+        if let Some(pad) = tokenizer.pad_id() {
+            self.pad_id = pad;
+        }
+        self.with_codec(Arc::new(tokenizer))
     }
 
     /// Replaces the EOS ids (e.g. from `generation_config.json`, or `<|im_end|>` for chat models).
@@ -377,7 +421,63 @@ impl ValueModel {
     pub fn backbone(&self) -> &LanguageModel {
         &self.backbone
     }
+
+    /// Saves the backbone as a Hugging Face checkpoint in `dir` (see [`LanguageModel::save`]) and
+    /// the head as `dir/value_head.safetensors` (`value_head.weight (1, H)`, `value_head.bias (1,)`).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        self.backbone.save(dir)?;
+        let head: std::collections::HashMap<String, Tensor> = [
+            ("value_head.weight".to_string(), self.head_w.as_tensor().detach()),
+            ("value_head.bias".to_string(), self.head_b.as_tensor().detach()),
+        ]
+        .into();
+        let path = dir.join(VALUE_HEAD_FILE);
+        let tmp = dir.join(format!("{VALUE_HEAD_FILE}.tmp{}", std::process::id()));
+        candle_core::safetensors::save(&head, &tmp)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Loads a critic saved by [`ValueModel::save`].
+    ///
+    /// # Errors
+    /// Those of [`LanguageModel::from_hf_dir`]; [`PolicyError::MissingTensor`] /
+    /// [`PolicyError::TensorShape`] for the head.
+    pub fn load(dir: &std::path::Path, dtype: DType, device: &candle_core::Device) -> Result<Self> {
+        let backbone = LanguageModel::from_hf_dir(dir, dtype, device)?;
+        let path = dir.join(VALUE_HEAD_FILE);
+        if !path.is_file() {
+            return Err(PolicyError::MissingFile { path });
+        }
+        let mut head = candle_core::safetensors::load(&path, device)
+            .map_err(|e| PolicyError::CorruptFile { path: path.clone(), reason: e.to_string() })?;
+        let h = backbone.config().hidden_size;
+        let mut take = |name: &str, shape: &[usize]| -> Result<Var> {
+            let t = head.remove(name).ok_or_else(|| PolicyError::MissingTensor {
+                path: path.clone(),
+                name: name.into(),
+            })?;
+            if t.dims() != shape {
+                return Err(PolicyError::TensorShape {
+                    path: path.clone(),
+                    name: name.into(),
+                    expected: shape.to_vec(),
+                    got: t.dims().to_vec(),
+                });
+            }
+            Ok(Var::from_tensor(&t.to_dtype(dtype)?)?)
+        };
+        let head_w = take("value_head.weight", &[1, h])?;
+        let head_b = take("value_head.bias", &[1])?;
+        Ok(Self { backbone, head_w, head_b })
+    }
 }
+
+/// File name of a critic's value head next to its backbone checkpoint.
+pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
 
 impl Critic for ValueModel {
     /// `V(x, y_<t)`: the head applied to the hidden state at the position that predicts response

@@ -231,6 +231,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Every sampled token survives the filters: it is among the `k` most likely, inside the
+        /// top-p nucleus and above the min-p threshold.
+        #[test]
+        fn sampled_tokens_respect_filters(
+            logits in proptest::collection::vec(-5f32..5.0, 2..40),
+            k in 1usize..10,
+            top_p in 0.05f32..1.0,
+            min_p in 0f32..0.5,
+            seed in 0u64..1000,
+        ) {
+            let cfg = SamplingConfig { top_k: Some(k), top_p, min_p, ..cfg(1.0) };
+            let tok = choose_token(&logits, &cfg, &mut StdRng::seed_from_u64(seed)) as usize;
+            let probs: Vec<f64> = log_softmax(&logits).into_iter().map(f64::exp).collect();
+            let better = probs.iter().filter(|&&p| p > probs[tok]).count();
+            proptest::prop_assert!(better < k);
+            let mass_before: f64 = probs.iter().filter(|&&p| p > probs[tok]).sum();
+            proptest::prop_assert!(mass_before < top_p as f64 + 1e-9);
+            let pmax = probs.iter().copied().fold(0.0, f64::max);
+            proptest::prop_assert!(probs[tok] >= min_p as f64 * pmax * (1.0 - 1e-9) || better == 0);
+        }
+    }
+
     #[test]
     fn sampling_frequencies_follow_softmax() {
         let mut rng = StdRng::seed_from_u64(7);

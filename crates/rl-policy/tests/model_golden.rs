@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor};
-use rl_core::SamplingConfig;
+use rl_core::{FinishReason, Policy, Prompt, SamplingConfig};
 use rl_policy::logprobs::{PromptResponse, token_log_probs};
 use rl_policy::model::{Mode, Transformer};
 use rl_policy::sampling::{StopRules, generate};
-use rl_policy::{LanguageModel, testing_assets};
+use rl_policy::{LanguageModel, LmPolicy, TextCodec, testing_assets};
 use serde_json::Value;
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -55,6 +55,8 @@ fn check_against_golden(model: &LanguageModel, golden: &Value, tol: f32) -> R {
     let train = model.trainable()?;
     let fast = model.detached()?;
     let mut compared = 0;
+    let mut worst = 0f32;
+    let clock = std::time::Instant::now();
     for case in golden["cases"].as_array().expect("cases") {
         let ids = u32s(&case["input_ids"]);
         let want = f32s(&case["token_logprobs"]);
@@ -62,6 +64,7 @@ fn check_against_golden(model: &LanguageModel, golden: &Value, tol: f32) -> R {
         for (mode, m) in [(Mode::Diff, &train), (Mode::Fused, &fast)] {
             let got = &next_token_log_probs(m, std::slice::from_ref(&ids), &valid, mode)?[0];
             let d = max_diff(got, &want);
+            worst = worst.max(d);
             assert!(d <= tol, "{} {mode:?}: max |Δ log-prob| = {d}", case["name"]);
         }
         // The training path: prompt = first token, response = the rest.
@@ -81,6 +84,7 @@ fn check_against_golden(model: &LanguageModel, golden: &Value, tol: f32) -> R {
         assert!(d <= tol, "{} prompt/response path: {d}", case["name"]);
         let ent = ent.expect("entropy").flatten_all()?.to_vec1::<f32>()?;
         assert!(ent.iter().all(|e| e.is_finite() && *e >= 0.0));
+        eprintln!("{}: log-probs checked ({:?})", case["name"], clock.elapsed());
         if let Some(greedy) = case.get("greedy_new_ids") {
             let want = u32s(greedy);
             let out = generate(
@@ -123,9 +127,11 @@ fn check_against_golden(model: &LanguageModel, golden: &Value, tol: f32) -> R {
                 .collect();
             assert!(g.iter().all(|x| x.is_finite()));
             let d = max_diff(&g, w);
+            worst = worst.max(d);
             assert!(d <= tol, "batch row {row} {mode:?}: {d}");
         }
     }
+    eprintln!("max |Δ log-prob| vs transformers: {worst:.2e} ({:?})", clock.elapsed());
     Ok(())
 }
 
@@ -145,5 +151,29 @@ fn smollm2_gguf_matches_transformers() -> R {
     let path = testing_assets::smollm2_gguf()?;
     let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu)?;
     assert_eq!(model.num_params(), 134_515_008);
-    check_against_golden(&model, &read_golden(&fixtures().join("smollm2_golden.json"))?, 1e-4)
+    let golden = read_golden(&fixtures().join("smollm2_golden.json"))?;
+    check_against_golden(&model, &golden, 1e-4)?;
+
+    // End to end through `Policy::generate`: text → tokenizer → greedy → RolloutBatch.
+    let tokenizer = rl_policy::tokenizer::Tokenizer::from_gguf_file(&path)?;
+    let mut policy = LmPolicy::new(model).with_tokenizer(tokenizer.clone());
+    let case = &golden["cases"][0];
+    let (ids, greedy) = (u32s(&case["input_ids"]), u32s(&case["greedy_new_ids"]));
+    let prompt = Prompt::new(case["text"].as_str().expect("text"), "46");
+    let batch = policy.generate(std::slice::from_ref(&prompt), &SamplingConfig::greedy(10))?;
+    batch.validate()?;
+    assert_eq!(batch.prompt_ids.to_vec2::<u32>()?[0], ids);
+    let tokens = batch.response_ids.to_vec2::<u32>()?[0].clone();
+    assert_eq!(tokens, greedy[..tokens.len()]);
+    assert_eq!(batch.samples[0].response, TextCodec::decode(&tokenizer, &tokens)?);
+    assert_eq!(batch.samples[0].answer.as_deref(), Some("46"));
+    // A stop string taken from the middle of that response ends generation right after it.
+    let text = TextCodec::decode(&tokenizer, &greedy[..6])?;
+    let stop = text.trim_end()[text.trim_end().len() - 2..].to_string();
+    let cfg = SamplingConfig { stop: vec![stop.clone()], ..SamplingConfig::greedy(10) };
+    let stopped = policy.generate(&[prompt], &cfg)?;
+    let s = &stopped.samples[0];
+    assert_eq!(s.finish, FinishReason::StopString, "{s:?}");
+    assert!(s.response.contains(&stop) && s.response_tokens <= 6, "{s:?}");
+    Ok(())
 }

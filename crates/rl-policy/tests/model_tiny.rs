@@ -367,5 +367,35 @@ fn critic_values_are_aligned_and_trainable() -> R {
         before,
         policy.log_probs_detached(&batch, false, Mode::Diff)?.log_probs.to_vec2::<f32>()?
     );
+    // Save / load round trip.
+    let dir = tempfile::tempdir()?;
+    critic.save(dir.path())?;
+    let back = ValueModel::load(dir.path(), DType::F32, &Device::Cpu)?;
+    assert_eq!(back.values(&batch)?.to_vec2::<f32>()?, critic.values(&batch)?.to_vec2::<f32>()?);
     Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any amount of left padding (with any pad id) leaves the logits of real tokens unchanged.
+    #[test]
+    fn left_padding_never_changes_logits(
+        tokens in proptest::collection::vec(0u32..40, 2..8),
+        pad in 0usize..5,
+        pad_id in 0u32..40,
+    ) {
+        let model = tiny("qwen2", false, DType::F32);
+        let m = model.detached().unwrap();
+        let d = Device::Cpu;
+        let n = tokens.len();
+        let row = |ids: &[u32]| Tensor::new(ids, &d).unwrap().unsqueeze(0).unwrap();
+        let plain = m.forward(&row(&tokens), &[vec![true; n]], Mode::Fused).unwrap();
+        let padded: Vec<u32> = std::iter::repeat_n(pad_id, pad).chain(tokens.iter().copied()).collect();
+        let valid: Vec<bool> = (0..n + pad).map(|i| i >= pad).collect();
+        let out = m.forward(&row(&padded), &[valid], Mode::Fused).unwrap();
+        let delta = (out.narrow(1, pad, n).unwrap() - plain).unwrap().abs().unwrap();
+        let delta = delta.max_all().unwrap().to_scalar::<f32>().unwrap();
+        proptest::prop_assert!(delta < 1e-5, "{}", delta);
+    }
 }
