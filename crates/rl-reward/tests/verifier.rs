@@ -43,6 +43,23 @@ fn equivalent_forms() {
         ("\\sin^2 x + \\cos^2 x", "1"),
         ("\\frac{\\pi}{3}", "60^\\circ\\cdot\\frac{\\pi}{180}"),
         ("1 \\pm \\sqrt{2}", "1 - \\sqrt 2, 1+\\sqrt 2"),
+        ("(0, \\infty)", "x > 0"),
+        ("(-\\infty, 2]", "x \\le 2"),
+        ("[3, \\infty)", "3 \\leq x"),
+        ("\\text{Monday}", "monday"),
+        ("\\$42.50", "42.5"),
+        ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"),
+        ("y = 2x + 1", "2x+1"),
+        ("(2, 3)", "a = 2, b = 3"),
+        ("\\frac{3}{2}", "1\\frac{1}{2}"),
+        ("2 \\times 10^{5}", "200000"),
+        ("4.5", "4.5 \\text{ hours}"),
+        ("\\pi", "3.14159"),
+        ("6\\sqrt{3}", "6\\sqrt{3}\\text{ cm}^2"),
+        ("e^{2}", "\\exp(2)"),
+        ("3 + 4i", "4i + 3"),
+        ("\\$18.90", "18.9"),
+        ("(-\\infty, -2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,-2)"),
     ];
     for (g, p) in yes {
         assert!(eq(g, p), "expected equal: {g:?} vs {p:?}");
@@ -69,6 +86,11 @@ fn different_answers() {
         ("x > 1", "x \\ge 1"),
         ("A", "B"),
         ("(3, 4)", "3, 4, 5"),
+        ("\\pi", "3.14"),
+        ("(0, \\infty)", "x \\ge 0"),
+        ("1", "1, 2"),
+        ("12:00", "1:00"),
+        ("5", ""),
     ];
     for (g, p) in no {
         assert!(!eq(g, p), "expected different: {g:?} vs {p:?}");

@@ -221,6 +221,11 @@ fn parse_structured(s: &str, percent: bool, nest: usize) -> Answer {
             union.iter().map(|(_, p)| parse_structured(p, percent, nest + 1)).collect(),
         );
     }
+    // A list of relations (`a = 2, b = 3`): every comma-separated piece is a relation.
+    let pieces = split_top(s, &|r| r.starts_with(',').then_some(1));
+    if pieces.len() > 1 && pieces.iter().all(|(_, p)| split_top(p, &relation_at).len() > 1) {
+        return Answer::List(ListKind::Bare, list_items(s, percent, nest));
+    }
     // Relations (`x = 5`, `a < x <= b`, `x \in [0, 1)`); `\approx` ends a chain that has `=`.
     let rel = split_top(s, &relation_at);
     if rel.len() > 1 {
@@ -508,6 +513,25 @@ fn relation_as_value(parts: &[Answer], ops: &[Rel]) -> Option<Answer> {
     }
     if ops.len() == 1 && ops[0] == Rel::In {
         return parts.last().cloned();
+    }
+    // `x > a` → (a, ∞), `x <= a` → (−∞, a], and the mirrored `a < x`.
+    if ops.len() == 1 && matches!(ops[0], Rel::Lt | Rel::Le | Rel::Gt | Rel::Ge) {
+        let (name_left, name_right) = (is_name(&parts[0]), is_name(&parts[1]));
+        if name_left != name_right {
+            let op = if name_left { ops[0] } else { flip(ops[0]) };
+            let bound = if name_left { &parts[1] } else { &parts[0] };
+            let inf = |neg: bool| {
+                let n = if neg { Node::Neg(Box::new(Node::Inf)) } else { Node::Inf };
+                Box::new(Answer::Scalar(n, false))
+            };
+            let b = Box::new(bound.clone());
+            return Some(match op {
+                Rel::Gt => Answer::Interval(b, inf(false), false, false),
+                Rel::Ge => Answer::Interval(b, inf(false), true, false),
+                Rel::Lt => Answer::Interval(inf(true), b, false, false),
+                _ => Answer::Interval(inf(true), b, false, true),
+            });
+        }
     }
     if ops.len() == 2 && is_name(&parts[1]) {
         let lower = |r: Rel| matches!(r, Rel::Lt | Rel::Le);

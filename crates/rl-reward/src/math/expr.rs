@@ -407,7 +407,8 @@ impl Parser {
                     let sub = self.subscript()?;
                     return Ok(Node::Sym(format!("{name}_{sub}")));
                 }
-                Ok(Node::Sym(name))
+                // A bare `e` is Euler's number (as `\mathrm{e}` normalises to it).
+                Ok(if name == "e" { Node::E } else { Node::Sym(name) })
             }
             Tok::Open(_) => {
                 let e = self.expr()?;

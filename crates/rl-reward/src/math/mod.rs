@@ -110,6 +110,11 @@ impl MathVerifier {
         if !ng.is_empty() && ng == np {
             return true;
         }
+        // Words compare case-insensitively (`Monday` = `monday`, `\text{Yes}` = `yes`).
+        let word = |s: &str| s.len() >= 2 && s.chars().all(char::is_alphabetic);
+        if word(&ng) && word(&np) && ng.to_lowercase() == np.to_lowercase() {
+            return true;
+        }
         answer::equal(&parse_answer(gold), &parse_answer(pred), &self.config)
     }
 }

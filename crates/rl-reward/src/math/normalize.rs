@@ -44,7 +44,7 @@ static DOUBLED: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 static TEXT_GROUP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\\(?:text|textbf|textit|textnormal|textrm|textsf|texttt|mbox|mathrm|mathbf|mathit|mathsf|mathtt|operatorname|rm|bf|hbox)\s*\{([^{}]*)\}")
+    Regex::new(r"\\(?:text|textbf|textit|textnormal|textrm|textsf|texttt|mbox|mathrm|mathbf|mathit|mathsf|mathtt|operatorname|rm|bf|hbox)\s*\{([^{}]*)\}(\s*\^\s*\{?\s*[23]\s*\}?)?")
         .expect("valid regex")
 });
 static DEGREES: LazyLock<Regex> = LazyLock::new(|| {
@@ -169,7 +169,8 @@ fn strip_text_groups(s: &str) -> String {
                 } else if alphabetic && has_number_before && !whole_is_group {
                     " ".to_string()
                 } else {
-                    format!(" {inner} ")
+                    // A unit's power (`\text{ cm}^2`) goes with the unit; otherwise it is kept.
+                    format!(" {inner}{} ", c.get(2).map_or("", |m| m.as_str()))
                 }
             })
             .into_owned();
