@@ -34,8 +34,16 @@ fn orz_matches_reference() -> rl_core::Result<()> {
     for c in fixture()["orz"].as_array().expect("cases") {
         let correct = c["correct"].as_bool().expect("correct");
         let mut s = Sample::new(if correct { "\\boxed{7}" } else { "\\boxed{8}" }, "7");
-        s.finish = if c["stopped"].as_bool().expect("stopped") { FinishReason::Eos } else { FinishReason::Length };
-        assert_eq!(OrzReward::default().score(&s)? as f64, c["reward"].as_f64().expect("reward"), "{c}");
+        s.finish = if c["stopped"].as_bool().expect("stopped") {
+            FinishReason::Eos
+        } else {
+            FinishReason::Length
+        };
+        assert_eq!(
+            OrzReward::default().score(&s)? as f64,
+            c["reward"].as_f64().expect("reward"),
+            "{c}"
+        );
     }
     Ok(())
 }

@@ -60,6 +60,10 @@ fn equivalent_forms() {
         ("3 + 4i", "4i + 3"),
         ("\\$18.90", "18.9"),
         ("(-\\infty, -2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,-2)"),
+        ("\\emptyset", "\\varnothing"),
+        ("2, 3", "x = 2 or x = 3"),
+        ("\\sqrt{3}", "sqrt3"),
+        ("\\infty", "infinity"),
     ];
     for (g, p) in yes {
         assert!(eq(g, p), "expected equal: {g:?} vs {p:?}");
@@ -105,6 +109,7 @@ fn extraction_order() {
     assert_eq!(ex("first $x = 1$, so there are 7 ways").as_deref(), Some("7"));
     assert_eq!(ex("The roots are \\boxed{2} and \\boxed{3}.").as_deref(), Some("2, 3"));
     assert_eq!(ex("no numbers here"), None);
+    assert_eq!(ex("so \\boxed{5}. Please put the final answer in \\boxed{}").as_deref(), Some("5"));
 }
 
 #[test]

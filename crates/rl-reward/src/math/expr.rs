@@ -175,6 +175,7 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             // Known function names written without a backslash stay whole; other letter runs are
             // implicit products of single-letter symbols (`xy` = x·y).
             if FUNCS.contains(&word.as_str()) || word == "sqrt" || word == "pi" {
+                single_digit = word == "sqrt";
                 out.push(Tok::Cmd(word));
             } else {
                 out.extend(word.chars().map(|l| Tok::Ident(l.to_string())));

@@ -252,7 +252,8 @@ fn find_box_cmd(s: &str) -> Option<(usize, usize)> {
 
 /// The last box, joined with the boxes right before it (see the module rules).
 fn boxed(s: &str) -> Option<(usize, String)> {
-    let boxes = all_boxes(s);
+    // Empty boxes (an echoed "put your answer in \boxed{}") are not answers.
+    let boxes: Vec<_> = all_boxes(s).into_iter().filter(|b| !b.2.trim().is_empty()).collect();
     let last = boxes.last()?;
     let mut parts = vec![last.2.clone()];
     let mut start = last.0;

@@ -50,7 +50,12 @@ static TEXT_GROUP: LazyLock<Regex> = LazyLock::new(|| {
 static DEGREES: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\bdegrees?\b").expect("valid regex")
 });
-static AND: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\band\b").expect("valid regex"));
+static AND: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(?:and|or)\b").expect("valid regex"));
+static INFINITY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(?:infinity|inf)\b|\\infin\b").expect("valid regex"));
+static EMPTY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\\varnothing|\\emptyset|\\\{\s*\\\}|\bempty set\b").expect("valid regex")
+});
 static PERCENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\\%|%|\bpercentage\b|\bpercent\b|\bpct\b").expect("valid regex"));
 static UNITS: LazyLock<Regex> = LazyLock::new(|| {
@@ -87,6 +92,8 @@ pub fn normalize(s: &str) -> Normalized {
     }
     t = strip_text_groups(&t);
     t = DEGREES.replace_all(&t, "").into_owned();
+    t = INFINITY.replace_all(&t, "\\infty").into_owned();
+    t = EMPTY.replace_all(&t, "\\emptyset").into_owned();
     t = AND.replace_all(&t, ",").into_owned();
     let percent = PERCENT.is_match(&t);
     t = PERCENT.replace_all(&t, "").into_owned();
