@@ -20,7 +20,7 @@
 //! let runner = SafeRunner::new(flaky).on_failure(OnFailure::Fallback(0.0)).timeout(Duration::from_secs(1));
 //! let out = runner.run(&[Sample::new("abc", ""), Sample::new("boom", "")])?;
 //! assert_eq!(out.scores, vec![3.0, 0.0]);
-//! assert_eq!(out.metrics.get("reward/panics"), Some(1.0));
+//! assert_eq!(out.metrics.get("panics"), Some(1.0));
 //! # Ok::<(), rl_core::Error>(())
 //! ```
 
@@ -72,8 +72,8 @@ pub struct Failure {
 pub struct RunOutput {
     /// One score per sample (`B`), fallbacks included.
     pub scores: Vec<f32>,
-    /// `reward/mean`, `reward/errors`, `reward/panics`, `reward/timeouts`, `reward/non_finite`,
-    /// `reward/failures`.
+    /// `mean`, `errors`, `panics`, `timeouts`, `non_finite`, `failures` (unprefixed: the trainer
+    /// adds its `reward/` prefix).
     pub metrics: Metrics,
     /// Every failure, in sample order.
     pub failures: Vec<Failure>,
@@ -179,12 +179,12 @@ impl<R: RewardFn + 'static> SafeRunner<R> {
             scores.iter().map(|x| *x as f64).sum::<f64>() / scores.len() as f64
         };
         let metrics = Metrics::new()
-            .with("reward/mean", mean)
-            .with("reward/errors", count(FailureKind::Error))
-            .with("reward/panics", count(FailureKind::Panic))
-            .with("reward/timeouts", count(FailureKind::Timeout))
-            .with("reward/non_finite", count(FailureKind::NonFinite))
-            .with("reward/failures", failures.len() as f64);
+            .with("mean", mean)
+            .with("errors", count(FailureKind::Error))
+            .with("panics", count(FailureKind::Panic))
+            .with("timeouts", count(FailureKind::Timeout))
+            .with("non_finite", count(FailureKind::NonFinite))
+            .with("failures", failures.len() as f64);
         Ok(RunOutput { scores, metrics, failures })
     }
 }
@@ -239,7 +239,7 @@ mod tests {
         let out = r.run(&batch(&["ok", "panic", "err", "nan", "hang", "ok"]))?;
         assert_eq!(out.scores, vec![1.0, -1.0, -1.0, -1.0, -1.0, 1.0]);
         for k in ["panics", "errors", "non_finite", "timeouts"] {
-            assert_eq!(out.metrics.get(&format!("reward/{k}")), Some(1.0), "{k}");
+            assert_eq!(out.metrics.get(&k.to_string()), Some(1.0), "{k}");
         }
         assert_eq!(out.failures.len(), 4);
         Ok(())

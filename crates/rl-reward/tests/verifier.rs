@@ -109,6 +109,10 @@ fn extraction_order() {
     assert_eq!(ex("first $x = 1$, so there are 7 ways").as_deref(), Some("7"));
     assert_eq!(ex("The roots are \\boxed{2} and \\boxed{3}.").as_deref(), Some("2, 3"));
     assert_eq!(ex("no numbers here"), None);
+    assert_eq!(ex("**Answer:** 42").as_deref(), Some("42"));
+    assert_eq!(ex("The final answer is 42 dollars.").as_deref(), Some("42"));
+    assert_eq!(ex("The answer is $\\frac{1}{2}$ meters.").as_deref(), Some("\\frac{1}{2}"));
+    assert_eq!(ex("#### 1,234").as_deref(), Some("1,234"));
     assert_eq!(ex("so \\boxed{5}. Please put the final answer in \\boxed{}").as_deref(), Some("5"));
 }
 

@@ -279,7 +279,7 @@ fn separator_only(gap: &str) -> bool {
 
 fn phrase(s: &str) -> Option<(usize, String)> {
     static RE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?i)(?:final answer is|final answer:|the answer is|answer is|answer:|solution is)\s*:?").expect("valid regex")
+        Regex::new(r"(?i)(?:final answer is|final answer\**:|the answer is|answer is|answer\**:|solution is)\s*\**\s*:?\s*\**").expect("valid regex")
     });
     let m = RE.find_iter(s).last()?;
     let rest = &s[m.end()..];
@@ -301,7 +301,7 @@ fn phrase(s: &str) -> Option<(usize, String)> {
             _ => {}
         }
     }
-    let sentence = rest[..end].trim();
+    let sentence = rest[..end].trim().trim_matches('*').trim();
     if sentence.is_empty() {
         return None;
     }
