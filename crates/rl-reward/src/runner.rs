@@ -239,7 +239,7 @@ mod tests {
         let out = r.run(&batch(&["ok", "panic", "err", "nan", "hang", "ok"]))?;
         assert_eq!(out.scores, vec![1.0, -1.0, -1.0, -1.0, -1.0, 1.0]);
         for k in ["panics", "errors", "non_finite", "timeouts"] {
-            assert_eq!(out.metrics.get(&k.to_string()), Some(1.0), "{k}");
+            assert_eq!(out.metrics.get(k), Some(1.0), "{k}");
         }
         assert_eq!(out.failures.len(), 4);
         Ok(())
