@@ -64,6 +64,9 @@ fn equivalent_forms() {
         ("2, 3", "x = 2 or x = 3"),
         ("\\sqrt{3}", "sqrt3"),
         ("\\infty", "infinity"),
+        ("6.02 \\times 10^{23}", "6.02e23"),
+        ("0.0015", "1.5E-3"),
+        ("5", "5\\,\\text{m/s}"),
     ];
     for (g, p) in yes {
         assert!(eq(g, p), "expected equal: {g:?} vs {p:?}");

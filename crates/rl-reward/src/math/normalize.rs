@@ -56,6 +56,9 @@ static INFINITY: LazyLock<Regex> =
 static EMPTY: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\\varnothing|\\emptyset|\\\{\s*\\\}|\bempty set\b").expect("valid regex")
 });
+/// `6.02e23`, `1.5E-3`: scientific notation (a digit, `e`/`E`, an optionally signed integer).
+static SCIENTIFIC: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(\d)[eE]([+-]?\d+)\b").expect("valid regex"));
 static PERCENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\\%|%|\bpercentage\b|\bpercent\b|\bpct\b").expect("valid regex"));
 static UNITS: LazyLock<Regex> = LazyLock::new(|| {
@@ -93,6 +96,7 @@ pub fn normalize(s: &str) -> Normalized {
     t = strip_text_groups(&t);
     t = DEGREES.replace_all(&t, "").into_owned();
     t = INFINITY.replace_all(&t, "\\infty").into_owned();
+    t = SCIENTIFIC.replace_all(&t, "$1\\times 10^{$2}").into_owned();
     t = EMPTY.replace_all(&t, "\\emptyset").into_owned();
     t = AND.replace_all(&t, ",").into_owned();
     let percent = PERCENT.is_match(&t);
@@ -169,8 +173,9 @@ fn strip_text_groups(s: &str) -> String {
                 let inner = c[1].trim();
                 let start = c.get(0).map_or(0, |m| m.start());
                 let has_number_before = t[..start].chars().any(|ch| ch.is_ascii_digit());
-                let alphabetic =
-                    !inner.is_empty() && inner.chars().all(|ch| ch.is_alphabetic() || ch == ' ');
+                // Units may hold `/`, `.`, `-` and `^` (`m/s`, `km^2`).
+                let alphabetic = inner.chars().any(char::is_alphabetic)
+                    && inner.chars().all(|ch| ch.is_alphabetic() || " /.-^23".contains(ch));
                 if matches!(inner, "and" | "or" | ",") {
                     ",".to_string()
                 } else if alphabetic && has_number_before && !whole_is_group {
