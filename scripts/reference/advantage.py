@@ -370,6 +370,8 @@ def bench(B, T, group, reps):
         "opo": lambda: opo(rewards, mask, index),
         "gpg": lambda: gpg(rewards, mask, index),
         "grpo_passk": lambda: grpo_passk(rewards, mask, index),
+        # memory-bound floor: one (B, T) broadcast multiply
+        "floor_broadcast_mul": lambda: scores.unsqueeze(-1) * mask,
     }
     out = {"B": B, "T": T, "group": group, "torch": torch.__version__, "threads": torch.get_num_threads(), "ms": {}}
     with torch.no_grad():

@@ -11,6 +11,6 @@ include!("body.rs");
 criterion::criterion_group! {
     name = benches;
     config = config();
-    targets = bench_estimators
+    targets = bench_estimators, bench_scalar_part
 }
 criterion::criterion_main!(benches);

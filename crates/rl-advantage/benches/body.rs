@@ -77,6 +77,31 @@ fn bench_estimators(c: &mut Criterion) {
     g.finish();
 }
 
+/// The GRPO-family estimators at T = 1: the group arithmetic over B = 4096 responses without
+/// the cost of materialising a (B, 4096) output.
+fn bench_scalar_part(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut rng = SplitMix64::new(1);
+    let scores: Vec<f32> = (0..B).map(|_| (rng.next_u64() % 2) as f32).collect();
+    let rewards = Rewards::from_scores(&scores, &dev).unwrap();
+    let mask = Tensor::ones((B, 1), rl_core::DType::F32, &dev).unwrap();
+    let ids: Vec<usize> = (0..B).map(|i| i / GROUP).collect();
+    let input = AdvantageInput::new(&rewards, &mask, &ids);
+    let mut g = c.benchmark_group(format!("advantage_B{B}_T1"));
+    for (name, est) in [
+        ("grpo", Advantage::grpo()),
+        ("dr_grpo", Advantage::dr_grpo()),
+        ("batch_std", Advantage::trl_batch_std()),
+        ("rloo", Advantage::rloo()),
+        ("opo", Advantage::opo()),
+        ("gpg", Advantage::gpg()),
+        ("grpo_passk", Advantage::grpo_passk()),
+    ] {
+        g.bench_function(name, |b| b.iter(|| black_box(est.estimate(black_box(&input)).unwrap())));
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)

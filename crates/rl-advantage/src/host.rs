@@ -156,7 +156,7 @@ fn reindex(e: Error, offset: usize) -> Error {
 
 /// Checks that every element of `v` is finite where `mask` is 1 (padding may hold anything).
 pub(crate) fn finite_on_mask(v: &[f32], mask: &[f32], what: &str) -> Result<()> {
-    match v.iter().zip(mask).position(|(x, m)| *m != 0.0 && !x.is_finite()) {
+    match v.par_iter().zip(mask.par_iter()).position_first(|(x, m)| *m != 0.0 && !x.is_finite()) {
         Some(index) => Err(Error::NonFinite { what: what.into(), index, value: v[index] as f64 }),
         None => Ok(()),
     }
@@ -418,14 +418,19 @@ impl<'a> TokenRewards<'a> {
                 check::shape(s, &[b], "sequence rewards")?;
                 let scores = Host::new(s)?.slice()?.to_vec();
                 check::finite_slice(&scores, "rewards")?;
-                let mut last = Vec::with_capacity(b);
-                for i in 0..b {
-                    let row = &mask[i * t..(i + 1) * t];
-                    let at = row.iter().rposition(|m| *m != 0.0).ok_or_else(|| Error::Empty {
-                        what: format!("response row {i} (no valid token to hold its reward)"),
-                    })?;
-                    last.push(at);
-                }
+                let last: Vec<Option<usize>> = (0..b)
+                    .into_par_iter()
+                    .map(|i| mask[i * t..(i + 1) * t].iter().rposition(|m| *m != 0.0))
+                    .collect();
+                let last = last
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, at)| {
+                        at.ok_or_else(|| Error::Empty {
+                            what: format!("response row {i} (no valid token to hold its reward)"),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(TokenRewards::Outcome { scores, last })
             }
         }
