@@ -87,6 +87,7 @@ pub struct AdamW {
     moments: Vec<Option<Moments>>,
     config: AdamWConfig,
     steps: u64,
+    fused: bool,
 }
 
 impl AdamW {
@@ -98,7 +99,15 @@ impl AdamW {
             return Err(TrainerError::config("optimizer.vars", format!("var {i} is not a float")));
         }
         let moments = vars.iter().map(|_| None).collect();
-        Ok(Self { vars, moments, config, steps: 0 })
+        Ok(Self { vars, moments, config, steps: 0, fused: true })
+    }
+
+    /// Enables (default) or disables the fused in-place update used for contiguous f32/f64 CPU
+    /// parameters (three passes over memory, no temporaries). Other devices and dtypes always
+    /// use the tensor-op path; both compute the same update.
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
     }
 
     /// The optimized parameters, in order.
@@ -117,6 +126,8 @@ impl AdamW {
     /// Per parameter `θ` with gradient `g`, at step `t` (torch.optim.AdamW):
     /// `θ ← θ·(1 − lr·λ)`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
     /// `θ ← θ − lr·(m/(1−β₁ᵗ)) / (sqrt(v/(1−β₂ᵗ)) + ε)`.
+    ///
+    /// Contiguous f32/f64 CPU parameters are updated in place (see [`AdamW::with_fused`]).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         if !(lr >= 0.0 && lr.is_finite()) {
             return Err(TrainerError::config("lr", format!("must be finite and >= 0, got {lr}")));
@@ -133,6 +144,16 @@ impl AdamW {
                 Some(s) => s,
                 None => Moments { m: g.zeros_like()?, v: g.zeros_like()? },
             };
+            let theta = var.as_tensor();
+            if self.fused && fused::applies(theta, &g) {
+                let g = g.contiguous()?;
+                state.m.inplace_op2(&g, &fused::Ema { beta: beta1, square: false })?;
+                state.v.inplace_op2(&g, &fused::Ema { beta: beta2, square: true })?;
+                let apply = fused::Apply { lr, weight_decay, eps, bc1, bc2 };
+                theta.inplace_op3(&state.m, &state.v, &apply)?;
+                *moments = Some(state);
+                continue;
+            }
             let m = (state.m.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?;
             let v = (state.v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
             let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, eps)?;
@@ -145,20 +166,21 @@ impl AdamW {
         Ok(())
     }
 
-    /// The optimizer state as named tensors (`"m.{i}"`, `"v.{i}"` for var `i` that has state)
-    /// plus the step count, for [`crate::checkpoint`].
-    pub fn state(&self) -> (u64, HashMap<String, Tensor>) {
+    /// A copy of the optimizer state as named tensors (`"m.{i}"`, `"v.{i}"` for var `i` that has
+    /// state) plus the step count, for [`crate::checkpoint`].
+    pub fn state(&self) -> Result<(u64, HashMap<String, Tensor>)> {
         let mut out = HashMap::new();
         for (i, s) in self.moments.iter().enumerate() {
             if let Some(s) = s {
-                out.insert(format!("m.{i}"), s.m.clone());
-                out.insert(format!("v.{i}"), s.v.clone());
+                // Deep copies: the fused path updates the moments in place.
+                out.insert(format!("m.{i}"), s.m.copy()?);
+                out.insert(format!("v.{i}"), s.v.copy()?);
             }
         }
-        (self.steps, out)
+        Ok((self.steps, out))
     }
 
-    /// Restores a state produced by [`AdamW::state`] (moments are moved to each var's device).
+    /// Restores a state produced by [`AdamW::state`] (moments are copied to each var's device).
     ///
     /// # Errors
     /// [`TrainerError::Checkpoint`] (with an empty path) when a moment's shape does not match its
@@ -184,8 +206,8 @@ impl AdamW {
                     let dev = var.device();
                     let dtype = state_dtype(var);
                     moments[i] = Some(Moments {
-                        m: m.to_device(dev)?.to_dtype(dtype)?,
-                        v: v.to_device(dev)?.to_dtype(dtype)?,
+                        m: m.to_device(dev)?.to_dtype(dtype)?.copy()?,
+                        v: v.to_device(dev)?.to_dtype(dtype)?.copy()?,
                     });
                 }
                 (None, None) => {}
@@ -277,4 +299,110 @@ pub fn accumulate(acc: &mut GradStore, step: GradStore, vars: &[Var]) -> Result<
         }
     }
     Ok(())
+}
+
+/// The in-place CPU kernels of [`AdamW::step`].
+mod fused {
+    use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, bail};
+
+    /// `true` when the fused path can update `theta` with gradient `g`: both on the CPU, same
+    /// f32/f64 dtype, `theta` contiguous.
+    pub(super) fn applies(theta: &Tensor, g: &Tensor) -> bool {
+        theta.device().is_cpu()
+            && matches!(theta.dtype(), DType::F32 | DType::F64)
+            && g.dtype() == theta.dtype()
+            && theta.is_contiguous()
+            && g.dims() == theta.dims()
+    }
+
+    fn range(l: &Layout, name: &str) -> candle_core::Result<(usize, usize)> {
+        match l.contiguous_offsets() {
+            Some(r) => Ok(r),
+            None => bail!("adamw: `{name}` must be contiguous"),
+        }
+    }
+
+    /// `x ← β·x + (1−β)·g` (or `g²` when `square`).
+    pub(super) struct Ema {
+        pub beta: f64,
+        pub square: bool,
+    }
+
+    impl InplaceOp2 for Ema {
+        fn name(&self) -> &'static str {
+            "adamw-ema"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<()> {
+            let ((a, b), (c, d)) = (range(l1, "moment")?, range(l2, "grad")?);
+            macro_rules! ema {
+                ($x:expr, $g:expr, $t:ty) => {{
+                    let (beta, one) = (self.beta as $t, (1.0 - self.beta) as $t);
+                    for (x, &g) in $x[a..b].iter_mut().zip(&$g[c..d]) {
+                        let g = if self.square { g * g } else { g };
+                        *x = beta * *x + one * g;
+                    }
+                }};
+            }
+            match (s1, s2) {
+                (CpuStorage::F32(x), CpuStorage::F32(g)) => ema!(x, g, f32),
+                (CpuStorage::F64(x), CpuStorage::F64(g)) => ema!(x, g, f64),
+                _ => bail!("adamw-ema: f32/f64 moments and gradients of one dtype"),
+            }
+            Ok(())
+        }
+    }
+
+    /// `θ ← θ·(1 − lr·λ) − (lr/bc1)·m / (sqrt(v/bc2) + ε)`.
+    pub(super) struct Apply {
+        pub lr: f64,
+        pub weight_decay: f64,
+        pub eps: f64,
+        pub bc1: f64,
+        pub bc2: f64,
+    }
+
+    impl InplaceOp3 for Apply {
+        fn name(&self) -> &'static str {
+            "adamw-apply"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<()> {
+            let ((a, b), (c, d), (e, f)) = (range(l1, "param")?, range(l2, "m")?, range(l3, "v")?);
+            macro_rules! apply {
+                ($p:expr, $m:expr, $v:expr, $t:ty) => {{
+                    let decay = (1.0 - self.lr * self.weight_decay) as $t;
+                    let (step, inv_bc2, eps) =
+                        ((self.lr / self.bc1) as $t, (1.0 / self.bc2) as $t, self.eps as $t);
+                    for ((p, &m), &v) in $p[a..b].iter_mut().zip(&$m[c..d]).zip(&$v[e..f]) {
+                        *p = *p * decay - step * m / ((v * inv_bc2).sqrt() + eps);
+                    }
+                }};
+            }
+            match (s1, s2, s3) {
+                (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                    apply!(p, m, v, f32)
+                }
+                (CpuStorage::F64(p), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                    apply!(p, m, v, f64)
+                }
+                _ => bail!("adamw-apply: f32/f64 parameters and moments of one dtype"),
+            }
+            Ok(())
+        }
+    }
 }

@@ -48,6 +48,13 @@ fn fixture() -> Fixture {
 
 #[test]
 fn adamw_with_clipping_matches_torch() -> rl_trainer::Result<()> {
+    for fused in [true, false] {
+        adamw_matches_torch(fused)?;
+    }
+    Ok(())
+}
+
+fn adamw_matches_torch(fused: bool) -> rl_trainer::Result<()> {
     let f = fixture();
     let dev = Device::Cpu;
     let vars = f
@@ -59,7 +66,7 @@ fn adamw_with_clipping_matches_torch() -> rl_trainer::Result<()> {
     let c = &f.config;
     let cfg =
         AdamWConfig { beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay };
-    let mut opt = AdamW::new(vars.clone(), cfg)?;
+    let mut opt = AdamW::new(vars.clone(), cfg)?.with_fused(fused);
     for (k, step) in f.steps.iter().enumerate() {
         let mut grads = GradStore::default();
         for ((var, g), s) in vars.iter().zip(&step.grads).zip(&f.shapes) {
@@ -102,7 +109,7 @@ fn adamw_state_round_trip_continues_identically() -> rl_trainer::Result<()> {
     for s in &f.steps[..3] {
         a.step(&grads_of(&va, s)?, 1e-2)?;
     }
-    let (steps, state) = a.state();
+    let (steps, state) = a.state()?;
     let (vb, mut b) = make()?;
     for (x, y) in vb.iter().zip(&va) {
         x.set(y.as_tensor())?;
@@ -160,6 +167,30 @@ fn cosine_with_min_lr_matches_transformers() {
     assert!(s.validate("s").is_ok());
     let bad = LrSchedule::WarmupCosine { warmup_steps: 10, total_steps: 5, min_lr_ratio: 0.1 };
     assert!(bad.validate("s").is_err());
+}
+
+/// The fused in-place f32 kernels and the tensor-op path take the same steps.
+#[test]
+fn fused_and_tensor_paths_agree_in_f32() -> rl_trainer::Result<()> {
+    let dev = Device::Cpu;
+    let run = |fused: bool| -> rl_trainer::Result<Vec<f32>> {
+        let w = Var::new(&[[0.5f32, -1.5, 2.0], [0.1, 0.0, -0.3]], &dev)?;
+        let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::openrlhf() };
+        let mut opt = AdamW::new(vec![w.clone()], cfg)?.with_fused(fused);
+        for k in 0..4 {
+            // A non-contiguous gradient (a transpose) exercises the copy to contiguous.
+            let g = Tensor::new(&[[1f32, -2.0], [0.5, 3.0], [-(k as f32), 0.25]], &dev)?.t()?;
+            let mut grads = GradStore::default();
+            grads.insert(w.as_tensor(), g);
+            opt.step(&grads, 0.05)?;
+        }
+        Ok(w.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+    };
+    let (a, b) = (run(true)?, run(false)?);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+    }
+    Ok(())
 }
 
 mod props {
