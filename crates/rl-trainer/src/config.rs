@@ -119,6 +119,11 @@ pub struct TrainerConfig {
     /// Steps during which only the critic is trained (verl `critic_warmup` 0, OpenRLHF
     /// `freezing_actor_steps`).
     pub critic_warmup_steps: usize,
+    /// Recompute `old_log_probs` with the training forward (`Policy::log_probs`, detached) after
+    /// generation instead of using the sampler's log-probs, as verl and Open-Reasoner-Zero do:
+    /// it removes the sampler/trainer numerical mismatch from the PPO ratio (one extra forward
+    /// pass per step). The mismatch is reported as `rollout/log_prob_abs_diff`.
+    pub recompute_old_log_probs: bool,
     /// Entropy bonus: `loss −= entropy_coef · token-mean(H)` (verl `entropy_coeff` 0).
     pub entropy_coef: f64,
     /// DAPO dynamic sampling (off when absent).
@@ -133,7 +138,8 @@ pub struct TrainerConfig {
 
 impl Default for TrainerConfig {
     /// verl defaults (`_generated_ppo_trainer.yaml`): one PPO epoch, actor lr 1e-6, critic lr
-    /// 1e-5, grad clip 1.0, no critic warm-up, no entropy bonus; 8 samples per prompt (GRPO
+    /// 1e-5, grad clip 1.0, no critic warm-up, no entropy bonus, old log-probs recomputed by the
+    /// trainer; 8 samples per prompt (GRPO
     /// papers; verl's `rollout.n` is 1), micro-batches of 8 responses, shuffled mini-batches.
     fn default() -> Self {
         Self {
@@ -146,6 +152,7 @@ impl Default for TrainerConfig {
             actor: OptimizerConfig::default(),
             critic: OptimizerConfig { lr: 1e-5, ..OptimizerConfig::default() },
             critic_warmup_steps: 0,
+            recompute_old_log_probs: true,
             entropy_coef: 0.0,
             dynamic_sampling: None,
             max_skipped_updates: 10,

@@ -211,10 +211,12 @@ fn step_reports_the_documented_metrics() -> R {
         "time/optimizer_s",
         "time/step_s",
         "train/skipped_total",
+        "rollout/log_prob_abs_diff",
     ] {
         assert!(m.get(name).is_some_and(f64::is_finite), "missing metric {name}: {m:?}");
     }
     assert!((m.get("actor/ratio_mean").unwrap() - 1.0).abs() < 1e-6, "on-policy ratio is 1");
+    assert!(m.get("rollout/log_prob_abs_diff").unwrap() < 1e-6, "the mock samples exactly");
     assert_eq!(m.get("actor/lr"), Some(0.05));
     assert!((m.get("actor/entropy").unwrap() - 4f64.ln()).abs() < 1e-5, "uniform over 4 tokens");
     assert!(m.get("response/length_max").unwrap() <= 4.0);
@@ -700,6 +702,9 @@ mod lm {
             {
                 assert!(m.get(k).is_some_and(f64::is_finite), "{k}: {m:?}");
             }
+            // Sampler (fused forward) and trainer (differentiable forward) agree closely.
+            let diff = m.get("rollout/log_prob_abs_diff").expect("recomputed");
+            assert!(diff < 1e-4, "sampler/trainer log-prob mismatch {diff}");
         }
         assert_eq!((a.state().actor_updates, a.state().critic_updates), (4, 4));
         let saved = a.save_checkpoint(dir.path())?;

@@ -6,8 +6,9 @@
 //! 2. **score** them (`RewardFn::score_batch`); with DAPO dynamic sampling, drop groups whose
 //!    rewards are all equal and generate again until the batch holds as many groups as prompts
 //!    were asked for;
-//! 3. **prepare**: reference log-probs (if a reference policy is set), critic values (PPO),
-//!    advantages (`AdvantageEstimator::estimate`);
+//! 3. **prepare**: old log-probs recomputed by the training forward (unless
+//!    `recompute_old_log_probs = false`), reference log-probs (if a reference policy is set),
+//!    critic values (PPO), advantages (`AdvantageEstimator::estimate`);
 //! 4. **update**, `ppo_epochs` times: shuffle the groups (seeded by `(seed, step, epoch)`), split
 //!    them into mini-batches of `mini_batch_groups` groups; for each mini-batch compute its
 //!    [`GlobalCounts`], run micro-batches of `micro_batch_size` responses (log-probs → policy loss
@@ -321,6 +322,18 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
 
         let t = Instant::now();
         let micro = self.config.micro_batch_size;
+        if self.config.recompute_old_log_probs {
+            let policy = &self.policy;
+            let lp =
+                by_micro_batch(&batch, micro, |mb| Ok(policy.log_probs(mb, false)?.log_probs))?;
+            let diff = rl_core::masked::masked_mean(
+                &lp.sub(&batch.old_log_probs)?.abs()?,
+                &batch.response_mask,
+                None,
+            )?;
+            metrics.insert("rollout/log_prob_abs_diff", scalar(&diff)?);
+            batch.old_log_probs = lp;
+        }
         if let Some(reference) = &self.reference {
             let lp =
                 by_micro_batch(&batch, micro, |mb| Ok(reference.log_probs(mb, false)?.log_probs))?;
