@@ -29,5 +29,6 @@ pub use optim::{AdamW, AdamWConfig, ClipReport, clip_grad_norm};
 pub use recipe::{AlgorithmConfig, Recipe};
 pub use schedule::LrSchedule;
 pub use trainer::{
-    EvalReport, GrpoTrainer, LossTerm, NoCritic, PpoTrainer, StepReport, TermInput, Trainer,
+    EvalReport, GrpoTrainer, LossTerm, NoCritic, PpoTrainer, StepReport, TermInput, TrainStep,
+    Trainer,
 };

@@ -426,6 +426,34 @@ fn resume_reproduces_the_next_step_exactly() -> R {
     Ok(())
 }
 
+/// GRPO and PPO trainers behind one `dyn TrainStep`.
+#[test]
+fn trainers_share_an_object_safe_interface() -> R {
+    let dir = tempfile::tempdir()?;
+    let critic = BiasCritic(Var::new(&[0f32], &Device::Cpu)?);
+    let ppo = Trainer::ppo(
+        mock(),
+        critic,
+        contains_b,
+        OutcomeMinusValue,
+        PpoClip,
+        HalfSquared,
+        config(2, 0.1),
+    )?;
+    let mut all: Vec<Box<dyn crate::TrainStep>> =
+        vec![Box::new(grpo(config(2, 0.1))?), Box::new(ppo)];
+    for (i, t) in all.iter_mut().enumerate() {
+        let mut data = PromptDataset::new(prompts(3), 0, true)?;
+        assert_eq!(t.train_step(&mut data, 2)?.step, 1);
+        assert!((0.0..=1.0).contains(&t.eval(&prompts(2), true)?.accuracy));
+        let root = dir.path().join(i.to_string());
+        t.checkpoint(&root)?;
+        assert_eq!(t.restore(&root)?.map(|s| s.step), Some(1));
+        assert_eq!(t.progress().data.map(|d| d.index), Some(2));
+    }
+    Ok(())
+}
+
 #[test]
 fn configs_round_trip_through_toml_and_reject_typos() -> R {
     for c in [

@@ -725,6 +725,47 @@ impl<P: Policy + Checkpointable, C: Critic + Checkpointable> Trainer<P, C> {
     }
 }
 
+/// What a CLI or a recipe runner needs from any trainer, object-safe so GRPO and PPO trainers
+/// (different types) can sit behind one `Box<dyn TrainStep>`.
+pub trait TrainStep {
+    /// One step on `groups` prompts from `source` ([`Trainer::step_from`]).
+    fn train_step(&mut self, source: &mut dyn PromptSource, groups: usize) -> Result<StepReport>;
+
+    /// Accuracy and mean reward on `prompts` ([`Trainer::evaluate`]).
+    fn eval(&mut self, prompts: &[Prompt], greedy: bool) -> Result<EvalReport>;
+
+    /// Progress so far.
+    fn progress(&self) -> &TrainerState;
+
+    /// Writes a checkpoint under `root` ([`Trainer::save_checkpoint`]).
+    fn checkpoint(&self, root: &Path) -> Result<PathBuf>;
+
+    /// Loads the latest checkpoint under `root`, if any ([`Trainer::resume`]).
+    fn restore(&mut self, root: &Path) -> Result<Option<TrainerState>>;
+}
+
+impl<P: Policy + Checkpointable, C: Critic + Checkpointable> TrainStep for Trainer<P, C> {
+    fn train_step(&mut self, source: &mut dyn PromptSource, groups: usize) -> Result<StepReport> {
+        self.step_from(source, groups)
+    }
+
+    fn eval(&mut self, prompts: &[Prompt], greedy: bool) -> Result<EvalReport> {
+        self.evaluate(prompts, greedy)
+    }
+
+    fn progress(&self) -> &TrainerState {
+        self.state()
+    }
+
+    fn checkpoint(&self, root: &Path) -> Result<PathBuf> {
+        self.save_checkpoint(root)
+    }
+
+    fn restore(&mut self, root: &Path) -> Result<Option<TrainerState>> {
+        self.resume(root)
+    }
+}
+
 fn optimizer(vars: Vec<Var>, cfg: &OptimizerConfig, prefix: &str) -> Result<AdamW> {
     cfg.adam.validate(&format!("{prefix}.adam"))?;
     AdamW::new(vars, cfg.adam.clone())
