@@ -22,6 +22,7 @@ Deviations, mirrored in Rust and documented in docs/loss.md:
 Usage:
   python loss_reference.py                      # writes crates/rl-loss/tests/fixtures/losses.json
   python loss_reference.py --bench [B T iters]  # times loss + backward at (B, T)
+                                                # (TORCH_THREADS=n sets torch's thread count)
 """
 import json
 import math
@@ -402,6 +403,8 @@ def build():
 
 
 def bench(b, t, iters):
+    if os.environ.get("TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["TORCH_THREADS"]))
     torch.manual_seed(0)
     lp0, old, adv, m = make_inputs(torch.Generator().manual_seed(0), b, t, [t - (i * 7) % (t // 2) for i in range(b)])
     fns = {
