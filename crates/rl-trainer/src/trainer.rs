@@ -567,10 +567,11 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             let idx: Vec<usize> = (start..(start + self.config.micro_batch_size).min(n)).collect();
             let micro = mini.select(&idx)?;
             let micro_adv = select_rows(adv, &idx)?;
-            acc.train_tokens += micro.response_lengths()?.iter().sum::<usize>();
+            let tokens = micro.response_lengths()?.iter().sum::<usize>();
+            acc.train_tokens += tokens;
             if actor.active() {
                 let out = self.actor_loss(&micro, &micro_adv, &counts)?;
-                actor.add(out, &actor_vars, "actor loss")?;
+                actor.add(out, tokens as f64, &actor_vars, "actor loss")?;
             }
             if let (true, Some(c)) = (critic.active(), &self.critic) {
                 let old_values = micro
@@ -586,7 +587,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
                     counts: Some(&counts),
                 };
                 let out = c.loss.compute(&input)?;
-                critic.add(out, &c.critic.trainable_vars(), "critic loss")?;
+                critic.add(out, tokens as f64, &c.critic.trainable_vars(), "critic loss")?;
             }
         }
         acc.train_s += t.elapsed().as_secs_f64();
@@ -806,7 +807,8 @@ struct Accum {
     enabled: bool,
     grads: GradStore,
     loss: f64,
-    metrics: Vec<Metrics>,
+    /// Each micro-batch's metrics with its number of valid tokens.
+    metrics: Vec<(Metrics, f64)>,
     failure: Option<&'static str>,
 }
 
@@ -820,16 +822,53 @@ impl Accum {
     }
 
     /// Adds one micro-batch: a non-finite loss marks the whole mini-batch update as failed.
-    fn add(&mut self, out: LossOutput, vars: &[Var], what: &'static str) -> Result<()> {
+    fn add(
+        &mut self,
+        out: LossOutput,
+        tokens: f64,
+        vars: &[Var],
+        what: &'static str,
+    ) -> Result<()> {
         let value = scalar(&out.loss)?;
         if !value.is_finite() {
             self.failure = Some(what);
             return Ok(());
         }
         self.loss += value;
-        self.metrics.push(out.metrics);
+        self.metrics.push((out.metrics, tokens));
         accumulate(&mut self.grads, out.loss.backward()?, vars)
     }
+}
+
+/// The mini-batch value of each metric from its micro-batches: losses and extra-term values
+/// (`loss`, `*_loss`, `<term>/...`) are normalised by the mini-batch counts and therefore
+/// **summed**; `*_min` / `*_max` take the min / max; every other statistic (clip fractions,
+/// approx KL, ratio mean, entropy) is a per-micro-batch token mean and is **averaged weighted by
+/// valid tokens**. The result equals what one pass over the whole mini-batch would report.
+fn merge_micro_metrics(parts: &[(Metrics, f64)]) -> Metrics {
+    let mut acc: std::collections::BTreeMap<&str, (f64, f64)> = Default::default();
+    for (m, tokens) in parts {
+        for (k, v) in m.iter() {
+            let e = acc.entry(k).or_insert(if k.ends_with("_min") {
+                (f64::INFINITY, 0.0)
+            } else if k.ends_with("_max") {
+                (f64::NEG_INFINITY, 0.0)
+            } else {
+                (0.0, 0.0)
+            });
+            if k.ends_with("_min") {
+                e.0 = e.0.min(v);
+            } else if k.ends_with("_max") {
+                e.0 = e.0.max(v);
+            } else if k == "loss" || k.ends_with("_loss") || k.contains('/') {
+                e.0 += v;
+            } else {
+                e.0 += v * tokens;
+                e.1 += tokens;
+            }
+        }
+    }
+    acc.into_iter().map(|(k, (v, w))| (k.to_string(), if w > 0.0 { v / w } else { v })).collect()
 }
 
 /// What one optimizer update reports.
@@ -861,7 +900,7 @@ fn apply(
         loss: acc.loss,
         grad_norm: report.norm,
         lr,
-        metrics: Metrics::mean(&acc.metrics),
+        metrics: merge_micro_metrics(&acc.metrics),
     }))
 }
 
