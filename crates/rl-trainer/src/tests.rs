@@ -146,8 +146,11 @@ fn logits(t: &GrpoTrainer<MockPolicy>) -> Vec<f32> {
     t.policy().logits().as_tensor().to_vec1::<f32>().expect("logits")
 }
 
+/// Metrics as `(name, value)` pairs in name order.
+type Named = Vec<(String, f64)>;
+
 /// Metrics without wall-clock timings (`time/*`, `perf/*`).
-fn deterministic(m: &Metrics) -> Vec<(String, f64)> {
+fn deterministic(m: &Metrics) -> Named {
     m.iter()
         .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("perf/"))
         .map(|(k, v)| (k.into(), v))
@@ -233,7 +236,7 @@ fn step_reports_the_documented_metrics() -> R {
 
 /// Two epochs of one mini-batch with `micro` responses per micro-batch: final logits and the
 /// step's metrics (without timings).
-fn run_micro(micro: usize, seed: u64) -> R<(Vec<f32>, Vec<(String, f64)>)> {
+fn run_micro(micro: usize, seed: u64) -> R<(Vec<f32>, Named)> {
     let mut cfg = TrainerConfig { micro_batch_size: micro, ppo_epochs: 2, seed, ..config(6, 0.1) };
     cfg.actor.max_grad_norm = None;
     cfg.entropy_coef = 0.01;
@@ -609,7 +612,7 @@ mod recipes {
     /// micro-batch size.
     #[test]
     fn recipe_metrics_do_not_depend_on_micro_batching() -> R {
-        let run = |micro: usize| -> R<(Vec<f32>, Vec<(String, f64)>)> {
+        let run = |micro: usize| -> R<(Vec<f32>, Named)> {
             let mut r = small(Recipe::dapo());
             r.trainer.dynamic_sampling = None;
             r.trainer.micro_batch_size = micro;
