@@ -204,7 +204,9 @@ impl LanguageModel {
                 DType::BF16 => "bfloat16",
                 _ => "float32",
             };
+            // transformers 4 reads `torch_dtype`, transformers 5 `dtype`.
             obj.insert("torch_dtype".into(), name.into());
+            obj.insert("dtype".into(), name.into());
         }
         let config = dir.join("config.json");
         let tmp = tmp_name(&config);
