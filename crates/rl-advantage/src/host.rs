@@ -57,21 +57,27 @@ pub(crate) fn lengths(mask: &[f32], b: usize, t: usize) -> Result<Vec<usize>> {
     mask.par_chunks(t)
         .enumerate()
         .map(|(i, row)| {
-            let mut n = 0usize;
-            for (j, &m) in row.iter().enumerate() {
-                if m == 1.0 {
-                    n += 1;
-                } else if m != 0.0 {
-                    return Err(Error::NonFinite {
-                        what: "response_mask (must be 0 or 1)".into(),
-                        index: i * t + j,
-                        value: m as f64,
-                    });
-                }
+            // branch-free count and check (vectorises); locate the offender only on failure
+            let (n, bad) = row.iter().fold((0usize, false), |(n, bad), &m| {
+                (n + (m == 1.0) as usize, bad | (m != 0.0 && m != 1.0))
+            });
+            match bad.then(|| row.iter().position(|&m| m != 0.0 && m != 1.0)).flatten() {
+                Some(j) => Err(Error::NonFinite {
+                    what: "response_mask (must be 0 or 1)".into(),
+                    index: i * t + j,
+                    value: row[j] as f64,
+                }),
+                None => Ok(n),
             }
-            Ok(n)
         })
         .collect()
+}
+
+/// One past the last non-zero element of a mask row (0 for an empty row): everything after it
+/// is padding, which the kernels leave at the zeros the output was allocated with.
+#[inline]
+pub(crate) fn row_end(m: &[f32]) -> usize {
+    m.iter().rposition(|&x| x != 0.0).map_or(0, |e| e + 1)
 }
 
 /// Like [`lengths`], and every row must hold at least one valid token.
@@ -95,8 +101,8 @@ pub(crate) fn broadcast(a: &[f64], mask: &[f32], t: usize, device: &Device) -> R
     let mut out = vec![0f32; b * t];
     if t > 0 {
         out.par_chunks_mut(t).zip(mask.par_chunks(t)).zip(a.par_iter()).for_each(|((o, m), &a)| {
-            let a = a as f32;
-            for (o, &m) in o.iter_mut().zip(m) {
+            let (a, end) = (a as f32, row_end(m));
+            for (o, &m) in o[..end].iter_mut().zip(&m[..end]) {
                 *o = a * m;
             }
         });
@@ -336,7 +342,8 @@ impl Moments {
 }
 
 /// Runs `scan(row_index, mask_row, out_a, out_r)` over every row in parallel (the kernel writes
-/// per-token advantages into `out_a` and returns into `out_r`, both exactly 0 on padding), then
+/// per-token advantages into `out_a` and returns into `out_r`, both exactly 0 on padding; the
+/// three slices stop at the row's last valid token, trailing padding stays 0), then
 /// whitens the advantages over the valid tokens of the whole batch.
 pub(crate) fn scan_rows<F>(
     mask: &[f32],
@@ -357,13 +364,20 @@ where
             .zip(mask.par_chunks(t))
             .enumerate()
             .map(|(i, ((a, r), m))| {
+                let end = row_end(m);
+                let (a, r, m) = (&mut a[..end], &mut r[..end], &m[..end]);
                 scan(i, m, a, r)?;
-                Ok::<_, Error>(Moments::of_row(a, m))
+                Ok::<_, Error>(if whiten == Whiten::None {
+                    Moments::default()
+                } else {
+                    Moments::of_row(a, m)
+                })
             })
             .try_reduce(Moments::default, |x, y| Ok(x.merge(y)))?;
         if let Some((shift, scale)) = moments.whitening(whiten)? {
             adv.par_chunks_mut(t).zip(mask.par_chunks(t)).for_each(|(a, m)| {
-                for (a, &m) in a.iter_mut().zip(m) {
+                let end = row_end(m);
+                for (a, &m) in a[..end].iter_mut().zip(&m[..end]) {
                     *a = if m != 0.0 { ((*a as f64 - shift) * scale) as f32 } else { 0.0 };
                 }
             });

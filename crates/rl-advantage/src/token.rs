@@ -120,7 +120,7 @@ impl AdvantageEstimator for Gae {
         scan_rows(mask, tok.b, t, self.whiten, input.response_mask.device(), |i, m, adv, ret| {
             let (r, v) = (r.row(i, t), &v[i * t..(i + 1) * t]);
             let (mut next_value, mut last) = (0f32, 0f32);
-            for j in (0..t).rev() {
+            for j in (0..m.len()).rev() {
                 if m[j] == 0.0 {
                     continue;
                 }
@@ -173,7 +173,7 @@ impl AdvantageEstimator for ReinforcePlusPlus {
         scan_rows(mask, tok.b, t, self.whiten, input.response_mask.device(), |i, m, adv, ret| {
             let r = r.row(i, t);
             let mut g = 0f32;
-            for j in (0..t).rev() {
+            for j in (0..m.len()).rev() {
                 if m[j] == 0.0 {
                     g = 0.0;
                     continue;
@@ -215,7 +215,7 @@ impl AdvantageEstimator for ReMax {
         scan_rows(mask, tok.b, t, Whiten::None, input.response_mask.device(), |i, m, adv, ret| {
             let r = r.row(i, t);
             let mut g = 0f32;
-            for j in (0..t).rev() {
+            for j in (0..m.len()).rev() {
                 if m[j] == 0.0 {
                     continue;
                 }
