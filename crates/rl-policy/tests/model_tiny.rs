@@ -399,3 +399,45 @@ proptest::proptest! {
         proptest::prop_assert!(delta < 1e-5, "{}", delta);
     }
 }
+
+#[test]
+fn bad_batches_are_typed_errors() -> R {
+    let model = tiny("llama", true, DType::F32);
+    let m = model.trainable()?;
+    let b = batch();
+    let too_big = Tensor::new(&[[1u32, 2, 3, 40, 0], [0; 5], [0; 5]], &Device::Cpu)?;
+    let empty_prompt = Tensor::zeros((3, 0), DType::U32, &Device::Cpu)?;
+    let empty_mask = Tensor::zeros((3, 0), DType::F32, &Device::Cpu)?;
+    let short_mask = Tensor::ones((3, 4), DType::F32, &Device::Cpu)?;
+    let cases = [
+        PromptResponse { response_ids: &too_big, ..b.view() },
+        PromptResponse { prompt_ids: &empty_prompt, prompt_mask: &empty_mask, ..b.view() },
+        PromptResponse { response_mask: &short_mask, ..b.view() },
+    ];
+    for (i, view) in cases.iter().enumerate() {
+        let err = view.response_hidden(&m, Mode::Diff).unwrap_err();
+        assert!(matches!(err, PolicyError::Input { .. }), "case {i}: {err}");
+    }
+    let bad_layout =
+        AttentionLayout::new(&[vec![true; 3], vec![true; 2]], 1, DType::F32, &Device::Cpu);
+    assert!(matches!(bad_layout, Err(PolicyError::Input { .. })));
+    Ok(())
+}
+
+#[test]
+fn bf16_forward_is_close_to_f32() -> R {
+    let f32_model = tiny("qwen3", false, DType::F32);
+    let bf16_model = tiny("qwen3", false, DType::BF16);
+    let ids = Tensor::new(&[[0u32, 3, 9, 27, 1], [4, 5, 6, 7, 8]], &Device::Cpu)?;
+    let valid = vec![vec![false, true, true, true, true], vec![true; 5]];
+    let a = f32_model.detached()?.forward(&ids, &valid, Mode::Diff)?;
+    for mode in [Mode::Diff, Mode::Fused] {
+        let b = bf16_model.detached()?.forward(&ids, &valid, mode)?.to_dtype(DType::F32)?;
+        let all = b.flatten_all()?.to_vec1::<f32>()?;
+        assert!(all.iter().all(|x| x.is_finite()), "{mode:?}");
+        let delta =
+            (b.narrow(1, 1, 4)? - a.narrow(1, 1, 4)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(delta < 0.05, "{mode:?}: bf16 vs f32 {delta}");
+    }
+    Ok(())
+}
