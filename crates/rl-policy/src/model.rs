@@ -58,6 +58,19 @@ impl KvCache {
         self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
     }
 
+    /// Keeps only the batch rows `rows` (in that order) of every layer's keys and values.
+    ///
+    /// # Errors
+    /// A row index out of range.
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let idx = Tensor::from_iter(rows.iter().map(|&r| r as u32), k.device())?;
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+
     /// `true` when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -120,7 +120,7 @@ impl std::fmt::Debug for StopRules<'_> {
 /// Samples `cfg.n` responses for each prompt (`prompts[i]`: token ids, non-empty) with a KV cache,
 /// using the [`Mode::Fused`] forward of `model` (build it with
 /// [`LanguageModel::detached`](crate::LanguageModel::detached) so no autograd graph is kept).
-/// Prompts are left-padded with `pad_id`; finished rows keep being fed `pad_id` (masked out).
+/// Prompts are left-padded with `pad_id`; finished rows are removed from the batch and the cache.
 ///
 /// # Errors
 /// Invalid sampling config, empty prompts, ids outside the vocabulary, `max_new_tokens == 0`.
@@ -165,6 +165,9 @@ pub fn generate(
         finish: vec![FinishReason::Length; r],
     };
     let mut active = vec![true; r];
+    // `alive[i]`: the output row computed at batch position `i`. Finished rows are dropped from
+    // the batch and the KV cache, so they cost nothing afterwards.
+    let mut alive: Vec<usize> = (0..r).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     for _ in 0..cfg.max_new_tokens {
         let s = input.dim(1)?;
@@ -174,16 +177,12 @@ pub fn generate(
             .logits(&hidden.narrow(1, s - 1, 1)?.squeeze(1)?)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
-        let mut next = vec![pad_id; r];
-        for (row, logits) in logits.iter().enumerate() {
-            if !active[row] {
-                continue;
-            }
+        let mut next = Vec::with_capacity(alive.len());
+        for (&row, logits) in alive.iter().zip(&logits) {
             let tok = choose_token(logits, cfg, &mut rng);
             let lp = log_softmax(logits)[tok as usize];
             out.tokens[row].push(tok);
             out.log_probs[row].push(lp as f32);
-            next[row] = tok;
             if rules.eos_ids.contains(&tok) {
                 out.finish[row] = FinishReason::Eos;
                 active[row] = false;
@@ -193,14 +192,22 @@ pub fn generate(
                 out.finish[row] = FinishReason::StopString;
                 active[row] = false;
             }
+            next.push(tok);
         }
-        if !active.iter().any(|&a| a) {
+        let keep: Vec<usize> = (0..alive.len()).filter(|&i| active[alive[i]]).collect();
+        if keep.is_empty() {
             break;
         }
-        for (row, v) in valid.iter_mut().enumerate() {
-            v.push(active[row]);
+        if keep.len() < alive.len() {
+            cache.select_rows(&keep)?;
+            valid = keep.iter().map(|&i| std::mem::take(&mut valid[i])).collect();
+            next = keep.iter().map(|&i| next[i]).collect();
+            alive = keep.iter().map(|&i| alive[i]).collect();
         }
-        input = Tensor::from_vec(next, (r, 1), dev)?;
+        for v in valid.iter_mut() {
+            v.push(true);
+        }
+        input = Tensor::from_vec(next, (alive.len(), 1), dev)?;
     }
     Ok(out)
 }

@@ -333,6 +333,24 @@ fn greedy_generation_is_argmax_and_stops_on_eos() -> R {
     let batch = stop.generate_ids(&[vec![1, 2, 3]], None, &SamplingConfig::greedy(4))?;
     assert_eq!(batch.response_len(), 1);
     assert_eq!(batch.samples[0].finish, rl_core::FinishReason::Eos);
+    // In a batch, a row that stops early is dropped from the cache without disturbing the others.
+    let other = vec![9u32, 30, 31, 2, 5];
+    let solo =
+        policy.generate_ids(std::slice::from_ref(&other), None, &SamplingConfig::greedy(6))?;
+    let mixed = stop.generate_ids(
+        &[vec![1, 2, 3], other.clone(), vec![1, 2, 3]],
+        None,
+        &SamplingConfig::greedy(6),
+    )?;
+    let solo_ids = solo.response_ids.to_vec2::<u32>()?[0].clone();
+    let mixed_ids = mixed.response_ids.to_vec2::<u32>()?;
+    let n = solo_ids.iter().position(|&t| t == first).map_or(6, |p| p + 1);
+    assert_eq!(mixed_ids[1][..n], solo_ids[..n]);
+    assert_eq!(mixed.samples[0].response_tokens, 1);
+    assert_eq!(mixed.samples[2].response_tokens, 1);
+    let train = stop.log_probs_detached(&mixed, false, Mode::Diff)?.log_probs;
+    let delta = (train - &mixed.old_log_probs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(delta < 1e-5, "{delta}");
     assert!(policy.generate_ids(&[vec![]], None, &SamplingConfig::greedy(4)).is_err());
     assert!(policy.generate_ids(&[vec![99]], None, &SamplingConfig::greedy(4)).is_err());
     Ok(())
