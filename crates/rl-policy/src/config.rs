@@ -374,7 +374,24 @@ impl ModelConfig {
             [one] => Value::from(*one),
             many => Value::from(many.to_vec()),
         };
+        let rope_scaling = match &self.rope_scaling {
+            RopeScaling::None => Value::Null,
+            RopeScaling::Linear { factor } => {
+                serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+        };
         serde_json::json!({
+            "rope_scaling": rope_scaling,
             "architectures": [self.architecture.class_name()],
             "model_type": self.architecture.model_type(),
             "vocab_size": self.vocab_size,
@@ -419,6 +436,16 @@ mod tests {
         assert_eq!(c.head_dim, 4);
         assert_eq!(c.rope_theta, 1e6);
         assert_eq!(c.tensor_shapes().len(), 1 + 12 + 2);
+        Ok(())
+    }
+
+    #[test]
+    fn synthesized_json_round_trips() -> Result<()> {
+        let mut c = ModelConfig::from_hf_json(base())?;
+        c.raw = Value::Null;
+        c.rope_scaling = RopeScaling::Linear { factor: 2.0 };
+        let back = ModelConfig::from_hf_json(c.to_hf_json())?;
+        assert_eq!(ModelConfig { raw: Value::Null, ..back }, c);
         Ok(())
     }
 

@@ -183,6 +183,29 @@ fn gguf_to_hf_name(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// Rotary scaling from GGUF metadata: none or `linear`; anything else (YaRN, Llama 3.1's
+/// per-frequency `rope_freqs` tensor) is refused rather than silently computed wrong.
+fn gguf_rope_scaling(ct: &gguf_file::Content, arch: &str) -> Result<RopeScaling> {
+    if ct.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(PolicyError::config(
+            "rope_freqs.weight",
+            "per-frequency RoPE factors (e.g. Llama 3.1 GGUF) are not supported; load the Hugging Face checkpoint instead",
+        ));
+    }
+    let kind =
+        ct.metadata.get(&format!("{arch}.rope.scaling.type")).and_then(|v| v.to_string().ok());
+    let factor =
+        ct.metadata.get(&format!("{arch}.rope.scaling.factor")).and_then(|v| v.to_f32().ok());
+    match (kind.map(String::as_str), factor) {
+        (None | Some("none"), _) => Ok(RopeScaling::None),
+        (Some("linear"), Some(f)) if f > 0.0 => Ok(RopeScaling::Linear { factor: f as f64 }),
+        (Some(other), _) => Err(PolicyError::config(
+            format!("{arch}.rope.scaling.type"),
+            format!("`{other}` is not supported (none, linear)"),
+        )),
+    }
+}
+
 /// [`ModelConfig`] from GGUF metadata (`{arch}.block_count`, `{arch}.attention.head_count`, ...).
 fn gguf_config(ct: &gguf_file::Content, path: &Path) -> Result<ModelConfig> {
     let get = |k: &str| {
@@ -226,7 +249,7 @@ fn gguf_config(ct: &gguf_file::Content, path: &Path) -> Result<ModelConfig> {
         head_dim,
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
         rope_theta: float("rope.freq_base", 10_000.0),
-        rope_scaling: RopeScaling::None,
+        rope_scaling: gguf_rope_scaling(ct, &arch_name)?,
         max_position_embeddings: int("context_length").unwrap_or(4096),
         tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
         qkv_bias: architecture == Architecture::Qwen2 || has_bias,
