@@ -158,17 +158,23 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
 }
 
-/// Half-split (Hugging Face / NeoX) rotary embedding of `x: (B, heads, S, d)` with
-/// `cos, sin: (B, S, d/2)`.
+/// Half-split (Hugging Face / NeoX) rotary embedding of `x: (B, heads, S, d)`. `cos, sin` are
+/// `(B, S, d/2)` for [`Mode::Fused`] and `(B, 1, S, d)` (halves repeated, see [`rope_tables`]) for
+/// [`Mode::Diff`].
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
     Ok(match mode {
         Mode::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?,
-        Mode::Diff => {
-            let full = |t: &Tensor| -> Result<Tensor> {
-                Ok(Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(1)?)
-            };
-            (x.broadcast_mul(&full(cos)?)? + rotate_half(x)?.broadcast_mul(&full(sin)?)?)?
-        }
+        Mode::Diff => (x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?)?,
+    })
+}
+
+/// The `cos`/`sin` tables [`rope`] expects in `mode`, from `(B, S, d/2)` halves.
+fn rope_tables(cos: Tensor, sin: Tensor, mode: Mode) -> Result<(Tensor, Tensor)> {
+    let full =
+        |t: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(1)?) };
+    Ok(match mode {
+        Mode::Fused => (cos, sin),
+        Mode::Diff => (full(&cos)?, full(&sin)?),
     })
 }
 
@@ -292,6 +298,7 @@ impl Transformer {
             c.layers = vec![None; self.layers.len()];
         }
         let (cos, sin) = self.rotary(&layout.positions)?;
+        let (cos, sin) = rope_tables(cos, sin, mode)?;
         let mut x = self.embed.forward(ids)?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let eps = self.cfg.rms_norm_eps;

@@ -148,6 +148,25 @@ fn chunking_does_not_change_log_probs() -> R {
     assert_eq!(a.to_vec2::<f32>()?, c.to_vec2::<f32>()?);
     // Padding is exactly zero.
     assert_eq!(a.to_vec2::<f32>()?[2][1..], [0.0; 4]);
+    // Log-probs and entropies equal a host computation from the full-sequence logits
+    // (row 1 has no padding: joint positions 3..8 predict its 5 response tokens).
+    let (_, ent) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, 2, true)?;
+    let ent = ent.expect("entropy").to_vec2::<f32>()?;
+    let ids: Vec<u32> = [7u32, 8, 9, 10, 15, 16, 17, 18, 19].to_vec();
+    let logits = m.forward(
+        &Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?,
+        &[vec![true; 9]],
+        Mode::Diff,
+    )?;
+    let logits = logits.squeeze(0)?.to_vec2::<f32>()?;
+    for t in 0..5 {
+        let row: Vec<f64> = logits[3 + t].iter().map(|&x| x as f64).collect();
+        let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let lp: Vec<f64> = row.iter().map(|x| x - lse).collect();
+        let h: f64 = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
+        assert!((lp[ids[4 + t] as usize] - a.to_vec2::<f32>()?[1][t] as f64).abs() < 1e-5);
+        assert!((h - ent[1][t] as f64).abs() < 1e-5, "entropy {h} vs {}", ent[1][t]);
+    }
     Ok(())
 }
 
