@@ -150,6 +150,27 @@ impl LmPolicy {
         }
     }
 
+    /// Loads from a model source string: a `.gguf` file ([`LmPolicy::from_gguf`]), a local
+    /// directory ([`LmPolicy::from_hf_dir`]), or else a Hub repo id with an optional `@revision`
+    /// (`"HuggingFaceTB/SmolLM2-135M-Instruct@main"`, [`LanguageModel::from_hub`]; needs network).
+    ///
+    /// # Errors
+    /// Those of the chosen loader.
+    pub fn load(source: &str, dtype: DType, device: &candle_core::Device) -> Result<Self> {
+        let path = std::path::Path::new(source);
+        if path.is_file() {
+            Self::from_gguf(path, dtype, device)
+        } else if path.is_dir() {
+            Self::from_hf_dir(path, dtype, device)
+        } else if source.ends_with(".gguf") || source.starts_with('.') || source.starts_with('/') {
+            Err(PolicyError::MissingFile { path: path.to_path_buf() })
+        } else {
+            let (repo, revision) = source.split_once('@').unwrap_or((source, "main"));
+            let (_, dir) = LanguageModel::from_hub(repo, revision, dtype, device)?;
+            Self::from_hf_dir(&dir, dtype, device)
+        }
+    }
+
     /// Sets the text codec (needed by [`Policy::generate`] and stop strings).
     pub fn with_codec(mut self, codec: Arc<dyn TextCodec>) -> Self {
         self.codec = Some(codec);

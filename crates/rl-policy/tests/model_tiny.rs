@@ -282,6 +282,10 @@ fn checkpoints_round_trip_and_loaders_report_typed_errors() -> R {
     std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
     let err = LanguageModel::from_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(&err, PolicyError::UnknownArchitecture { name } if name == "gpt2"), "{err}");
+    let missing = dir.path().join("nope.gguf");
+    let err = rl_policy::LmPolicy::load(missing.to_str().ok_or("utf8")?, DType::F32, &Device::Cpu)
+        .unwrap_err();
+    assert!(matches!(&err, PolicyError::MissingFile { path } if path == &missing), "{err}");
     let gguf = dir.path().join("x.gguf");
     std::fs::write(&gguf, b"GGUF garbage")?;
     assert!(matches!(
