@@ -13,7 +13,7 @@ use candle_nn::{Embedding, Linear};
 use crate::{ModelConfig, PolicyError, Result};
 
 /// Additive mask value for disallowed attention (finite, so fully masked pad rows stay finite).
-pub const MASK_VALUE: f64 = -1e9;
+pub const MASK_VALUE: f32 = -1e9;
 
 /// How the forward pass is executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
