@@ -151,6 +151,16 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     })
 }
 
+/// `(B, n_kv, S, d)` → `(B, n_kv·n_rep, S, d)`: each key/value head serves `n_rep` consecutive
+/// query heads (grouped-query attention).
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, n, s, d) = x.dims4()?;
+    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, n * n_rep, s, d))?)
+}
+
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -322,8 +332,8 @@ impl Transformer {
                 }
                 c.layers[li] = Some((k.clone(), v.clone()));
             }
-            let k = candle_transformers::utils::repeat_kv(k, nh / nkv)?.contiguous()?;
-            let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?.contiguous()?;
+            let k = repeat_kv(k, nh / nkv)?.contiguous()?;
+            let v = repeat_kv(v, nh / nkv)?.contiguous()?;
             let scores =
                 (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&layout.mask)?;
             let probs = match mode {
