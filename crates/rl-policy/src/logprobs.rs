@@ -67,6 +67,9 @@ impl PromptResponse<'_> {
             }
         }
         for (what, ids) in [("prompt_ids", self.prompt_ids), ("response_ids", self.response_ids)] {
+            if ids.elem_count() == 0 {
+                continue;
+            }
             let ids = ids.to_dtype(DType::U32)?;
             let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
             if max >= vocab {

@@ -179,6 +179,12 @@ pub fn generate(
             .to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(alive.len());
         for (&row, logits) in alive.iter().zip(&logits) {
+            if let Some(bad) = logits.iter().find(|x| !x.is_finite()) {
+                return Err(PolicyError::input(
+                    "logits",
+                    format!("non-finite logit {bad} in row {row}"),
+                ));
+            }
             let tok = choose_token(logits, cfg, &mut rng);
             let lp = log_softmax(logits)[tok as usize];
             out.tokens[row].push(tok);

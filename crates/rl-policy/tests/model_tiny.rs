@@ -459,6 +459,23 @@ fn bad_batches_are_typed_errors() -> R {
         let err = view.response_hidden(&m, Mode::Diff).unwrap_err();
         assert!(matches!(err, PolicyError::Input { .. }), "case {i}: {err}");
     }
+    // An empty response gives empty log-probs, not an error.
+    let (no_ids, no_mask) = (Tensor::zeros((3, 0), DType::U32, &Device::Cpu)?, empty_mask.clone());
+    let view = PromptResponse { response_ids: &no_ids, response_mask: &no_mask, ..b.view() };
+    let hidden = view.response_hidden(&m, Mode::Diff)?;
+    let (lp, _) = token_log_probs(&m, &hidden, &no_ids, &no_mask, 0, false)?;
+    assert_eq!(lp.dims(), &[3, 0]);
+    // A diverged (NaN) model is a typed error in sampling, not NaN log-probs.
+    let broken = LmPolicy::new(tiny("llama", true, DType::F32));
+    let (_, norm) = broken
+        .model()
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "model.norm.weight")
+        .ok_or("norm")?;
+    norm.set(&(norm.as_tensor() * f64::NAN)?)?;
+    let err = broken.generate_ids(&[vec![1, 2]], None, &SamplingConfig::greedy(2)).unwrap_err();
+    assert!(matches!(err, PolicyError::Input { .. }), "{err}");
     let bad_layout =
         AttentionLayout::new(&[vec![true; 3], vec![true; 2]], 1, DType::F32, &Device::Cpu);
     assert!(matches!(bad_layout, Err(PolicyError::Input { .. })));
