@@ -116,7 +116,8 @@ impl HostBatch {
         }
         let dims = [b, t];
         let (mask, lens) = host_mask(mask, b, t)?;
-        let [lp, old, adv] = [0, 1, 2].map(|i| host_valid(xs[i].0, &dims, &mask, xs[i].1));
+        let read = |i: usize| host_valid(xs[i].0, &dims, &mask, xs[i].1);
+        let (lp, (old, adv)) = rayon::join(|| read(0), || rayon::join(|| read(1), || read(2)));
         let is_w = match is_w {
             Some(w) => Some(host_valid(w, &dims, &mask, "rollout_is_weights")?),
             None => None,
@@ -156,8 +157,9 @@ impl Default for Stats {
 impl Stats {
     /// Adds one valid token with log-ratio `logr = logπθ − logπold` and clip flags.
     pub fn push(&mut self, logr: f32, flags: u8) {
-        let logr = logr.clamp(-20.0, 20.0) as f64;
-        let r = logr.exp();
+        let logr = logr.clamp(-20.0, 20.0);
+        let r = logr.exp() as f64;
+        let logr = logr as f64;
         self.n += 1.0;
         self.ratio_sum += r;
         self.ratio_min = self.ratio_min.min(r);
@@ -273,9 +275,14 @@ impl CustomOp1 for HostLoss {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad =
-            Tensor::from_slice(&self.grad, arg.shape(), arg.device())?.to_dtype(arg.dtype())?;
-        Ok(Some(grad.broadcast_mul(&g.to_dtype(arg.dtype())?)?))
+        // The incoming gradient is a scalar: scale on the host (one pass, no broadcast op).
+        let g = g.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let grad: Vec<f32> = if g == 1.0 {
+            self.grad.to_vec()
+        } else {
+            self.grad.par_iter().map(|x| x * g).collect()
+        };
+        Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?.to_dtype(arg.dtype())?))
     }
 }
 
