@@ -72,7 +72,7 @@ fn finish(
     f: impl Fn(usize, usize, f32, f32, f32) -> Tok + Sync,
 ) -> Result<LossOutput> {
     let w = agg.row_weights(&hb.lens, hb.t, input.group_ids, input.counts)?;
-    let (loss, grad, stats) = run_tokens(hb, &w, f);
+    let (loss, grad, stats) = run_tokens(hb, &w, true, f);
     let n: usize = hb.lens.iter().sum();
     let picked = chosen.iter().filter(|c| **c).count();
     let metrics = stats.metrics(loss).with("cov_frac", picked as f64 / n.max(1) as f64);

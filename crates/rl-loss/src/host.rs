@@ -170,6 +170,14 @@ impl Stats {
         self.dual += f64::from(flags & CLIP_DUAL != 0);
     }
 
+    /// Adds one valid token's clip flags only (losses without a policy ratio).
+    pub fn push_flags(&mut self, flags: u8) {
+        self.n += 1.0;
+        self.low += f64::from(flags & CLIP_LOW != 0);
+        self.high += f64::from(flags & CLIP_HIGH != 0);
+        self.dual += f64::from(flags & CLIP_DUAL != 0);
+    }
+
     pub fn merge(mut self, o: Self) -> Self {
         self.n += o.n;
         self.ratio_sum += o.ratio_sum;
@@ -203,8 +211,14 @@ impl Stats {
 }
 
 /// Runs a per-token loss over the batch: `loss = Σ_b w_b Σ_t M_bt ℓ_bt·is_bt` and its gradient
-/// `w_b M_bt ℓ'_bt is_bt`. `f(row, flat_index, logπθ, logπold, A)` gives one token's loss.
-pub(crate) fn run_tokens<F>(hb: &HostBatch, weights: &[f64], f: F) -> (f64, Vec<f32>, Stats)
+/// `w_b M_bt ℓ'_bt is_bt`. `f(row, flat_index, logπθ, logπold, A)` gives one token's loss;
+/// `ratio_stats` adds the ratio / approx-KL diagnostics of `exp(logπθ − logπold)`.
+pub(crate) fn run_tokens<F>(
+    hb: &HostBatch,
+    weights: &[f64],
+    ratio_stats: bool,
+    f: F,
+) -> (f64, Vec<f32>, Stats)
 where
     F: Fn(usize, usize, f32, f32, f32) -> Tok + Sync,
 {
@@ -227,7 +241,11 @@ where
                 if let Some(is) = &hb.is_w {
                     tok.l = tok.l.mul(Dual::c(is[i]));
                 }
-                st.push(lp - old, tok.flags);
+                if ratio_stats {
+                    st.push(lp - old, tok.flags);
+                } else {
+                    st.push_flags(tok.flags);
+                }
                 s += tok.l.v as f64;
                 *gj = (w * tok.l.d as f64) as f32;
             }
@@ -249,7 +267,7 @@ where
 {
     let hb = HostBatch::new(input)?;
     let w = agg.row_weights(&hb.lens, hb.t, input.group_ids, input.counts)?;
-    let (loss, grad, stats) = run_tokens(&hb, &w, f);
+    let (loss, grad, stats) = run_tokens(&hb, &w, true, f);
     let out = LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) };
     Ok((out, hb))
 }

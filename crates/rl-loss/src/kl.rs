@@ -148,7 +148,8 @@ impl KlLoss {
             .into_iter()
             .map(|w| w * self.coef)
             .collect();
-        let (loss, grad, _) = run_tokens(&hb, &w, |_, _, lp, rf, _| Tok::new(self.dual(lp, rf)));
+        let (loss, grad, _) =
+            run_tokens(&hb, &w, false, |_, _, lp, rf, _| Tok::new(self.dual(lp, rf)));
         let kl = if self.coef > 0.0 { loss / self.coef } else { 0.0 };
         let metrics = Metrics::new().with("kl", kl).with("loss", loss);
         Ok(LossOutput { loss: emit(log_probs, loss, grad)?, metrics })

@@ -78,7 +78,7 @@ impl ValueLoss for ClippedValueLoss {
                 }
             }
         };
-        let (loss, grad, stats) = run_tokens(&hb, &w, f);
+        let (loss, grad, stats) = run_tokens(&hb, &w, false, f);
         let m = stats.metrics(loss);
         let metrics = rl_core::Metrics::new()
             .with("loss", loss)

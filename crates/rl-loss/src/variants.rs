@@ -66,7 +66,7 @@ impl PolicyLoss for GspoLoss {
             Tok { l: l1.max(l2), flags: clip_flags(adv, l1, l2) }
         };
         let w = self.aggregation.row_weights(&hb.lens, t, input.group_ids, input.counts)?;
-        let (loss, grad, stats) = crate::host::run_tokens(&hb, &w, f);
+        let (loss, grad, stats) = crate::host::run_tokens(&hb, &w, true, f);
         Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) })
     }
 }
