@@ -21,6 +21,8 @@ pub use rl_policy as policy;
 pub use rl_reward as reward;
 pub use rl_trainer as trainer;
 
+pub mod run;
+
 // The README's code blocks are compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

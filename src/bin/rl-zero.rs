@@ -3,7 +3,14 @@
 //! ```text
 //! rl-zero score --input samples.jsonl [--output scored.jsonl] [--response-field response]
 //!               [--answer-field answer] [--reward '{"type": "orz"}']
+//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR] [--resume]
+//! rl-zero eval [--model M] [--config F] [--prompts N]
 //! ```
+//!
+//! `train` runs a recipe (`docs/cli.md`): PPO with a critic when the advantage estimator uses
+//! values, else the GRPO family, with periodic greedy evaluation on held-out prompts and
+//! checkpoints; it prints the accuracy curve. `eval` prints the greedy held-out accuracy of a
+//! model or checkpoint.
 //!
 //! `score` reads one JSON object per line, grades the response against the answer with the math
 //! verifier, and writes each object back with `reward`, `extracted`, `correct` and, when no
@@ -19,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use rl_zero::core::{FinishReason, RewardFn, Sample};
 use rl_zero::reward::tasks::json_text;
 use rl_zero::reward::{BuiltinReward, MathVerifier};
+use rl_zero::run::{self, RunFile};
 use serde_json::{Map, Value};
 
 /// rl-zero: composable RL for training language models to reason.
@@ -33,6 +41,43 @@ struct Cli {
 enum Command {
     /// Grade model responses in a JSONL file with the math verifier (and optionally a reward).
     Score(ScoreArgs),
+    /// Train a model with a recipe (a TOML run file, see docs/cli.md).
+    Train(TrainArgs),
+    /// Greedy accuracy of a model or checkpoint on the held-out prompts.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// Recipe / run file (e.g. recipes/dr_grpo.toml).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Total training steps (overrides `run.steps`).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Model: a `.gguf` file, a Hugging Face directory or a Hub id (overrides `run.model`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Output directory (overrides `run.out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the latest checkpoint under `<out>/checkpoints`.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Model or checkpoint (a `step-NNNNNN` directory, its `policy/`, or a run's `checkpoints/`);
+    /// default: `run.model` of the config (the embedded tiny model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Run file giving the base model (tokenizer, prompt style), dataset, reward and sampling.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Held-out prompts (overrides `run.eval_prompts`).
+    #[arg(long)]
+    prompts: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -57,9 +102,56 @@ struct ScoreArgs {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Score(args) => score(&args),
+        Command::Train(args) => train(&args),
+        Command::Eval(args) => eval(&args),
     }
+}
+
+fn train(args: &TrainArgs) -> Result<()> {
+    let mut file = RunFile::from_toml_file(&args.config)?;
+    if let Some(s) = args.steps {
+        file.run.steps = s;
+    }
+    if let Some(m) = &args.model {
+        file.run.model = Some(m.clone());
+    }
+    if let Some(o) = &args.out {
+        file.run.out = o.clone();
+    }
+    run::pin_threads_for_tiny_model(file.run.model.as_deref());
+    let out = run::train(&file, args.resume, &mut |line| println!("{line}"))?;
+    println!("held-out greedy accuracy curve (step: accuracy):");
+    for p in &out.curve {
+        println!("  {:>6}: {:.3}", p.step, p.report.accuracy);
+    }
+    Ok(())
+}
+
+fn eval(args: &EvalArgs) -> Result<()> {
+    let mut file = match &args.config {
+        Some(c) => RunFile::from_toml_file(c)?,
+        None => RunFile::default(),
+    };
+    if let Some(n) = args.prompts {
+        file.run.eval_prompts = n;
+    }
+    if args.model.is_none() {
+        run::pin_threads_for_tiny_model(file.run.model.as_deref());
+    }
+    let r = run::eval(&file, args.model.as_deref())?;
+    println!(
+        "greedy accuracy {:.3} (mean reward {:.3}, {} held-out prompts)",
+        r.accuracy, r.mean_reward, r.responses
+    );
+    Ok(())
 }
 
 fn score(args: &ScoreArgs) -> Result<()> {

@@ -1,0 +1,155 @@
+//! The recipe files under `recipes/` and the `train` / `eval` commands (through `rl_zero::run`).
+
+use std::path::PathBuf;
+
+use rl_zero::run::{self, RunFile};
+use rl_zero::trainer::{AlgorithmConfig, Recipe, TrainerConfig};
+
+fn recipe_path(name: &str) -> PathBuf {
+    run::workspace_root().join("recipes").join(format!("{name}.toml"))
+}
+
+fn presets() -> Vec<(&'static str, Recipe)> {
+    vec![
+        ("open_reasoner_zero", Recipe::open_reasoner_zero()),
+        ("dr_grpo", Recipe::dr_grpo()),
+        ("grpo", Recipe { trainer: TrainerConfig::default(), algorithm: AlgorithmConfig::grpo() }),
+        ("dapo", Recipe::dapo()),
+    ]
+}
+
+#[test]
+fn every_recipe_file_equals_its_preset() {
+    for (name, preset) in presets() {
+        let path = recipe_path(name);
+        let parsed = Recipe::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(parsed, preset, "{name}.toml differs from its preset");
+        // The CLI reads the same file as a run file with default `[run]` settings.
+        let file = RunFile::from_toml_file(&path).unwrap();
+        assert_eq!(file.recipe(), preset, "{name}");
+        assert_eq!(file.run, run::RunSettings::default(), "{name}");
+    }
+}
+
+#[test]
+fn every_recipe_directory_entry_is_tested() {
+    let mut names: Vec<String> = std::fs::read_dir(run::workspace_root().join("recipes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut known: Vec<String> = presets().iter().map(|(n, _)| n.to_string()).collect();
+    known.sort();
+    assert_eq!(names, known);
+}
+
+#[test]
+fn a_typo_fails_naming_the_field_and_the_valid_names() {
+    let text = std::fs::read_to_string(recipe_path("dr_grpo")).unwrap();
+    let typo = text.replacen("ppo_epochs = 1", "ppo_epoch = 1", 1);
+    assert_ne!(typo, text);
+    let err = format!("{:#}", RunFile::from_toml(&typo).unwrap_err());
+    assert!(err.contains("ppo_epoch") && err.contains("`ppo_epochs`"), "{err}");
+    let err = Recipe::from_toml(&typo).unwrap_err().to_string();
+    assert!(err.contains("ppo_epoch"), "{err}");
+
+    let err = format!("{:#}", RunFile::from_toml("[run]\nprompts_per_stp = 4\n").unwrap_err());
+    assert!(err.contains("prompts_per_stp") && err.contains("`prompts_per_step`"), "{err}");
+    let err = format!("{:#}", RunFile::from_toml("[rn]\nsteps = 4\n").unwrap_err());
+    assert!(err.contains("rn") && err.contains("`run`"), "{err}");
+    let err = format!("{:#}", RunFile::from_toml("[run.reward]\ntype = \"orzz\"\n").unwrap_err());
+    assert!(err.contains("orzz"), "{err}");
+}
+
+#[test]
+fn invalid_run_settings_are_errors() {
+    let err = format!("{:#}", RunFile::from_toml("[run]\nprompts_per_step = 0\n").unwrap_err());
+    assert!(err.contains("run.prompts_per_step"), "{err}");
+    let err = format!("{:#}", RunFile::from_toml("[trainer.actor]\nlr = -1.0\n").unwrap_err());
+    assert!(err.contains("actor.lr"), "{err}");
+}
+
+/// Tiny sizes for the embedded model: 4 prompts × 4 samples, 16 new tokens, 8 eval prompts.
+fn tiny_run(recipe: &str, out: PathBuf, steps: usize) -> RunFile {
+    let mut f = RunFile::from_toml_file(recipe_path(recipe)).unwrap();
+    let t = &mut f.trainer;
+    t.sampling.n = 4;
+    t.sampling.max_new_tokens = 16;
+    t.micro_batch_size = 16;
+    t.actor.lr = 1e-4;
+    if let Some(ds) = &mut t.dynamic_sampling {
+        ds.on_shortfall = rl_zero::trainer::Shortfall::Train;
+    }
+    f.algorithm.policy_loss = match recipe {
+        "dr_grpo" => rl_zero::loss::PolicyLossConfig::dr_grpo(16),
+        _ => f.algorithm.policy_loss.clone(),
+    };
+    f.run.steps = steps;
+    f.run.prompts_per_step = 4;
+    f.run.eval_prompts = 8;
+    f.run.eval_every = 1;
+    f.run.out = out;
+    f
+}
+
+#[test]
+fn train_two_steps_then_eval_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny_run("dr_grpo", dir.path().join("run"), 2);
+    let mut lines = Vec::new();
+    let out = run::train(&file, false, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(out.resumed_from, 0);
+    let steps: Vec<u64> = out.curve.iter().map(|p| p.step).collect();
+    assert_eq!(steps, [0, 1, 2]);
+    assert!(out.curve.iter().all(|p| p.report.responses == 8 && p.report.accuracy.is_finite()));
+    assert!(out.checkpoint.ends_with("step-000002"), "{}", out.checkpoint.display());
+    assert_eq!(lines.iter().filter(|l| l.starts_with("train step")).count(), 2);
+    let metrics = std::fs::read_to_string(file.run.out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    // The written run file reproduces the run.
+    assert_eq!(RunFile::from_toml_file(file.run.out.join("run.toml")).unwrap(), file);
+
+    // Greedy evaluation is deterministic: the checkpoint scores what the trained policy scored,
+    // whether named by its step directory, its policy directory or the checkpoint root.
+    let last = &out.curve[2].report;
+    for m in
+        [out.checkpoint.clone(), out.checkpoint.join("policy"), file.run.out.join("checkpoints")]
+    {
+        let r = run::eval(&file, Some(m.to_str().unwrap())).unwrap();
+        assert_eq!(r.responses, 8);
+        assert_eq!(
+            (r.accuracy, r.mean_reward),
+            (last.accuracy, last.mean_reward),
+            "{}",
+            m.display()
+        );
+    }
+    // The base model scores what training saw before its first step.
+    let base = run::eval(&file, None).unwrap();
+    assert_eq!(base.accuracy, out.curve[0].report.accuracy);
+}
+
+#[test]
+fn ppo_recipe_trains_with_a_critic_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("ppo");
+    let first = run::train(&tiny_run("open_reasoner_zero", out_dir.clone(), 1), false, &mut |_| {})
+        .unwrap();
+    assert!(first.checkpoint.join("critic").is_dir(), "PPO checkpoints hold the critic");
+    let file = tiny_run("open_reasoner_zero", out_dir, 2);
+    let second = run::train(&file, true, &mut |_| {}).unwrap();
+    assert_eq!(second.resumed_from, 1);
+    let steps: Vec<u64> = second.curve.iter().map(|p| p.step).collect();
+    assert_eq!(steps, [1, 2]);
+    // The resumed run starts from the first run's final policy.
+    assert_eq!(second.curve[0].report, first.curve[1].report);
+    assert!(second.checkpoint.ends_with("step-000002"));
+}
+
+#[test]
+fn eval_rejects_a_missing_model() {
+    let file = RunFile::default();
+    assert!(run::eval(&file, Some("/nonexistent/dir/model.gguf")).is_err());
+}
