@@ -69,8 +69,8 @@ fn cases() -> Vec<Case> {
     };
     vec![
         ("ppo_token_mean", Box::new(policy(Box::new(PpoLoss::verl())))),
-        ("gspo", Box::new(policy(Box::new(GspoLoss::default())))),
-        ("cispo", Box::new(policy(Box::new(CispoLoss::default())))),
+        ("gspo", Box::new(policy(Box::<GspoLoss>::default()))),
+        ("cispo", Box::new(policy(Box::<CispoLoss>::default()))),
         (
             "value",
             Box::new(|x: &Inputs| {

@@ -37,6 +37,7 @@ pub mod check;
 mod error;
 pub mod masked;
 mod metrics;
+pub mod rng;
 mod stages;
 #[cfg(feature = "testing")]
 pub mod testing;

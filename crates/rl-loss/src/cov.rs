@@ -14,23 +14,8 @@ use crate::dual::Dual;
 use crate::host::{HostBatch, Tok, check_clip, emit, run_tokens};
 use crate::ppo::{clip_flags, clip_pair};
 
-/// SplitMix64: a tiny seeded generator, transcribed in `scripts/reference/loss_reference.py`.
-#[derive(Clone, Debug)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+/// SplitMix64 (transcribed in `scripts/reference/loss_reference.py`).
+pub(crate) use rl_core::rng::SplitMix64;
 
 /// The first `k` elements of a seeded partial Fisher–Yates shuffle of `items`.
 pub(crate) fn seeded_choice(mut items: Vec<usize>, k: usize, seed: u64) -> Vec<usize> {

@@ -19,31 +19,8 @@ use rl_core::{Error, Metadata, Prompt, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A tiny deterministic PRNG (SplitMix64), so generated tasks do not depend on `rand` versions.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in `lo..=hi`.
-    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = (hi - lo + 1).max(1) as u64;
-        lo + (self.next_u64() % span) as i64
-    }
-}
+/// The seeded generator of the task generators (re-exported from rl-core).
+pub use rl_core::rng::SplitMix64;
 
 /// `n` arithmetic prompts at `difficulty` 1–4, seeded:
 ///
