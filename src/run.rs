@@ -157,15 +157,32 @@ pub fn held_out(a: u32, b: u32) -> bool {
     (a * 31 + b * 17) % 97 < 10
 }
 
-/// Writes `question` for the model: after `<bos>` for the embedded model, through the chat
-/// template (one user turn, generation prompt) for the others.
-pub fn write_prompt(loaded: &Loaded, question: &str) -> Result<String> {
-    if loaded.tiny {
-        let bos = loaded.tokenizer.bos_token().unwrap_or_default();
-        return Ok(format!("{bos}{question}"));
+/// Writes questions for a model: after `<bos>` for the embedded model, through the chat template
+/// (one user turn, generation prompt) for the others.
+#[derive(Debug)]
+pub struct PromptWriter {
+    bos: String,
+    chat: Option<rl_policy::template::ChatTemplate>,
+}
+
+impl PromptWriter {
+    /// The writer for `loaded` (fails when a non-embedded model has no chat template).
+    pub fn new(loaded: &Loaded) -> Result<Self> {
+        let chat = if loaded.tiny { None } else { Some(loaded.tokenizer.chat()?) };
+        let bos = loaded.tokenizer.bos_token().unwrap_or_default().to_string();
+        Ok(Self { bos, chat })
     }
-    let chat = loaded.tokenizer.chat()?;
-    Ok(chat.render(&[rl_policy::template::ChatMessage::user(question.to_string())], true)?)
+
+    /// The prompt text of `question`.
+    pub fn write(&self, question: &str) -> Result<String> {
+        match &self.chat {
+            None => Ok(format!("{}{question}", self.bos)),
+            Some(t) => {
+                let turn = rl_policy::template::ChatMessage::user(question.to_string());
+                Ok(t.render(&[turn], true)?)
+            }
+        }
+    }
 }
 
 /// Two-digit addition prompts `(train, held-out eval)`: `eval` held-out pairs, a fixed seeded
@@ -175,9 +192,10 @@ pub fn addition_prompts(
     seed: u64,
     eval: usize,
 ) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
+    let writer = PromptWriter::new(loaded)?;
     let write = |a: u32, b: u32| -> Result<Prompt> {
         let q = format!("What is {a} + {b}? Put the final answer in \\boxed{{}}.");
-        Ok(Prompt::new(write_prompt(loaded, &q)?, (a + b).to_string()))
+        Ok(Prompt::new(writer.write(&q)?, (a + b).to_string()))
     };
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for a in 10..100 {
@@ -307,8 +325,9 @@ pub fn prompts(
     run: &RunSettings,
     seed: u64,
 ) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
+    let writer = PromptWriter::new(loaded)?;
     let rewrite = |ps: Vec<Prompt>| -> Result<Vec<Prompt>> {
-        ps.into_iter().map(|p| Ok(Prompt { text: write_prompt(loaded, &p.text)?, ..p })).collect()
+        ps.into_iter().map(|p| Ok(Prompt { text: writer.write(&p.text)?, ..p })).collect()
     };
     match run.dataset.as_str() {
         "addition" => addition_prompts(loaded, seed, run.eval_prompts),

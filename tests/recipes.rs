@@ -111,6 +111,17 @@ fn train_two_steps_then_eval_the_checkpoint() {
     // The written run file reproduces the run.
     assert_eq!(RunFile::from_toml_file(file.run.out.join("run.toml")).unwrap(), file);
 
+    // Training changed the weights, so evaluating the checkpoint below tests that it is loaded.
+    let load = |p: PathBuf| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let trained = load(out.checkpoint.join("policy/model.safetensors"));
+    let base = load(run::tiny_model_dir().join("model.safetensors"));
+    let changed = trained.iter().any(|(k, t)| {
+        let b = &base[k];
+        let d = (t - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() > 0.0
+    });
+    assert!(changed, "two steps at lr 1e-4 must move the weights");
+
     // Greedy evaluation is deterministic: the checkpoint scores what the trained policy scored,
     // whether named by its step directory, its policy directory or the checkpoint root.
     let last = &out.curve[2].report;
@@ -152,4 +163,36 @@ fn ppo_recipe_trains_with_a_critic_and_resumes() {
 fn eval_rejects_a_missing_model() {
     let file = RunFile::default();
     assert!(run::eval(&file, Some("/nonexistent/dir/model.gguf")).is_err());
+}
+
+#[test]
+fn datasets_are_split_and_written_for_the_model() {
+    let loaded = run::load_model(None, "main").unwrap();
+    let bos = loaded.tokenizer.bos_token().unwrap().to_string();
+    let mut settings = run::RunSettings { eval_prompts: 7, ..Default::default() };
+    let (train, test) = run::prompts(&loaded, &settings, 0).unwrap();
+    assert_eq!(test.len(), 7);
+    assert!(train.len() > 7000, "{}", train.len());
+    assert!(test.iter().all(|t| !train.iter().any(|p| p.text == t.text)), "held-out leak");
+
+    settings.dataset = "arithmetic".into();
+    let (train, test) = run::prompts(&loaded, &settings, 0).unwrap();
+    assert_eq!((train.len(), test.len()), (4096, 7));
+    assert!(train.iter().chain(&test).all(|p| p.text.starts_with(&bos) && p.answer.is_some()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"prompt": "What is {i} + 1?", "answer": {}}}"#, i + 1))
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    settings.dataset = path.to_string_lossy().into_owned();
+    settings.eval_prompts = 2;
+    let (train, test) = run::prompts(&loaded, &settings, 0).unwrap();
+    assert_eq!((train.len(), test.len()), (3, 2));
+    assert_eq!(test[1].text, format!("{bos}What is 4 + 1?"));
+    assert_eq!(test[1].answer.as_deref(), Some("5"));
+    settings.eval_prompts = 5;
+    let err = format!("{:#}", run::prompts(&loaded, &settings, 0).unwrap_err());
+    assert!(err.contains("run.eval_prompts"), "{err}");
 }
