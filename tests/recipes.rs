@@ -196,3 +196,20 @@ fn datasets_are_split_and_written_for_the_model() {
     let err = format!("{:#}", run::prompts(&loaded, &settings, 0).unwrap_err());
     assert!(err.contains("run.eval_prompts"), "{err}");
 }
+
+#[test]
+fn tiny_run_files_keep_their_presets_algorithms() {
+    let dir = run::workspace_root().join("recipes/tiny");
+    let dr = RunFile::from_toml_file(dir.join("dr_grpo.toml")).unwrap();
+    let preset = Recipe::dr_grpo().algorithm;
+    assert_eq!(dr.algorithm.advantage, preset.advantage);
+    let budget = dr.trainer.sampling.max_new_tokens;
+    assert_eq!(dr.algorithm.policy_loss, rl_zero::loss::PolicyLossConfig::dr_grpo(budget));
+    assert_eq!(dr.trainer.actor.adam, Recipe::dr_grpo().trainer.actor.adam);
+    assert_eq!(dr.run.model, None);
+
+    let ppo = RunFile::from_toml_file(dir.join("ppo_gae.toml")).unwrap();
+    assert_eq!(ppo.algorithm, Recipe::open_reasoner_zero().algorithm);
+    assert_eq!(ppo.trainer.critic.adam, Recipe::open_reasoner_zero().trainer.critic.adam);
+    assert_eq!(ppo.run.model, None);
+}
