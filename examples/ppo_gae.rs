@@ -19,52 +19,27 @@
 mod common;
 
 use anyhow::Result;
-use clap::Parser;
 use rl_zero::policy::ValueModel;
 use rl_zero::reward::OrzReward;
-use rl_zero::trainer::{LrSchedule, PromptDataset, Recipe};
+use rl_zero::trainer::{LrSchedule, Recipe};
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let args = common::Args::parse();
-    common::pin_threads_for_tiny_model(&args);
-    let loaded = common::load(&args)?;
-    let (train, test) = common::addition_prompts(&loaded, args.seed, args.eval_prompts)?;
-
+    let mut run = common::setup("ppo_gae")?;
     // Open-Reasoner-Zero: GAE(1, 1) + critic, PPO clip 0.2, value clip 0.2, no KL, token-mean.
+    // ORZ itself: 128 prompts × 64 samples, 8000 new tokens, lr 1e-6 / 5e-6 with 50 warm-up steps
+    // on 7B+ models; the tiny model needs larger, un-warmed steps.
     let mut recipe = Recipe::open_reasoner_zero();
+    run.size(&mut recipe.trainer, 1e-4);
     let t = &mut recipe.trainer;
-    // Sizes for a 2-core CPU (ORZ itself: 128 prompts × 64 samples, 8000 new tokens, lr 1e-6 / 5e-6
-    // with 50 warm-up steps on 7B+ models). The tiny model needs larger steps.
-    let tiny = loaded.tiny;
-    t.sampling.n = args.samples.unwrap_or(8);
-    t.sampling.max_new_tokens = args.max_new_tokens.unwrap_or(if tiny { 16 } else { 128 });
-    t.actor.lr = args.lr.unwrap_or(if tiny { 1e-4 } else { 1e-6 });
-    t.critic.lr = if tiny { 2e-3 } else { 5e-6 };
-    if tiny {
+    if run.tiny {
+        t.critic.lr = 2e-3;
         t.actor.schedule = LrSchedule::Constant;
         t.critic.schedule = LrSchedule::Constant;
     }
-    t.micro_batch_size = if tiny { 64 } else { 4 };
-    t.seed = args.seed;
-    let out = args.out.join("ppo_gae");
-    std::fs::create_dir_all(&out)?;
-    t.metrics_path = Some(out.join("metrics.jsonl"));
-    let steps = args.steps.unwrap_or(if tiny { 30 } else { 20 });
-    let groups = args.prompts.unwrap_or(if tiny { 32 } else { 8 });
+    run.banner("PPO+GAE (Open-Reasoner-Zero)", t.sampling.n);
 
-    let critic = ValueModel::from_model(&loaded.model, args.seed)?;
-    let policy = common::policy(loaded.model, loaded.tokenizer);
-    println!(
-        "PPO+GAE (Open-Reasoner-Zero) on {}: {steps} steps × {groups} prompts × {} samples",
-        if tiny { "the embedded tiny arithmetic model" } else { "the given model" },
-        recipe.trainer.sampling.n
-    );
+    let critic = ValueModel::from_model(run.model()?, run.args.seed)?;
+    let policy = run.policy()?;
     let mut trainer = recipe.ppo(policy, critic, OrzReward::default())?;
-    let mut data = PromptDataset::new(train, args.seed, true)?;
-    common::train_and_report(&mut trainer, &mut data, &test, &args, groups, steps, &out)
+    run.train(&mut trainer)
 }

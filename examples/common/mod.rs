@@ -49,14 +49,98 @@ pub struct Args {
 
 pub use rl_zero::run::{Loaded, addition_prompts, policy};
 
-/// Pins candle to one thread for the embedded tiny model ([`rl_zero::run::pin_threads_for_tiny_model`]).
-pub fn pin_threads_for_tiny_model(args: &Args) {
-    rl_zero::run::pin_threads_for_tiny_model(args.model.as_deref());
+/// Everything an example needs before it builds its trainer: options, model, prompt split,
+/// output directory and run sizes.
+pub struct Setup {
+    /// Parsed command line.
+    pub args: Args,
+    /// The loaded model and tokenizer, until [`Setup::policy`] takes them.
+    loaded: Option<Loaded>,
+    /// `true` for the embedded tiny model.
+    pub tiny: bool,
+    /// Training prompts (never the held-out pairs).
+    pub train: Vec<Prompt>,
+    /// Held-out evaluation prompts.
+    pub test: Vec<Prompt>,
+    /// `args.out/<example name>`, created.
+    pub out: PathBuf,
+    /// Training steps.
+    pub steps: usize,
+    /// Prompts (groups) per step.
+    pub groups: usize,
 }
 
-/// Loads the model named by `--model` (or the embedded default) in f32 on the CPU.
-pub fn load(args: &Args) -> Result<Loaded> {
-    rl_zero::run::load_model(args.model.as_deref(), &args.revision)
+/// Logging, options, thread pinning for the tiny model, model loading, the addition split and the
+/// output directory of example `name`.
+pub fn setup(name: &str) -> Result<Setup> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = <Args as clap::Parser>::parse();
+    rl_zero::run::pin_threads_for_tiny_model(args.model.as_deref());
+    let loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
+    let (train, test) = addition_prompts(&loaded, args.seed, args.eval_prompts)?;
+    let out = args.out.join(name);
+    std::fs::create_dir_all(&out)?;
+    let tiny = loaded.tiny;
+    let loaded = Some(loaded);
+    let steps = args.steps.unwrap_or(if tiny { 30 } else { 20 });
+    let groups = args.prompts.unwrap_or(if tiny { 32 } else { 8 });
+    Ok(Setup { args, loaded, tiny, train, test, out, steps, groups })
+}
+
+impl Setup {
+    /// Sizes `t` for a 2-core CPU: group size, generation budget, actor learning rate (`tiny_lr`
+    /// for the embedded model, 1e-6 otherwise, unless `--lr`), micro-batch, seed, metrics file.
+    pub fn size(&self, t: &mut rl_zero::trainer::TrainerConfig, tiny_lr: f64) {
+        let (a, tiny) = (&self.args, self.tiny);
+        t.sampling.n = a.samples.unwrap_or(8);
+        t.sampling.max_new_tokens = a.max_new_tokens.unwrap_or(if tiny { 16 } else { 128 });
+        t.actor.lr = a.lr.unwrap_or(if tiny { tiny_lr } else { 1e-6 });
+        t.micro_batch_size = if tiny { 64 } else { 4 };
+        t.seed = a.seed;
+        t.metrics_path = Some(self.out.join("metrics.jsonl"));
+    }
+
+    /// Prints what is about to run.
+    pub fn banner(&self, recipe: &str, samples: usize) {
+        let what = if self.tiny { "the embedded tiny arithmetic model" } else { "the given model" };
+        println!(
+            "{recipe} on {what}: {} steps × {} prompts × {samples} samples",
+            self.steps, self.groups
+        );
+    }
+
+    /// The base model (to initialise a critic from), until [`Setup::policy`] takes it.
+    #[allow(dead_code)] // used by ppo_gae only; each example compiles this module on its own
+    pub fn model(&self) -> Result<&rl_zero::policy::LanguageModel> {
+        self.loaded.as_ref().map(|l| &l.model).ok_or_else(|| anyhow::anyhow!("model already taken"))
+    }
+
+    /// The policy over the loaded model (takes the model and tokenizer).
+    pub fn policy(&mut self) -> Result<LmPolicy> {
+        let l = self.loaded.take().ok_or_else(|| anyhow::anyhow!("model already taken"))?;
+        Ok(policy(l.model, l.tokenizer))
+    }
+
+    /// [`train_and_report`] on this setup's prompts.
+    pub fn train<C>(self, trainer: &mut rl_zero::trainer::Trainer<LmPolicy, C>) -> Result<()>
+    where
+        C: rl_zero::core::Critic + rl_zero::trainer::Checkpointable,
+    {
+        let mut data = rl_zero::trainer::PromptDataset::new(self.train, self.args.seed, true)?;
+        train_and_report(
+            trainer,
+            &mut data,
+            &self.test,
+            &self.args,
+            self.groups,
+            self.steps,
+            &self.out,
+        )
+    }
 }
 
 /// Prints one line of the accuracy curve.
