@@ -257,15 +257,7 @@ impl Parser {
                     self.pos += 1;
                     factors.push(self.unary()?);
                 }
-                Some(Tok::Op('/')) => {
-                    self.pos += 1;
-                    let d = self.unary()?;
-                    let n = std::mem::take(&mut factors);
-                    let n =
-                        if n.len() == 1 { n.into_iter().next().ok_or(())? } else { Node::Mul(n) };
-                    factors.push(Node::Div(Box::new(n), Box::new(d)));
-                }
-                Some(Tok::Cmd(c)) if c == "div" => {
+                Some(t) if matches!(t, Tok::Op('/')) || matches!(t, Tok::Cmd(c) if c == "div") => {
                     self.pos += 1;
                     let d = self.unary()?;
                     let n = std::mem::take(&mut factors);
