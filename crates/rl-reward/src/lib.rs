@@ -7,7 +7,8 @@
 //!   countdown, DAPO overlong and length penalties, combinators, and the serde enum
 //!   [`BuiltinReward`] of all built-ins;
 //! * [`runner`]: a parallel, panic- and timeout-safe batch runner for any reward (plugins);
-//! * [`tasks`]: seeded arithmetic and countdown prompt generators and a JSONL loader.
+//! * [`tasks`]: seeded arithmetic and countdown prompt generators and JSONL / Parquet dataset
+//!   loaders.
 //!
 //! ```
 //! use rl_core::{FinishReason, RewardFn, Sample};

@@ -1,4 +1,6 @@
-//! Built-in tasks: seeded arithmetic and countdown prompt generators, and a JSONL loader.
+//! Built-in tasks: seeded arithmetic and countdown prompt generators, and dataset loaders for
+//! JSON lines and Parquet ([`load_jsonl`], [`load_parquet`], [`load_dataset`] by extension) with
+//! configurable field names ([`DatasetFields`]).
 //!
 //! ```
 //! use rl_reward::tasks::{arithmetic, countdown};
@@ -12,12 +14,14 @@
 //! # Ok::<(), rl_core::Error>(())
 //! ```
 
-use std::io::BufRead;
-use std::path::Path;
+mod dataset;
 
 use rl_core::{Error, Metadata, Prompt, Result};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+pub use dataset::{
+    DatasetError, DatasetErrorKind, DatasetFields, JsonlFields, Record, json_text, load_dataset,
+    load_jsonl, load_parquet,
+};
 
 /// The seeded generator of the task generators (re-exported from rl-core).
 pub use rl_core::rng::SplitMix64;
@@ -128,74 +132,6 @@ pub fn countdown(n: usize, k: usize, seed: u64) -> Result<Vec<Prompt>> {
     Ok(out)
 }
 
-/// Field names of a JSONL dataset.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JsonlFields {
-    /// The prompt field. Default `"prompt"`.
-    pub prompt: String,
-    /// The answer field (strings and numbers are accepted). Default `"answer"`.
-    pub answer: String,
-    /// Fields copied into [`Prompt::metadata`] (all other fields when empty).
-    pub metadata: Vec<String>,
-}
-
-impl Default for JsonlFields {
-    fn default() -> Self {
-        Self { prompt: "prompt".into(), answer: "answer".into(), metadata: Vec::new() }
-    }
-}
-
-/// Reads one JSON object per line into prompts. Blank lines are allowed; a malformed line, a
-/// non-object, a missing or non-string prompt, or a missing answer is an error that names the
-/// line (1-based): nothing is skipped silently.
-pub fn load_jsonl(path: &Path, fields: &JsonlFields) -> Result<Vec<Prompt>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::File { path: path.to_path_buf(), reason: e.to_string() })?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |why: String| Error::File {
-            path: path.to_path_buf(),
-            reason: format!("line {}: {why}", i + 1),
-        };
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".into()))?;
-        let text = obj
-            .get(&fields.prompt)
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("missing string field `{}`", fields.prompt)))?;
-        let answer = json_text(obj.get(&fields.answer))
-            .ok_or_else(|| bad(format!("missing field `{}`", fields.answer)))?;
-        let metadata = obj
-            .iter()
-            .filter(|(k, _)| {
-                if fields.metadata.is_empty() {
-                    **k != fields.prompt && **k != fields.answer
-                } else {
-                    fields.metadata.contains(k)
-                }
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        out.push(Prompt { text: text.to_string(), answer: Some(answer), metadata });
-    }
-    Ok(out)
-}
-
-/// A JSON string or number as text.
-pub fn json_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,29 +158,6 @@ mod tests {
         }
         assert!(countdown(1, 1, 0).is_err());
         let _ = CountdownReward::default();
-        Ok(())
-    }
-
-    #[test]
-    fn jsonl_loader_names_bad_lines() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("rl-reward-jsonl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let good = dir.join("good.jsonl");
-        std::fs::write(
-            &good,
-            "{\"q\": \"1+1?\", \"a\": 2, \"src\": \"x\"}\n\n{\"q\": \"2+2?\", \"a\": \"4\"}\n",
-        )?;
-        let f = JsonlFields { prompt: "q".into(), answer: "a".into(), metadata: vec![] };
-        let p = load_jsonl(&good, &f)?;
-        assert_eq!(p.len(), 2);
-        assert_eq!(p[0].answer.as_deref(), Some("2"));
-        assert_eq!(p[0].metadata["src"], "x");
-        let bad = dir.join("bad.jsonl");
-        std::fs::write(&bad, "{\"q\": \"1\", \"a\": 1}\n{oops\n")?;
-        let err = load_jsonl(&bad, &f).expect_err("malformed line").to_string();
-        assert!(err.contains("line 2"), "{err}");
-        std::fs::write(&bad, "{\"q\": \"1\"}\n")?;
-        assert!(load_jsonl(&bad, &f).expect_err("missing answer").to_string().contains("line 1"));
         Ok(())
     }
 }
