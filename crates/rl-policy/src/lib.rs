@@ -7,9 +7,9 @@
 //! Hugging Face checkpoints.
 //!
 //! Every weight is a candle [`Var`](candle_core::Var) named as in Hugging Face checkpoints.
-//! Training uses [`Mode::Diff`] (only ops with backward passes: candle-nn's fused `rms_norm`,
-//! `softmax_last_dim` and `rope` silently detach the graph); sampling uses [`Mode::Fused`] on
-//! detached weights.
+//! Training uses [`Mode::Diff`] (the fused CPU kernels of [`ops`], each with an analytic
+//! backward pass, since candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` silently
+//! detach the graph); sampling uses [`Mode::Fused`] on detached weights.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -33,6 +33,7 @@ mod error;
 mod load;
 pub mod logprobs;
 pub mod model;
+pub mod ops;
 pub mod policy;
 pub mod sampling;
 pub mod template;

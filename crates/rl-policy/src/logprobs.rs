@@ -1,7 +1,7 @@
 //! Per-token log-probs and entropies of response tokens, chunked over the sequence so that at most
 //! one `(B, chunk, V)` logits block is live at a time in the forward pass.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::model::{AttentionLayout, Mode, Transformer};
 use crate::{PolicyError, Result};
@@ -130,12 +130,12 @@ pub fn token_log_probs(
     let mut start = 0;
     while start < t {
         let len = chunk.min(t - start);
-        let logits = model.logits(&hidden.narrow(1, start, len)?)?;
-        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let idx = targets.narrow(1, start, len)?.unsqueeze(2)?.contiguous()?;
-        lps.push(lsm.gather(&idx, 2)?.squeeze(2)?);
+        let logits = model.logits(&hidden.narrow(1, start, len)?)?.reshape((b * len, v))?;
+        let idx = targets.narrow(1, start, len)?.flatten_all()?;
+        let (lp, ent) = crate::ops::log_prob_entropy(&logits, &idx)?;
+        lps.push(lp.reshape((b, len))?);
         if with_entropy {
-            ents.push((lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?);
+            ents.push(ent.reshape((b, len))?);
         }
         start += len;
     }

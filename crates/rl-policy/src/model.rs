@@ -1,13 +1,18 @@
 //! The decoder: Llama / Qwen2 / Qwen3 with grouped-query attention, per-row positions, a causal +
 //! padding mask, rotary embeddings and an optional KV cache, in two execution modes.
 //!
-//! [`Mode::Diff`] is built only from candle ops that have backward passes (`rms_norm_slow`-style
-//! normalisation, `softmax(x, D::Minus1)`, rotary embedding as `x·cos + rotate_half(x)·sin`), so
-//! every weight receives a gradient. [`Mode::Fused`] uses candle-nn's fused kernels
-//! (`rms_norm`, `softmax_last_dim`, `rope`), which silently detach the autograd graph: use it only
-//! for sampling and evaluation. The two agree to float tolerance.
+//! [`Mode::Diff`] runs every step through [`crate::ops`]: on CPU (f32/f64) fused kernels with
+//! analytic backward passes (RMS norm, head split + rotary embedding, scaled masked softmax,
+//! SwiGLU, single-node linear layers), elsewhere the same formulas composed from candle ops that
+//! have backward passes; every weight receives a gradient. [`Mode::Fused`] uses candle-nn's fused
+//! kernels (`rms_norm`, `softmax_last_dim`, `rope`), which silently detach the autograd graph: use
+//! it only for sampling and evaluation. The two agree to float tolerance.
+//!
+//! Grouped-query attention never repeats keys: the query heads that share a key/value head are
+//! stacked along the query axis, `(B, n_kv, reps·S, d)`, and score row `r` uses mask row
+//! `r mod S`.
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear};
 
 use crate::{ModelConfig, PolicyError, Result};
@@ -145,47 +150,67 @@ pub struct Transformer {
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
-    Ok(match mode {
-        Mode::Diff => candle_nn::ops::rms_norm_slow(x, w, eps as f32)?,
-        Mode::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
-    })
-}
-
-/// `(B, n_kv, S, d)` → `(B, n_kv·n_rep, S, d)`: each key/value head serves `n_rep` consecutive
-/// query heads (grouped-query attention).
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
+    match mode {
+        Mode::Diff => crate::ops::rms_norm(x, w, eps),
+        Mode::Fused => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
     }
-    let (b, n, s, d) = x.dims4()?;
-    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, n * n_rep, s, d))?)
 }
 
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+/// `x: (B, S, n·d)` → `(B, g, (n/g)·S, d)` heads (see [`crate::ops::split_heads`]), rotated
+/// when `rotary` is given (`cos, sin: (B, S, d/2)`).
+fn split_heads(
+    x: &Tensor,
+    heads: usize,
+    groups: usize,
+    rotary: Option<(&Tensor, &Tensor)>,
+    mode: Mode,
+) -> Result<Tensor> {
+    match mode {
+        Mode::Diff => crate::ops::split_heads(x, heads, groups, rotary),
+        Mode::Fused => {
+            let (b, s) = (x.dim(0)?, x.dim(1)?);
+            let x = x.reshape((b, s, heads, ()))?.transpose(1, 2)?.contiguous()?;
+            let x = match rotary {
+                Some((cos, sin)) => candle_nn::rotary_emb::rope(&x, cos, sin)?,
+                None => x,
+            };
+            let d = x.dim(3)?;
+            Ok(x.reshape((b, groups, heads / groups * s, d))?)
+        }
+    }
 }
 
-/// Half-split (Hugging Face / NeoX) rotary embedding of `x: (B, heads, S, d)`. `cos, sin` are
-/// `(B, S, d/2)` for [`Mode::Fused`] and `(B, 1, S, d)` (halves repeated, see [`rope_tables`]) for
-/// [`Mode::Diff`].
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
-    Ok(match mode {
-        Mode::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?,
-        Mode::Diff => (x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?)?,
-    })
+/// `(B, g, (n/g)·S, d)` → `(B, S, n·d)`.
+fn merge_heads(x: &Tensor, heads: usize, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Diff => crate::ops::merge_heads(x, heads),
+        Mode::Fused => {
+            let (b, g, rs, d) = x.dims4()?;
+            let s = rs * g / heads;
+            Ok(x.reshape((b, heads, s, d))?.transpose(1, 2)?.reshape((b, s, heads * d))?)
+        }
+    }
 }
 
-/// The `cos`/`sin` tables [`rope`] expects in `mode`, from `(B, S, d/2)` halves.
-fn rope_tables(cos: Tensor, sin: Tensor, mode: Mode) -> Result<(Tensor, Tensor)> {
-    let full =
-        |t: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(1)?) };
-    Ok(match mode {
-        Mode::Fused => (cos, sin),
-        Mode::Diff => (full(&cos)?, full(&sin)?),
-    })
+/// `x · wᵀ + bias` of a [`Linear`] layer.
+fn linear(lin: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Diff => crate::ops::linear(x, lin.weight(), lin.bias()),
+        Mode::Fused => Ok(lin.forward(x)?),
+    }
+}
+
+/// Attention probabilities `softmax(scale · scores + mask)` of `(B, G, R, K)` scores with the
+/// `(B, 1, S, K)` mask (score row `r` uses mask row `r mod S`).
+fn attention_probs(scores: &Tensor, mask: &Tensor, scale: f64, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Diff => crate::ops::masked_softmax(scores, mask, scale),
+        Mode::Fused => {
+            let reps = scores.dim(2)? / mask.dim(2)?.max(1);
+            let mask = Tensor::cat(&vec![mask; reps], 2)?;
+            Ok(candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?)
+        }
+    }
 }
 
 impl Transformer {
@@ -308,23 +333,26 @@ impl Transformer {
             c.layers = vec![None; self.layers.len()];
         }
         let (cos, sin) = self.rotary(&layout.positions)?;
-        let (cos, sin) = rope_tables(cos, sin, mode)?;
         let mut x = self.embed.forward(ids)?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
-        let eps = self.cfg.rms_norm_eps;
+        let (eps, scale) = (self.cfg.rms_norm_eps, 1.0 / (hd as f64).sqrt());
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, eps, mode)?;
-            let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
-                let t = lin.forward(&h)?.reshape((b, s, n, hd))?;
-                let t = match norm {
-                    Some(w) => rms_norm(&t, w, eps, mode)?,
-                    None => t,
+            // `n` heads of `lin(h)` in `groups`, after the optional per-head norm (Qwen3)
+            let heads =
+                |lin: &Linear, n: usize, groups: usize, norm: &Option<Tensor>, rot: bool| {
+                    let t = linear(lin, &h, mode)?;
+                    let t = match norm {
+                        Some(w) => rms_norm(&t.reshape((b, s, n, hd))?, w, eps, mode)?,
+                        None => t,
+                    };
+                    split_heads(&t, n, groups, rot.then_some((&cos, &sin)), mode)
                 };
-                Ok(t.transpose(1, 2)?.contiguous()?)
-            };
-            let q = rope(&heads(&layer.q, nh, &layer.q_norm)?, &cos, &sin, mode)?;
-            let mut k = rope(&heads(&layer.k, nkv, &layer.k_norm)?, &cos, &sin, mode)?;
-            let mut v = heads(&layer.v, nkv, &None)?;
+            // Grouped-query attention without repeating keys: the `reps` query heads served by
+            // one key/value head are stacked along the query axis, q: (B, n_kv, reps·S, d).
+            let q = heads(&layer.q, nh, nkv, &layer.q_norm, true)?;
+            let mut k = heads(&layer.k, nkv, nkv, &layer.k_norm, true)?;
+            let mut v = heads(&layer.v, nkv, nkv, &None, false)?;
             if let Some(c) = cache.as_mut() {
                 if let Some((pk, pv)) = &c.layers[li] {
                     k = Tensor::cat(&[pk, &k], 2)?;
@@ -332,28 +360,24 @@ impl Transformer {
                 }
                 c.layers[li] = Some((k.clone(), v.clone()));
             }
-            let k = repeat_kv(k, nh / nkv)?.contiguous()?;
-            let v = repeat_kv(v, nh / nkv)?.contiguous()?;
-            let scores =
-                (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&layout.mask)?;
-            let probs = match mode {
-                Mode::Diff => candle_nn::ops::softmax(&scores, D::Minus1)?,
-                Mode::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-            };
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-            x = (x + layer.o.forward(&attn)?)?;
+            let scores = q.matmul(&k.t()?)?;
+            let probs = attention_probs(&scores, &layout.mask, scale, mode)?;
+            let attn = merge_heads(&probs.matmul(&v)?, nh, mode)?;
+            x = (x + linear(&layer.o, &attn, mode)?)?;
             let h = rms_norm(&x, &layer.post_norm, eps, mode)?;
-            let mlp = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
-            )?;
-            x = (x + mlp)?;
+            let (gate, up) = (linear(&layer.gate, &h, mode)?, linear(&layer.up, &h, mode)?);
+            let act = match mode {
+                Mode::Diff => crate::ops::swiglu(&gate, &up)?,
+                Mode::Fused => (candle_nn::ops::silu(&gate)? * up)?,
+            };
+            x = (x + linear(&layer.down, &act, mode)?)?;
         }
         rms_norm(&x, &self.norm, eps, mode)
     }
 
     /// Logits `(..., V)` of hidden states `(..., H)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?)
+        linear(&self.lm_head, hidden, Mode::Diff)
     }
 
     /// All-position logits `(B, S, V)` of `ids: (B, S)` u32 where `valid: (B, S)` says which

@@ -1,0 +1,1023 @@
+//! Fused CPU kernels with analytic backward passes for the differentiable decoder path.
+//!
+//! candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass (they detach
+//! the graph), and composing the same formulas from primitive ops costs many full-size
+//! temporaries in the forward pass and many more in the backward pass. Each function here is one
+//! candle custom op whose forward and backward are single passes over the data (rows in parallel
+//! with rayon), registered with `apply_op*` so gradients flow through it.
+//!
+//! The fused kernels run for contiguous CPU tensors of dtype f32 or f64. On other devices and
+//! dtypes every function falls back to the same formula composed from candle ops that have
+//! backward passes, so results agree everywhere (tests compare both, values and gradients).
+//!
+//! | function | input | output |
+//! |---|---|---|
+//! | [`rms_norm`] | `x: (..., H)`, `w: (H)` | `(..., H)` |
+//! | [`split_heads`] | `x: (B, S, n·d)`, optional `cos, sin: (B, S, d/2)` | `(B, g, (n/g)·S, d)` |
+//! | [`merge_heads`] | `(B, g, (n/g)·S, d)` | `(B, S, n·d)` |
+//! | [`linear`] | `x: (..., in)`, `w: (out, in)`, `bias: (out)` | `(..., out)` |
+//! | [`masked_softmax`] | `scores: (B, G, R, K)`, `mask: (B, 1, S, K)`, `R = r·S` | `(B, G, R, K)` |
+//! | [`swiglu`] | `gate, up: (..., I)` | `(..., I)` |
+//! | [`log_prob_entropy`] | `logits: (N, V)`, `targets: (N)` u32 | `(N)`, `(N)` |
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor, WithDType,
+};
+use num_traits::{Float, One, Zero};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// Rows handed to one rayon task at least (rows are short: one hidden vector or one head).
+const MIN_ROWS: usize = 8;
+
+/// Element types of the fused kernels.
+trait Real: WithDType + num_traits::Float + Send + Sync {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// `true` when the fused kernels apply to `t` (CPU, f32 or f64).
+pub fn fused_available(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The elements of a contiguous CPU storage as `&[T]`.
+fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `$body` with `$t` bound to `f32` or `f64` after the dtype of `$s`.
+macro_rules! by_dtype {
+    ($s:expr, $op:expr, |$t:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            _ => candle_core::bail!("{}: f32 or f64 only", $op),
+        }
+    };
+}
+
+fn cast<T: Real>(v: f64) -> T {
+    T::from_f64(v)
+}
+
+// ----------------------------------------------------------------------------------------------
+// RMS norm
+
+struct RmsNorm {
+    eps: f64,
+}
+
+fn rms_scale<T: Real>(row: &[T], eps: f64) -> T {
+    let ss = row.iter().fold(0f64, |a, &v| a + (v * v).to_f64());
+    cast::<T>(1.0 / (ss / row.len() as f64 + eps).sqrt())
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rl-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        by_dtype!(s1, self.name(), |T| {
+            let (x, w) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
+            let h = w.len();
+            let mut y = vec![T::zero(); x.len()];
+            y.par_chunks_mut(h).zip(x.par_chunks(h)).with_min_len(MIN_ROWS).for_each(|(y, x)| {
+                let r = rms_scale(x, self.eps);
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x * r * w;
+                }
+            });
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let h = w.elem_count();
+        let n = x.elem_count() / h.max(1);
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBwd { eps: self.eps })?;
+        let gx = both.narrow(0, 0, n)?.reshape(x.shape())?;
+        let gw = both.narrow(0, n, 1)?.reshape(w.shape())?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// Backward of [`RmsNorm`]: `(x, w, g)` → `(N + 1, H)`, rows `0..N` the gradient of `x`, row `N`
+/// the gradient of `w`. With `r = 1/√(mean(x²) + eps)`:
+/// `∂x_j = r·g_j·w_j − x_j·r³·Σ_k g_k w_k x_k / H`, `∂w_j = Σ_rows g_j·x_j·r`.
+struct RmsNormBwd {
+    eps: f64,
+}
+
+impl CustomOp3 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "rl-rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        by_dtype!(s1, self.name(), |T| {
+            let x = slice::<T>(s1, l1, self.name())?;
+            let w = slice::<T>(s2, l2, self.name())?;
+            let g = slice::<T>(s3, l3, self.name())?;
+            let h = w.len();
+            let n = x.len() / h;
+            let mut out = vec![T::zero(); x.len() + h];
+            let (gx, _) = out.split_at_mut(x.len());
+            let block = h * MIN_ROWS;
+            let gw = gx
+                .par_chunks_mut(block)
+                .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+                .map(|(gx, (x, g))| {
+                    let mut gw = vec![T::zero(); h];
+                    for ((gx, x), g) in gx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                        let r = rms_scale(x, self.eps);
+                        let dot = x
+                            .iter()
+                            .zip(g)
+                            .zip(w)
+                            .fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
+                        let c = r * r * r * dot / cast::<T>(h as f64);
+                        for j in 0..h {
+                            gx[j] = r * g[j] * w[j] - x[j] * c;
+                            gw[j] += g[j] * x[j] * r;
+                        }
+                    }
+                    gw
+                })
+                .reduce(
+                    || vec![T::zero(); h],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        a
+                    },
+                );
+            out[n * h..].copy_from_slice(&gw);
+            Ok((T::to_cpu_storage_owned(out), Shape::from((n + 1, h))))
+        })
+    }
+}
+
+/// RMS normalisation over the last dimension, `x / √(mean(x²) + eps) · w`, as transformers'
+/// `LlamaRMSNorm` (for f32/f64 inputs). `x: (..., H)`, `w: (H)`; same dtype. Differentiable in
+/// `x` and `w`.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_available(x) && x.dtype() == w.dtype() && x.dim(D::Minus1)? == w.elem_count() {
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })?)
+    } else {
+        rms_norm_composed(x, w, eps)
+    }
+}
+
+/// [`rms_norm`] from primitive candle ops (any device and dtype; f32 statistics for half types).
+fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?)
+}
+
+// ----------------------------------------------------------------------------------------------
+// Head split / merge, with the rotary embedding folded in
+
+/// Moves `d`-value rows between the token-major layout `(B, S, n·d)` and the head-major layout
+/// `(B, n, S, d)` (declared as `(B, g, (n/g)·S, d)`: the `n/g` query heads that share one
+/// key/value head stacked along the query axis), optionally applying the half-split rotary
+/// embedding on the way. `inverse` goes head-major → token-major and rotates by `−θ`, which is the
+/// backward pass of the forward direction (and vice versa).
+struct Heads {
+    heads: usize,
+    groups: usize,
+    rotate: bool,
+    inverse: bool,
+}
+
+impl Heads {
+    fn kernel<T: Real>(&self, x: &[T], rot: Option<(&[T], &[T])>, b: usize, d: usize) -> Vec<T> {
+        let n = self.heads;
+        let s = x.len() / (b * n * d).max(1);
+        let half = d / 2;
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(d).enumerate().with_min_len(MIN_ROWS).for_each(|(row, y)| {
+            // `row` indexes the output layout
+            let (bi, rest) = (row / (s * n), row % (s * n));
+            let (si, src) = if self.inverse {
+                let (si, hi) = (rest / n, rest % n);
+                (si, ((bi * n + hi) * s + si) * d)
+            } else {
+                let (hi, si) = (rest / s, rest % s);
+                (si, ((bi * s + si) * n + hi) * d)
+            };
+            let x = &x[src..src + d];
+            match rot {
+                None => y.copy_from_slice(x),
+                Some((cos, sin)) => {
+                    let t = (bi * s + si) * half;
+                    let (c, sn) = (&cos[t..t + half], &sin[t..t + half]);
+                    for i in 0..half {
+                        let (x1, x2, c) = (x[i], x[i + half], c[i]);
+                        let sn = if self.inverse { -sn[i] } else { sn[i] };
+                        y[i] = x1 * c - x2 * sn;
+                        y[i + half] = x2 * c + x1 * sn;
+                    }
+                }
+            }
+        });
+        y
+    }
+
+    /// `(B, S, n·d)` input dims → `(B, g, (n/g)·S, d)` output dims, or back when `inverse`.
+    fn out_shape(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, Shape)> {
+        let (n, g) = (self.heads, self.groups);
+        if n == 0 || g == 0 || n % g != 0 {
+            candle_core::bail!("rl-heads: {n} heads in {g} groups");
+        }
+        match (self.inverse, dims) {
+            (false, &[b, s, nd]) if nd % n == 0 => {
+                Ok((b, nd / n, Shape::from((b, g, n / g * s, nd / n))))
+            }
+            (true, &[b, gg, rs, d]) if gg == g && rs % (n / g) == 0 => {
+                Ok((b, d, Shape::from((b, rs / (n / g), n * d))))
+            }
+            _ => {
+                candle_core::bail!("rl-heads: input {dims:?} does not fit {n} heads in {g} groups")
+            }
+        }
+    }
+}
+
+impl CustomOp3 for Heads {
+    fn name(&self) -> &'static str {
+        "rl-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, d, out) = self.out_shape(l1.dims())?;
+        by_dtype!(s1, self.name(), |T| {
+            let x = slice::<T>(s1, l1, self.name())?;
+            let rot = if self.rotate {
+                let (cos, sin) =
+                    (slice::<T>(s2, l2, self.name())?, slice::<T>(s3, l3, self.name())?);
+                let want = x.len() / (self.heads * 2);
+                if cos.len() != want || sin.len() != want {
+                    candle_core::bail!(
+                        "rl-heads: cos/sin hold {} values, expected {want}",
+                        cos.len()
+                    );
+                }
+                Some((cos, sin))
+            } else {
+                None
+            };
+            Ok((T::to_cpu_storage_owned(self.kernel(x, rot, b, d)), out))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let inv = Heads { inverse: !self.inverse, ..*self };
+        Ok((Some(grad.contiguous()?.apply_op3_no_bwd(cos, sin, &inv)?), None, None))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+/// Splits `x: (B, S, n·d)` (or `(B, S, n, d)`) into heads, `(B, g, (n/g)·S, d)`: the `n/g` heads
+/// that share key/value head `j < g` are stacked along axis 2 (so `g = n` gives `(B, n, S, d)`).
+/// With `rotary = Some((cos, sin))`, `cos, sin: (B, S, d/2)`, applies the half-split
+/// (Hugging Face / NeoX) rotary embedding `x·cos + rotate_half(x)·sin` on the way.
+/// Differentiable in `x`.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn split_heads(
+    x: &Tensor,
+    heads: usize,
+    groups: usize,
+    rotary: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let (b, s) = (x.dim(0)?, x.dim(1)?);
+    let x = x.reshape((b, s, ()))?;
+    let rot_ok = rotary.is_none_or(|(c, s)| c.dtype() == x.dtype() && s.dtype() == x.dtype());
+    if fused_available(&x) && rot_ok {
+        let op = Heads { heads, groups, rotate: rotary.is_some(), inverse: false };
+        let (cos, sin) = rotary.unwrap_or((&x, &x));
+        return Ok(x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)?);
+    }
+    split_heads_composed(&x, heads, groups, rotary)
+}
+
+/// [`split_heads`] from primitive candle ops.
+fn split_heads_composed(
+    x: &Tensor,
+    heads: usize,
+    groups: usize,
+    rotary: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let (b, s, nd) = x.dims3()?;
+    let d = nd / heads.max(1);
+    let x = x.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()?;
+    let x = match rotary {
+        Some((cos, sin)) => {
+            let full = |t: &Tensor| -> Result<Tensor> {
+                Ok(Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(1)?)
+            };
+            (x.broadcast_mul(&full(cos)?)? + rotate_half(&x)?.broadcast_mul(&full(sin)?)?)?
+        }
+        None => x,
+    };
+    Ok(x.reshape((b, groups, heads / groups.max(1) * s, d))?)
+}
+
+/// Merges heads back: `x: (B, g, (n/g)·S, d)` (as produced by [`split_heads`]) → `(B, S, n·d)`.
+/// Differentiable in `x`.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn merge_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, g, _, _) = x.dims4()?;
+    if fused_available(x) {
+        let op = Heads { heads, groups: g, rotate: false, inverse: true };
+        let x = x.contiguous()?;
+        return Ok(x.apply_op3(&x, &x, op)?);
+    }
+    merge_heads_composed(x, heads, b)
+}
+
+/// [`merge_heads`] from primitive candle ops.
+fn merge_heads_composed(x: &Tensor, heads: usize, b: usize) -> Result<Tensor> {
+    let (_, g, rs, d) = x.dims4()?;
+    let s = rs * g / heads.max(1);
+    Ok(x.reshape((b, heads, s, d))?.transpose(1, 2)?.reshape((b, s, heads * d))?)
+}
+
+// ----------------------------------------------------------------------------------------------
+// Linear layer without reshape/transpose nodes
+
+/// `x: (..., in) · wᵀ` with `w: (out, in)`, one graph node (candle's `Linear` records a
+/// transpose and two reshapes, each costing full-size gradient passes in the backward).
+struct LinearOp;
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "rl-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (out, inp) = l2.shape().dims2()?;
+        let dims = l1.dims();
+        if dims.last() != Some(&inp) || !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!(
+                "rl-linear: x {dims:?} and w {:?} (contiguous) do not fit",
+                l2.dims()
+            );
+        }
+        let m = l1.shape().elem_count() / inp.max(1);
+        let lhs = Layout::contiguous_with_offset((m, inp), l1.start_offset());
+        let rhs = Layout::contiguous_with_offset((out, inp), l2.start_offset()).transpose(0, 1)?;
+        let y = s1.matmul(s2, (1, m, out, inp), &lhs, &rhs)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = out;
+        Ok((y, Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, inp) = w.dims2()?;
+        let g = grad.contiguous()?.reshape(((), out))?;
+        let x2 = x.detach().reshape(((), inp))?;
+        let dx = g.matmul(&w.detach())?.reshape(x.shape())?;
+        let dw = g.t()?.matmul(&x2)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x · wᵀ (+ bias)`: `x: (..., in)`, `w: (out, in)`, `bias: (out)` → `(..., out)`, as
+/// `candle_nn::Linear` but recorded as a single graph node on CPU. Differentiable in all inputs.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = if fused_available(x) && x.dtype() == w.dtype() {
+        x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)?
+    } else {
+        candle_nn::Module::forward(&candle_nn::Linear::new(w.clone(), None), x)?
+    };
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+// ----------------------------------------------------------------------------------------------
+// Scaled, masked softmax over attention scores
+
+/// `softmax(scale·scores + mask)` over the last dimension of `(B, G, R, K)` scores; `mask` is
+/// `(B, 1, S, K)` and score row `r` uses mask row `r mod S` (grouped-query heads stacked along
+/// `R`).
+struct MaskedSoftmax {
+    scale: f64,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "rl-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, g, r, k) = l1.shape().dims4()?;
+        let (mb, _, s, mk) = l2.shape().dims4()?;
+        if mb != b || mk != k || s == 0 || r % s != 0 {
+            candle_core::bail!("rl-masked-softmax: scores {:?} vs mask {:?}", l1.dims(), l2.dims());
+        }
+        by_dtype!(s1, self.name(), |T| {
+            let x = slice::<T>(s1, l1, self.name())?;
+            let m = slice::<T>(s2, l2, self.name())?;
+            let scale = cast::<T>(self.scale);
+            let mut y = vec![T::zero(); x.len()];
+            y.par_chunks_mut(k).enumerate().with_min_len(MIN_ROWS).for_each(|(row, y)| {
+                let (bi, ri) = (row / (g * r), row % r);
+                let mrow = &m[(bi * s + ri % s) * k..][..k];
+                let xrow = &x[row * k..][..k];
+                let mut max = T::neg_infinity();
+                for ((y, &x), &m) in y.iter_mut().zip(xrow).zip(mrow) {
+                    *y = x * scale + m;
+                    max = max.max(*y);
+                }
+                let mut sum = T::zero();
+                for y in y.iter_mut() {
+                    *y = (*y - max).exp();
+                    sum += *y;
+                }
+                let inv = T::one() / sum;
+                y.iter_mut().for_each(|y| *y *= inv);
+            });
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _mask: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
+        Ok((Some(g), None))
+    }
+}
+
+/// Backward of [`MaskedSoftmax`]: `(y, g)` → `scale · y · (g − Σ_k g_k y_k)` per row.
+struct SoftmaxBwd {
+    scale: f64,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "rl-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let k = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        by_dtype!(s1, self.name(), |T| {
+            let y = slice::<T>(s1, l1, self.name())?;
+            let g = slice::<T>(s2, l2, self.name())?;
+            let scale = cast::<T>(self.scale);
+            let mut out = vec![T::zero(); y.len()];
+            out.par_chunks_mut(k)
+                .zip(y.par_chunks(k).zip(g.par_chunks(k)))
+                .with_min_len(MIN_ROWS)
+                .for_each(|(o, (y, g))| {
+                    let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
+                    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                        *o = scale * y * (g - dot);
+                    }
+                });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+}
+
+/// `softmax(scale · scores + mask)` over the last dimension. `scores: (B, G, R, K)`,
+/// `mask: (B, 1, S, K)` additive (0 or a large negative value) with `R` a multiple of `S`:
+/// score row `r` uses mask row `r mod S`, so grouped-query heads can be stacked along `R`
+/// without repeating keys. Differentiable in `scores`.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused_available(scores) && mask.dtype() == scores.dtype() {
+        let op = MaskedSoftmax { scale };
+        return Ok(scores.contiguous()?.apply_op2(&mask.contiguous()?, op)?);
+    }
+    masked_softmax_composed(scores, mask, scale)
+}
+
+/// [`masked_softmax`] from primitive candle ops.
+fn masked_softmax_composed(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (_, _, r, _) = scores.dims4()?;
+    let (_, _, s, _) = mask.dims4()?;
+    let reps = r / s.max(1);
+    let mask = Tensor::cat(&vec![mask; reps], 2)?;
+    let z = (scores * scale)?.broadcast_add(&mask)?;
+    Ok(candle_nn::ops::softmax(&z, D::Minus1)?)
+}
+
+// ----------------------------------------------------------------------------------------------
+// SwiGLU
+
+struct Swiglu;
+
+fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+impl CustomOp2 for Swiglu {
+    fn name(&self) -> &'static str {
+        "rl-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        by_dtype!(s1, self.name(), |T| {
+            let (a, u) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
+            if a.len() != u.len() {
+                candle_core::bail!("rl-swiglu: gate and up differ in size");
+            }
+            let mut y = vec![T::zero(); a.len()];
+            y.par_iter_mut().zip(a.par_iter().zip(u)).with_min_len(4096).for_each(
+                |(y, (&a, &u))| {
+                    *y = a * sigmoid(a) * u;
+                },
+            );
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = gate.elem_count();
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwigluBwd)?;
+        let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
+        let du = both.narrow(0, n, n)?.reshape(up.shape())?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// Backward of [`Swiglu`]: `(a, u, g)` → `[∂a; ∂u]` (flat, `2·N`) with `σ = sigmoid(a)`:
+/// `∂a = g·u·σ·(1 + a·(1 − σ))`, `∂u = g·a·σ`.
+struct SwigluBwd;
+
+impl CustomOp3 for SwigluBwd {
+    fn name(&self) -> &'static str {
+        "rl-swiglu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        by_dtype!(s1, self.name(), |T| {
+            let a = slice::<T>(s1, l1, self.name())?;
+            let u = slice::<T>(s2, l2, self.name())?;
+            let g = slice::<T>(s3, l3, self.name())?;
+            let n = a.len();
+            let mut out = vec![T::zero(); 2 * n];
+            let (da, du) = out.split_at_mut(n);
+            da.par_iter_mut()
+                .zip(du.par_iter_mut())
+                .zip(a.par_iter().zip(u.par_iter().zip(g)))
+                .with_min_len(4096)
+                .for_each(|((da, du), (&a, (&u, &g)))| {
+                    let s = sigmoid(a);
+                    *da = g * u * s * (T::one() + a * (T::one() - s));
+                    *du = g * a * s;
+                });
+            Ok((T::to_cpu_storage_owned(out), Shape::from(2 * n)))
+        })
+    }
+}
+
+/// `silu(gate) · up` (the Llama MLP activation). `gate, up: (..., I)`, same shape and dtype.
+/// Differentiable in both.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused_available(gate) && gate.dtype() == up.dtype() && gate.dims() == up.dims() {
+        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, Swiglu)?);
+    }
+    swiglu_composed(gate, up)
+}
+
+/// [`swiglu`] from primitive candle ops.
+fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((candle_nn::ops::silu(gate)? * up)?)
+}
+
+// ----------------------------------------------------------------------------------------------
+// log-softmax + gather + entropy
+
+/// `(N, V)` logits → `(N, 2)`: `[log p(target), entropy]` per row.
+struct LogProbEntropy {
+    targets: Tensor,
+}
+
+/// The targets as host `u32`s (contiguous CPU u32 tensor).
+fn host_targets(t: &Tensor) -> candle_core::Result<Vec<u32>> {
+    t.flatten_all()?.to_vec1::<u32>()
+}
+
+impl CustomOp1 for LogProbEntropy {
+    fn name(&self) -> &'static str {
+        "rl-log-prob-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, v) = l.shape().dims2()?;
+        let targets = host_targets(&self.targets)?;
+        if targets.len() != n || targets.iter().any(|&t| t as usize >= v) {
+            candle_core::bail!(
+                "rl-log-prob-entropy: {} targets for {n} rows of {v}",
+                targets.len()
+            );
+        }
+        by_dtype!(s, self.name(), |T| {
+            let z = slice::<T>(s, l, self.name())?;
+            let mut out = vec![T::zero(); 2 * n];
+            out.par_chunks_mut(2).zip(z.par_chunks(v)).zip(&targets).for_each(|((o, z), &t)| {
+                let max = z.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+                // Σ e^(z−m) and Σ e^(z−m)·(z−m) in one pass, accumulated in f64 (V is large)
+                let (sum, wsum) = z.iter().fold((0f64, 0f64), |(s, w), &x| {
+                    let d = x - max;
+                    let e = d.exp();
+                    (s + e.to_f64(), w + (e * d).to_f64())
+                });
+                let log_sum = sum.ln();
+                o[0] = cast::<T>((z[t as usize] - max).to_f64() - log_sum);
+                o[1] = cast::<T>(log_sum - wsum / sum);
+            });
+            Ok((T::to_cpu_storage_owned(out), Shape::from((n, 2))))
+        })
+    }
+
+    fn bwd(&self, z: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let op = LogProbEntropyBwd { targets: self.targets.clone() };
+        Ok(Some(z.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?))
+    }
+}
+
+/// Backward of [`LogProbEntropy`]: `(z, [lp, H], [g_lp, g_H])` → `(N, V)` with
+/// `p = softmax(z)`: `∂z_v = g_lp·(1[v = t] − p_v) − g_H·p_v·(log p_v + H)`.
+struct LogProbEntropyBwd {
+    targets: Tensor,
+}
+
+impl CustomOp3 for LogProbEntropyBwd {
+    fn name(&self) -> &'static str {
+        "rl-log-prob-entropy-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let targets = host_targets(&self.targets)?;
+        by_dtype!(s1, self.name(), |T| {
+            let z = slice::<T>(s1, l1, self.name())?;
+            let res = slice::<T>(s2, l2, self.name())?;
+            let g = slice::<T>(s3, l3, self.name())?;
+            let mut out = vec![T::zero(); n * v];
+            out.par_chunks_mut(v).zip(z.par_chunks(v)).enumerate().for_each(|(i, (o, z))| {
+                let t = targets[i] as usize;
+                let (lp, h) = (res[2 * i], res[2 * i + 1]);
+                let (g_lp, g_h) = (g[2 * i], g[2 * i + 1]);
+                let lse = z[t] - lp;
+                if g_h == T::zero() {
+                    for (o, &x) in o.iter_mut().zip(z) {
+                        *o = -g_lp * (x - lse).exp();
+                    }
+                } else {
+                    for (o, &x) in o.iter_mut().zip(z) {
+                        let logp = x - lse;
+                        let p = logp.exp();
+                        *o = -g_lp * p - g_h * p * (logp + h);
+                    }
+                }
+                o[t] += g_lp;
+            });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+}
+
+/// Per-row log-probability of `targets` and entropy of `softmax(logits)`, without materialising
+/// the `(N, V)` log-softmax: `logits: (N, V)` (f32/f64), `targets: (N)` u32 (each `< V`) →
+/// `(log p(target), −Σ p log p)`, both `(N)` in the logits dtype. Differentiable in `logits`
+/// (the backward pass builds one `(N, V)` gradient).
+///
+/// # Errors
+/// Shape or dtype mismatches, a target `>= V`.
+pub fn log_prob_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let targets = targets.to_dtype(DType::U32)?.flatten_all()?;
+    if fused_available(logits) {
+        let out = logits.contiguous()?.apply_op1(LogProbEntropy { targets })?;
+        return Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?));
+    }
+    log_prob_entropy_composed(logits, &targets)
+}
+
+/// [`log_prob_entropy`] from primitive candle ops (`targets: (N)` u32).
+fn log_prob_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, _) = logits.dims2()?;
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let lp = lsm.gather(&targets.reshape((n, 1))?, 1)?.squeeze(1)?;
+    let ent = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?;
+    Ok((lp, ent))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use super::*;
+
+    /// Deterministic values in `[-2, 2)` of the given shape (f64).
+    fn values(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rl_core::rng::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.next_f64() * 4.0 - 2.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Runs `f` (fused) and `g` (composed) on fresh vars of `inputs`, with the loss
+    /// `Σ out · weights`, and asserts equal outputs and equal gradients for every input.
+    fn check(
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+        g: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+        tol: f64,
+    ) {
+        let mut grads = Vec::new();
+        let mut outs = Vec::new();
+        for run in [&f as &dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>, &g] {
+            let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let out = run(&ts).unwrap();
+            let mut loss = Tensor::new(0f64, &Device::Cpu).unwrap();
+            for (i, o) in out.iter().enumerate() {
+                let w = values(o.dims(), 100 + i as u64);
+                loss = (loss + (o * w).unwrap().sum_all().unwrap()).unwrap();
+            }
+            let store = loss.backward().unwrap();
+            grads.push(vars.iter().map(|v| store.get(v).cloned()).collect::<Vec<_>>());
+            outs.push(out);
+        }
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(max_diff(a, b) < tol, "outputs differ by {}", max_diff(a, b));
+        }
+        for (i, (a, b)) in grads[0].iter().zip(&grads[1]).enumerate() {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    assert!(max_diff(a, b) < tol, "gradient {i} differs by {}", max_diff(a, b))
+                }
+                (None, None) => {}
+                _ => panic!("gradient {i} present on one side only"),
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_composed_values_and_gradients() {
+        let inputs = [values(&[3, 5, 16], 1), values(&[16], 2)];
+        check(
+            &inputs,
+            |t| Ok(vec![rms_norm(&t[0], &t[1], 1e-6)?]),
+            |t| Ok(vec![rms_norm_composed(&t[0], &t[1], 1e-6)?]),
+            1e-12,
+        );
+    }
+
+    #[test]
+    fn split_and_merge_heads_match_composed_values_and_gradients() {
+        let (b, s, n, g, d) = (2, 5, 6, 2, 8);
+        let angles = values(&[b, s, d / 2], 3);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let inputs = [values(&[b, s, n * d], 4)];
+        for (groups, rot) in [(g, Some((&cos, &sin))), (n, Some((&cos, &sin))), (g, None)] {
+            check(
+                &inputs,
+                |t| Ok(vec![split_heads(&t[0], n, groups, rot)?]),
+                |t| Ok(vec![split_heads_composed(&t[0], n, groups, rot)?]),
+                1e-12,
+            );
+        }
+        let inputs = [values(&[b, g, n / g * s, d], 5)];
+        check(
+            &inputs,
+            |t| Ok(vec![merge_heads(&t[0], n)?]),
+            |t| Ok(vec![merge_heads_composed(&t[0], n, b)?]),
+            1e-12,
+        );
+        // merge undoes split
+        let x = values(&[b, s, n * d], 6);
+        let back = merge_heads(&split_heads(&x, n, g, None).unwrap(), n).unwrap();
+        assert_eq!(max_diff(&x, &back), 0.0);
+    }
+
+    #[test]
+    fn linear_matches_composed_values_and_gradients() {
+        let inputs = [values(&[3, 4, 7], 16), values(&[5, 7], 17), values(&[5], 18)];
+        check(
+            &inputs,
+            |t| Ok(vec![linear(&t[0], &t[1], Some(&t[2]))?]),
+            |t| {
+                let lin = candle_nn::Linear::new(t[1].clone(), Some(t[2].clone()));
+                Ok(vec![candle_nn::Module::forward(&lin, &t[0])?])
+            },
+            1e-12,
+        );
+    }
+
+    #[test]
+    fn masked_softmax_matches_composed_values_and_gradients() {
+        // 2 key/value groups x 3 stacked query heads x S = 4 queries, K = 6 keys
+        let (b, g, reps, s, k) = (2, 2, 3, 4, 6);
+        let mask: Vec<f64> = (0..b * s * k)
+            .map(|i| if (i % k) <= (i / k) % s + 2 && i % 7 != 3 { 0.0 } else { -1e9 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, 1, s, k), &Device::Cpu).unwrap();
+        let inputs = [values(&[b, g, reps * s, k], 5)];
+        check(
+            &inputs,
+            |t| Ok(vec![masked_softmax(&t[0], &mask, 0.35)?]),
+            |t| Ok(vec![masked_softmax_composed(&t[0], &mask, 0.35)?]),
+            1e-12,
+        );
+    }
+
+    #[test]
+    fn swiglu_matches_composed_values_and_gradients() {
+        let inputs = [values(&[4, 7, 9], 6), values(&[4, 7, 9], 7)];
+        check(
+            &inputs,
+            |t| Ok(vec![swiglu(&t[0], &t[1])?]),
+            |t| Ok(vec![swiglu_composed(&t[0], &t[1])?]),
+            1e-12,
+        );
+    }
+
+    #[test]
+    fn log_prob_entropy_matches_composed_values_and_gradients() {
+        let (n, v) = (6, 11);
+        let targets = Tensor::from_vec(vec![0u32, 10, 3, 3, 7, 5], n, &Device::Cpu).unwrap();
+        let inputs = [(values(&[n, v], 8) * 3.0).unwrap()];
+        check(
+            &inputs,
+            |t| {
+                let (a, b) = log_prob_entropy(&t[0], &targets)?;
+                Ok(vec![a, b])
+            },
+            |t| {
+                let (a, b) = log_prob_entropy_composed(&t[0], &targets)?;
+                Ok(vec![a, b])
+            },
+            1e-12,
+        );
+        // the log-prob alone (entropy unused: its gradient is zero)
+        check(
+            &inputs,
+            |t| Ok(vec![log_prob_entropy(&t[0], &targets)?.0]),
+            |t| Ok(vec![log_prob_entropy_composed(&t[0], &targets)?.0]),
+            1e-12,
+        );
+    }
+
+    #[test]
+    fn f32_kernels_agree_with_f64() {
+        let x = values(&[4, 32], 9);
+        let w = values(&[32], 10);
+        let y64 = rms_norm(&x, &w, 1e-5).unwrap();
+        let y32 =
+            rms_norm(&x.to_dtype(DType::F32).unwrap(), &w.to_dtype(DType::F32).unwrap(), 1e-5)
+                .unwrap();
+        assert!(max_diff(&y64, &y32.to_dtype(DType::F64).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let x = values(&[2, 3, 4 * 8], 11);
+        let cos = values(&[2, 3, 3], 12); // wrong half-size
+        assert!(split_heads(&x, 4, 2, Some((&cos, &cos))).is_err());
+        assert!(split_heads(&x, 4, 3, None).is_err()); // 4 heads in 3 groups
+        let logits = values(&[2, 5], 13);
+        let targets = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap(); // 5 >= V
+        assert!(log_prob_entropy(&logits, &targets).is_err());
+        let scores = values(&[1, 1, 3, 4], 14);
+        let mask = values(&[1, 1, 2, 4], 15); // 3 rows not a multiple of 2
+        assert!(masked_softmax(&scores, &mask, 1.0).is_err());
+    }
+}
