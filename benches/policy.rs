@@ -5,10 +5,16 @@
 //! cargo bench --bench policy
 //! ```
 //!
-//! With `RLZ_POLICY_BENCH_SMOLLM2=BxT` (e.g. `2x128`) it first times SmolLM2-135M (GGUF → f32):
-//! forward+backward of the log-probs of `B` responses of `T` tokens after a 16-token prompt, and
-//! greedy KV-cache sampling of 32 tokens for 8 prompts; `scripts/bench/policy_vs_torch.py BxT`
-//! measures the same with PyTorch. Results: `docs/policy.md`.
+//! With `RLZ_POLICY_BENCH_SMOLLM2=WHAT:RxC[:ITERS]` it first times SmolLM2-135M (GGUF → f32),
+//! one workload per process so the reported peak RSS is that workload's:
+//! * `fwdbwd:8x256`: forward + backward of the mean log-prob of 8 responses of 256 tokens after
+//!   a 16-token prompt (the training path: `response_hidden` + `token_log_probs`);
+//! * `sample:16x128`: sampling 16 prompts of 16 tokens × 128 new tokens at temperature 1
+//!   (KV cache, no EOS stop).
+//!
+//! Each iteration prints a `RESULT side=rl-zero ...` line, the last one `peak_rss_mb`;
+//! `scripts/bench/policy_vs_torch.py` measures the same workloads with PyTorch/transformers and
+//! `scripts/bench/compare.sh` alternates the two. Results: `docs/benchmarks.md`.
 
 // criterion_group!/criterion_main! generate undocumented functions.
 #![allow(missing_docs)]
@@ -40,49 +46,81 @@ fn ids(rows: usize, cols: usize, seed: u32) -> Tensor {
     Tensor::from_vec(v, (rows, cols), &Device::Cpu).expect("ids")
 }
 
+/// Peak resident set size of this process in MiB (`VmHWM`), 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// One-off SmolLM2 timings (not a criterion benchmark: one iteration takes seconds).
-fn smollm2(shape: &str) {
-    let (b, t) = shape.split_once('x').expect("RLZ_POLICY_BENCH_SMOLLM2=BxT");
-    let (b, t): (usize, usize) = (b.parse().expect("B"), t.parse().expect("T"));
+fn smollm2(spec: &str) {
+    let mut parts = spec.split(':');
+    let what = parts.next().unwrap_or_default().to_owned();
+    let (r, c) = parts.next().and_then(|s| s.split_once('x')).expect("WHAT:RxC[:ITERS]");
+    let (r, c): (usize, usize) = (r.parse().expect("rows"), c.parse().expect("columns"));
+    let iters: usize = parts.next().map_or(2, |s| s.parse().expect("iterations"));
     let path = rl_policy::testing_assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let clock = std::time::Instant::now();
     let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu).expect("load");
     println!("smollm2 load: {:.2} s", clock.elapsed().as_secs_f64());
-    let (prompt_ids, response_ids) = (ids(b, 16, 3), ids(b, t, 4));
-    let prompt_mask = Tensor::ones((b, 16), DType::F32, &Device::Cpu).expect("mask");
-    let response_mask = Tensor::ones((b, t), DType::F32, &Device::Cpu).expect("mask");
-    let view = PromptResponse {
-        prompt_ids: &prompt_ids,
-        prompt_mask: &prompt_mask,
-        response_ids: &response_ids,
-        response_mask: &response_mask,
-    };
-    for iter in 0..2 {
-        let clock = std::time::Instant::now();
-        let m = model.trainable().expect("model");
-        let hidden = view.response_hidden(&m, Mode::Diff).expect("hidden");
-        let (lp, _) =
-            token_log_probs(&m, &hidden, &response_ids, &response_mask, 0, false).expect("lp");
-        let loss = lp.mean_all().expect("mean");
-        let fwd = clock.elapsed().as_secs_f64();
-        let grads = loss.backward().expect("backward");
-        let total = clock.elapsed().as_secs_f64();
-        drop(grads);
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    let report = |iter: usize, secs: f64, tokens: usize| {
         println!(
-            "smollm2 fwd+bwd {b}x{t} iter {iter}: fwd {fwd:.2} s, fwd+bwd {total:.2} s, {:.1} tok/s",
-            (b * (t + 16)) as f64 / total
+            "RESULT side=rl-zero what={what} shape={r}x{c} threads={threads} iter={iter} \
+             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0}",
+            tokens as f64 / secs,
+            peak_rss_mb()
         );
-    }
-    let fast = model.detached().expect("model");
-    let prompts: Vec<Vec<u32>> =
-        (0..8).map(|i| (0..16u32).map(|t| (t * 131 + i * 17 + 5) % 49152).collect()).collect();
-    let cfg = SamplingConfig::greedy(32);
-    for rows in [1usize, 8] {
-        let clock = std::time::Instant::now();
-        generate(&fast, &prompts[..rows], &cfg, StopRules { eos_ids: &[], stop: None }, 0)
-            .expect("generate");
-        let secs = clock.elapsed().as_secs_f64();
-        println!("smollm2 greedy {rows}x32: {secs:.2} s, {:.1} tok/s", (rows * 32) as f64 / secs);
+    };
+    match what.as_str() {
+        "fwdbwd" => {
+            let (prompt_ids, response_ids) = (ids(r, 16, 3), ids(r, c, 4));
+            let prompt_mask = Tensor::ones((r, 16), DType::F32, &Device::Cpu).expect("mask");
+            let response_mask = Tensor::ones((r, c), DType::F32, &Device::Cpu).expect("mask");
+            let view = PromptResponse {
+                prompt_ids: &prompt_ids,
+                prompt_mask: &prompt_mask,
+                response_ids: &response_ids,
+                response_mask: &response_mask,
+            };
+            for iter in 0..iters {
+                let clock = std::time::Instant::now();
+                let m = model.trainable().expect("model");
+                let hidden = view.response_hidden(&m, Mode::Diff).expect("hidden");
+                let (lp, _) = token_log_probs(&m, &hidden, &response_ids, &response_mask, 0, false)
+                    .expect("lp");
+                let grads = lp.mean_all().expect("mean").backward().expect("backward");
+                let secs = clock.elapsed().as_secs_f64();
+                drop(grads);
+                report(iter, secs, r * (c + 16));
+            }
+        }
+        "sample" => {
+            let fast = model.detached().expect("model");
+            let prompts: Vec<Vec<u32>> = (0..r as u32)
+                .map(|i| (0..16u32).map(|t| (t * 131 + i * 17 + 5) % 49152).collect())
+                .collect();
+            for iter in 0..iters {
+                let cfg = SamplingConfig {
+                    max_new_tokens: c,
+                    seed: iter as u64,
+                    ..SamplingConfig::default()
+                };
+                let clock = std::time::Instant::now();
+                let out =
+                    generate(&fast, &prompts, &cfg, StopRules { eos_ids: &[], stop: None }, 0)
+                        .expect("generate");
+                let secs = clock.elapsed().as_secs_f64();
+                assert!(out.tokens.iter().all(|t| t.len() == c), "every row runs {c} tokens");
+                report(iter, secs, r * c);
+            }
+        }
+        other => panic!("unknown workload `{other}` (fwdbwd or sample)"),
     }
 }
 
@@ -121,5 +159,71 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// `(rows, cols)` f32 values in `[-2, 2)`, as a trainable variable.
+fn var(shape: &[usize], seed: u64) -> candle_core::Var {
+    let mut rng = rl_core::rng::SplitMix64::new(seed);
+    let v: Vec<f32> =
+        (0..shape.iter().product()).map(|_| rng.next_f64() as f32 * 4.0 - 2.0).collect();
+    candle_core::Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).expect("values"))
+        .expect("var")
+}
+
+/// The fused ops with analytic backward passes against the same formulas composed from candle
+/// ops, forward + backward, at SmolLM2-135M sizes (`H = 576`, `V = 49152`).
+fn ops(c: &mut Criterion) {
+    use rl_policy::ops;
+    let mut g = c.benchmark_group("policy/ops");
+    g.sample_size(10);
+    let (n, v, h) = (256, 49152, 576);
+    let logits = var(&[n, v], 1);
+    let targets = Tensor::from_iter((0..n as u32).map(|i| i * 191 % v as u32), &Device::Cpu)
+        .expect("targets");
+    type LpFn = fn(&Tensor, &Tensor) -> rl_policy::Result<(Tensor, Tensor)>;
+    for (name, f) in [
+        ("log_prob_entropy_256x49152/fused", ops::log_prob_entropy as LpFn),
+        ("log_prob_entropy_256x49152/composed", ops::log_prob_entropy_composed as LpFn),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (lp, ent) = f(logits.as_tensor(), &targets).expect("op");
+                (lp.sum_all().expect("sum") + ent.sum_all().expect("sum"))
+                    .expect("add")
+                    .backward()
+                    .expect("backward")
+            })
+        });
+    }
+    let (x, w) = (var(&[2048, h], 2), var(&[h], 3));
+    type NormFn = fn(&Tensor, &Tensor, f64) -> rl_policy::Result<Tensor>;
+    for (name, f) in [
+        ("rms_norm_2048x576/fused", ops::rms_norm as NormFn),
+        ("rms_norm_2048x576/composed", ops::rms_norm_composed as NormFn),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let y = f(x.as_tensor(), w.as_tensor(), 1e-5).expect("op");
+                (y.sqr().expect("sqr")).sum_all().expect("sum").backward().expect("backward")
+            })
+        });
+    }
+    // one SmolLM2-sized decoder layer (vocabulary cut to 512), forward + backward, 4 x 256
+    let cfg = ModelConfig::from_hf_json(serde_json::json!({
+        "model_type": "llama", "vocab_size": 512, "hidden_size": h, "intermediate_size": 1536,
+        "num_hidden_layers": 1, "num_attention_heads": 9, "num_key_value_heads": 3,
+    }))
+    .expect("config");
+    let layer = LanguageModel::random(cfg, 0, DType::F32, &Device::Cpu).expect("model");
+    let ids = ids(4, 256, 5);
+    let valid = vec![vec![true; 256]; 4];
+    g.bench_function("decoder_layer_4x256_fwd_bwd", |b| {
+        b.iter(|| {
+            let m = layer.trainable().expect("model");
+            let y = m.forward(&ids, &valid, Mode::Diff).expect("forward");
+            y.mean_all().expect("mean").backward().expect("backward")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, ops);
 criterion_main!(benches);

@@ -1,15 +1,19 @@
-"""PyTorch side of `RLZ_POLICY_BENCH_SMOLLM2=BxT cargo bench --bench policy`.
+"""PyTorch / transformers side of `RLZ_POLICY_BENCH_SMOLLM2=WHAT:RxC[:ITERS] cargo bench --bench policy`.
 
-SmolLM2-135M-Instruct (GGUF dequantized to f32 by transformers, or an HF dir written by
-`LanguageModel::save`), same inputs as benches/policy.rs:
-  * forward+backward of the mean log-prob of B responses of T tokens after a 16-token prompt
-    (full-vocab log_softmax + gather, as rl-policy's `token_log_probs`), 2 iterations;
-  * greedy KV-cache generation of 32 tokens for 1 and 8 prompts of 16 tokens.
+SmolLM2-135M-Instruct in f32 (the GGUF dequantized by transformers, or an HF dir written by
+`LanguageModel::save`), the same inputs as benches/policy.rs, one workload per process:
+  * fwdbwd:BxT  forward + backward of the mean log-prob of B responses of T tokens after a
+                16-token prompt (full-vocab log_softmax + gather, as rl-policy's token_log_probs);
+  * sample:RxN  `generate` of N new tokens for R prompts of 16 tokens, temperature 1, no top-k /
+                top-p, no EOS stop (min_new_tokens = N), KV cache.
 
-usage: scripts/.venv/bin/python scripts/bench/policy_vs_torch.py 2x128 [--threads N] [--hf-dir DIR]
+Prints `RESULT side=torch ...` lines (seconds, tokens/s, peak RSS) for scripts/bench/compare.sh.
+
+usage: scripts/.venv/bin/python scripts/bench/policy_vs_torch.py fwdbwd:8x256[:ITERS] [--threads N] [--hf-dir DIR]
 """
 import argparse
 import pathlib
+import resource
 import time
 
 import torch
@@ -25,13 +29,19 @@ def ids(rows, cols, seed):
     return torch.tensor(v, dtype=torch.long).reshape(rows, cols)
 
 
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("shape")
+    ap.add_argument("spec", help="fwdbwd:BxT[:ITERS] or sample:RxN[:ITERS]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hf-dir", default=None)
     a = ap.parse_args()
-    b, t = map(int, a.shape.split("x"))
+    parts = a.spec.split(":")
+    what, (r, c) = parts[0], map(int, parts[1].split("x"))
+    iters = int(parts[2]) if len(parts) > 2 else 2
     torch.set_num_threads(a.threads)
     clock = time.time()
     if a.hf_dir:
@@ -39,27 +49,35 @@ def main():
     else:
         model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32)
     print(f"torch load: {time.time() - clock:.2f} s")
-    prompt, response = ids(b, 16, 3), ids(b, t, 4)
-    x = torch.cat([prompt, response], 1)
-    for it in range(2):
-        model.zero_grad(set_to_none=True)
-        clock = time.time()
-        logits = model(x).logits[:, 15:-1]
-        lp = torch.log_softmax(logits.float(), -1).gather(-1, response[..., None])[..., 0]
-        loss = lp.mean()
-        fwd = time.time() - clock
-        loss.backward()
-        total = time.time() - clock
-        print(f"torch fwd+bwd {b}x{t} iter {it}: fwd {fwd:.2f} s, fwd+bwd {total:.2f} s, "
-              f"{b * (t + 16) / total:.1f} tok/s")
-    prompts = torch.tensor([[(tt * 131 + i * 17 + 5) % 49152 for tt in range(16)] for i in range(8)])
-    with torch.no_grad():
-        for rows in (1, 8):
+
+    def report(it, secs, tokens):
+        print(f"RESULT side=torch what={what} shape={r}x{c} threads={a.threads} iter={it} "
+              f"secs={secs:.3f} tok_s={tokens / secs:.1f} peak_rss_mb={peak_rss_mb():.0f}", flush=True)
+
+    if what == "fwdbwd":
+        prompt, response = ids(r, 16, 3), ids(r, c, 4)
+        x = torch.cat([prompt, response], 1)
+        for it in range(iters):
+            model.zero_grad(set_to_none=True)
             clock = time.time()
-            model.generate(prompts[:rows], attention_mask=torch.ones_like(prompts[:rows]),
-                           max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=2)
-            secs = time.time() - clock
-            print(f"torch greedy {rows}x32: {secs:.2f} s, {rows * 32 / secs:.1f} tok/s")
+            logits = model(x).logits[:, 15:-1]
+            lp = torch.log_softmax(logits.float(), -1).gather(-1, response[..., None])[..., 0]
+            lp.mean().backward()
+            report(it, time.time() - clock, r * (c + 16))
+    elif what == "sample":
+        prompts = torch.tensor([[(t * 131 + i * 17 + 5) % 49152 for t in range(16)] for i in range(r)])
+        with torch.no_grad():
+            for it in range(iters):
+                torch.manual_seed(it)
+                clock = time.time()
+                out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=c,
+                                     min_new_tokens=c, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                     pad_token_id=2)
+                secs = time.time() - clock
+                assert out.shape[1] == 16 + c, out.shape
+                report(it, secs, r * c)
+    else:
+        raise SystemExit(f"unknown workload {what!r} (fwdbwd or sample)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 //!
 //! The fused kernels run for contiguous CPU tensors of dtype f32 or f64. On other devices and
 //! dtypes every function falls back to the same formula composed from candle ops that have
-//! backward passes, so results agree everywhere (tests compare both, values and gradients).
+//! backward passes, so results agree everywhere (tests compare both, values and gradients). The
+//! composed versions are public too (`*_composed`), as the reference formulas and for benchmarks.
 //!
 //! | function | input | output |
 //! |---|---|---|
@@ -206,7 +207,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// [`rms_norm`] from primitive candle ops (any device and dtype; f32 statistics for half types).
-fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?)
 }
 
@@ -360,7 +361,7 @@ pub fn split_heads(
 }
 
 /// [`split_heads`] from primitive candle ops.
-fn split_heads_composed(
+pub fn split_heads_composed(
     x: &Tensor,
     heads: usize,
     groups: usize,
@@ -387,18 +388,18 @@ fn split_heads_composed(
 /// # Errors
 /// Shape or dtype mismatches.
 pub fn merge_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, g, _, _) = x.dims4()?;
+    let (_, g, _, _) = x.dims4()?;
     if fused_available(x) {
         let op = Heads { heads, groups: g, rotate: false, inverse: true };
         let x = x.contiguous()?;
         return Ok(x.apply_op3(&x, &x, op)?);
     }
-    merge_heads_composed(x, heads, b)
+    merge_heads_composed(x, heads)
 }
 
 /// [`merge_heads`] from primitive candle ops.
-fn merge_heads_composed(x: &Tensor, heads: usize, b: usize) -> Result<Tensor> {
-    let (_, g, rs, d) = x.dims4()?;
+pub fn merge_heads_composed(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, g, rs, d) = x.dims4()?;
     let s = rs * g / heads.max(1);
     Ok(x.reshape((b, heads, s, d))?.transpose(1, 2)?.reshape((b, s, heads * d))?)
 }
@@ -591,7 +592,7 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
 }
 
 /// [`masked_softmax`] from primitive candle ops.
-fn masked_softmax_composed(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn masked_softmax_composed(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let (_, _, r, _) = scores.dims4()?;
     let (_, _, s, _) = mask.dims4()?;
     let reps = r / s.max(1);
@@ -703,7 +704,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// [`swiglu`] from primitive candle ops.
-fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((candle_nn::ops::silu(gate)? * up)?)
 }
 
@@ -826,7 +827,7 @@ pub fn log_prob_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Te
 }
 
 /// [`log_prob_entropy`] from primitive candle ops (`targets: (N)` u32).
-fn log_prob_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn log_prob_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, _) = logits.dims2()?;
     let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let lp = lsm.gather(&targets.reshape((n, 1))?, 1)?.squeeze(1)?;
@@ -919,7 +920,7 @@ mod tests {
         check(
             &inputs,
             |t| Ok(vec![merge_heads(&t[0], n)?]),
-            |t| Ok(vec![merge_heads_composed(&t[0], n, b)?]),
+            |t| Ok(vec![merge_heads_composed(&t[0], n)?]),
             1e-12,
         );
         // merge undoes split

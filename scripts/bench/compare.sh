@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Side-by-side speed and memory of rl-zero's policy vs PyTorch/transformers on SmolLM2-135M (f32),
+# alternating the two sides round by round so that drift of the (shared, noisy) machine cancels.
+#
+#   bash scripts/bench/compare.sh                      # fwdbwd:8x256 and sample:16x128, 1 and 2 threads, 3 rounds
+#   ROUNDS=5 THREADS="2" WORKLOADS="fwdbwd:8x256" bash scripts/bench/compare.sh
+#
+# Installs its Python side (torch, transformers, gguf) from PyPI into scripts/.venv
+# (scripts/setup_python.sh) and fetches the model (scripts/fetch_smollm2.sh). Each process runs one
+# workload ITERS times (default 3); the first iteration is warm-up and is not counted. Raw RESULT
+# lines go to target/bench-compare/results.txt, the summary (ratio = torch time / rl-zero time,
+# min / median / max over rounds; peak RSS of each side) to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+ITERS=${ITERS:-3}
+THREADS=${THREADS:-"1 2"}
+WORKLOADS=${WORKLOADS:-"fwdbwd:8x256 sample:16x128"}
+out=target/bench-compare
+mkdir -p "$out"
+bash scripts/fetch_smollm2.sh >/dev/null
+[ -x scripts/.venv/bin/python ] || bash scripts/setup_python.sh
+cargo bench --bench policy --no-run >/dev/null 2>&1
+bench=$(cargo bench --bench policy --no-run --message-format=json 2>/dev/null |
+  scripts/.venv/bin/python -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "policy" and m.get("executable"):
+        print(m["executable"])')
+results=$out/results.txt
+: >"$results"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+for w in $WORKLOADS; do
+  for t in $THREADS; do
+    for round in $(seq 1 "$ROUNDS"); do
+      echo "::: $w threads=$t round $round" >&2
+      RAYON_NUM_THREADS=$t RLZ_POLICY_BENCH_SMOLLM2="$w:$ITERS" "$bench" none 2>/dev/null |
+        grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"
+      OMP_NUM_THREADS=$t scripts/.venv/bin/python scripts/bench/policy_vs_torch.py "$w:$ITERS" --threads "$t" 2>/dev/null |
+        grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"
+    done
+  done
+done
+python3 - "$results" <<'PY'
+import collections, statistics, sys
+rows = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in open(sys.argv[1])]
+by = collections.defaultdict(list)
+for r in rows:
+    if int(r["iter"]) > 0:  # iteration 0 is warm-up
+        by[(r["what"], r["shape"], r["threads"], r["round"], r["side"])].append(r)
+keys = sorted({k[:3] for k in by})
+print("| workload | threads | rl-zero s (median) | torch s (median) | ratio min / median / max | peak RSS rl-zero / torch (MiB) |")
+print("|---|---:|---:|---:|---:|---:|")
+for what, shape, threads in keys:
+    rounds = sorted({k[3] for k in by if k[:3] == (what, shape, threads)})
+    ratios, rz, tc, rss = [], [], [], {"rl-zero": 0.0, "torch": 0.0}
+    for rd in rounds:
+        sides = {s: by.get((what, shape, threads, rd, s), []) for s in ("rl-zero", "torch")}
+        if not all(sides.values()):
+            continue
+        med = {s: statistics.median(float(r["secs"]) for r in v) for s, v in sides.items()}
+        for s, v in sides.items():
+            rss[s] = max(rss[s], max(float(r["peak_rss_mb"]) for r in v))
+        rz.append(med["rl-zero"]); tc.append(med["torch"]); ratios.append(med["torch"] / med["rl-zero"])
+    if ratios:
+        print(f"| {what} {shape} | {threads} | {statistics.median(rz):.2f} | {statistics.median(tc):.2f} | "
+              f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} | "
+              f"{rss['rl-zero']:.0f} / {rss['torch']:.0f} |")
+PY
