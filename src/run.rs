@@ -368,13 +368,18 @@ pub struct TrainOutcome {
     pub resumed_from: u64,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// `curves.svg` next to the metrics file (reward, accuracy, held-out accuracy and response
+    /// length against the step, [`rl_trainer::plot`]); `None` when it could not be drawn (the
+    /// reason is logged).
+    pub curves: Option<PathBuf>,
 }
 
 /// Trains `file`'s recipe: PPO with a critic initialised from the model when the estimator uses
 /// values, else the GRPO family. Evaluates greedily on the held-out prompts before training and
 /// every `run.eval_every` steps, saves checkpoints under `run.out/checkpoints` every
 /// `run.save_every` steps and at the end, writes `run.out/run.toml` and, unless the recipe sets
-/// one, `run.out/metrics.jsonl`. With `resume`, continues from the latest checkpoint (model,
+/// one, `run.out/metrics.jsonl` (training steps and evaluations), and at the end draws it to
+/// `curves.svg` next to it. With `resume`, continues from the latest checkpoint (model,
 /// optimizers, data order) up to `run.steps`. `log` receives one line per step and evaluation.
 pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<TrainOutcome> {
     file.validate()?;
@@ -386,6 +391,7 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
     if recipe.trainer.metrics_path.is_none() {
         recipe.trainer.metrics_path = Some(run.out.join("metrics.jsonl"));
     }
+    let metrics = recipe.trainer.metrics_path.clone();
     let seed = recipe.trainer.seed;
     let loaded = load_model(run.model.as_deref(), &run.revision)?;
     let (train_set, test) = prompts(&loaded, run, seed)?;
@@ -452,7 +458,18 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
         },
     };
     log(&format!("checkpoint {}", checkpoint.display()));
-    Ok(TrainOutcome { curve, resumed_from, checkpoint })
+    // The run itself succeeded: a plot that cannot be drawn is logged, not an error.
+    let curves = metrics.and_then(|m| match rl_trainer::plot::plot_run(&m) {
+        Ok(svg) => {
+            log(&format!("curves {}", svg.display()));
+            Some(svg)
+        }
+        Err(e) => {
+            log(&format!("no curves: {e}"));
+            None
+        }
+    });
+    Ok(TrainOutcome { curve, resumed_from, checkpoint, curves })
 }
 
 /// Greedy accuracy of `model` (see [`load_for_eval`]: a model or a checkpoint of a run on

@@ -107,7 +107,15 @@ fn train_two_steps_then_eval_the_checkpoint() {
     assert!(out.checkpoint.ends_with("step-000002"), "{}", out.checkpoint.display());
     assert_eq!(lines.iter().filter(|l| l.starts_with("train step")).count(), 2);
     let metrics = std::fs::read_to_string(file.run.out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 2);
+    // One line per training step, one per evaluation (steps 0, 1, 2).
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"reward/mean\"")).count(), 2);
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"eval/accuracy\"")).count(), 3);
+    assert_eq!(metrics.lines().count(), 5);
+    // The curves are drawn next to the metrics, and the log says where.
+    let curves = file.run.out.join("curves.svg");
+    assert_eq!(out.curves.as_deref(), Some(curves.as_path()));
+    assert!(std::fs::read_to_string(&curves).unwrap().contains("held-out accuracy (greedy)"));
+    assert!(lines.iter().any(|l| l == &format!("curves {}", curves.display())), "{lines:?}");
     // The written run file reproduces the run.
     assert_eq!(RunFile::from_toml_file(file.run.out.join("run.toml")).unwrap(), file);
 

@@ -151,7 +151,8 @@ pub fn report_eval(step: u64, accuracy: f64, mean_reward: f64, n: usize) {
 }
 
 /// Evaluates (greedy, held-out), trains `steps` steps of `groups` prompts with evaluations every
-/// `args.eval_every` steps, evaluates again and saves a checkpoint under `out/checkpoints`.
+/// `args.eval_every` steps, evaluates again, saves a checkpoint under `out/checkpoints` and draws
+/// the metrics file's curves to `curves.svg` next to it.
 pub fn train_and_report<C>(
     trainer: &mut rl_zero::trainer::Trainer<LmPolicy, C>,
     data: &mut rl_zero::trainer::PromptDataset,
@@ -193,5 +194,12 @@ where
         started.elapsed().as_secs_f64(),
         ckpt.display()
     );
+    if let Some(metrics) = &trainer.config().metrics_path {
+        // The run itself succeeded: a plot that cannot be drawn is reported, not fatal.
+        match rl_zero::trainer::plot::plot_run(metrics) {
+            Ok(svg) => println!("curves {}", svg.display()),
+            Err(e) => eprintln!("warning: no curves: {e}"),
+        }
+    }
     Ok(())
 }

@@ -59,6 +59,26 @@ pub enum TrainerError {
         /// What is wrong.
         reason: String,
     },
+    /// A metrics JSONL file could not be read back (see [`crate::plot`]): it is missing, empty,
+    /// holds no plottable metric, or a line is not a JSON object with a non-negative integer
+    /// `step`.
+    #[error("metrics file {}{}: {reason}", .path.display(), line_suffix(*.line))]
+    Metrics {
+        /// The metrics file.
+        path: PathBuf,
+        /// The offending line (1-based), or `None` when the problem is the whole file.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The curves could not be drawn or written (see [`crate::plot`]).
+    #[error("plot {}: {reason}", .path.display())]
+    Plot {
+        /// The SVG file being written (or the metrics file being drawn).
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// An I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -77,6 +97,10 @@ impl TrainerError {
     pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Self::Checkpoint { path: path.into(), reason: reason.into() }
     }
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    line.map_or_else(String::new, |l| format!(" line {l}"))
 }
 
 /// `Result` with [`TrainerError`].

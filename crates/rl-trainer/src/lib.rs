@@ -4,7 +4,8 @@
 //! [`Trainer::grpo`] (GRPO, Dr. GRPO, DAPO, ... without a critic) and [`Trainer::ppo`] (PPO with a
 //! learned critic), plus what a run needs around them: [`AdamW`] with saveable state,
 //! [`clip_grad_norm`], [`LrSchedule`]s, a serde [`TrainerConfig`], [`checkpoint`]s that resume
-//! exactly, per-step [`Metrics`](rl_core::Metrics) written as JSONL. The stage order and the
+//! exactly, per-step [`Metrics`](rl_core::Metrics) written as JSONL (and evaluations, see
+//! [`Trainer::evaluate`]), drawn as an SVG of the training curves by [`plot`]. The stage order and the
 //! gradient-accumulation semantics are described in [`trainer`] and `docs/trainer.md`.
 
 pub mod checkpoint;
@@ -13,6 +14,7 @@ pub mod data;
 mod error;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod recipe;
 pub mod schedule;
 pub mod trainer;

@@ -3,7 +3,9 @@
 //! Metric names (one JSON object per step, see `docs/trainer.md`):
 //! `reward/mean`, `reward/std`, `reward/accuracy`, `response/length_mean`,
 //! `response/length_max`, `response/truncated_frac`, `actor/*` and `critic/*` (loss metrics,
-//! `grad_norm`, `lr`), `perf/*` (tokens per second), `time/*` (seconds per phase).
+//! `grad_norm`, `lr`), `perf/*` (tokens per second), `time/*` (seconds per phase). Each
+//! [`Trainer::evaluate`](crate::Trainer::evaluate) adds a line of `eval/*` metrics for its step;
+//! [`crate::plot`] reads the file back and draws the curves.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

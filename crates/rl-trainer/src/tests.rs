@@ -234,6 +234,43 @@ fn step_reports_the_documented_metrics() -> R {
     Ok(())
 }
 
+#[test]
+fn evaluations_are_logged_next_to_their_step_and_plotted() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("run/metrics.jsonl");
+    let mut t = grpo(TrainerConfig { metrics_path: Some(path.clone()), ..config(4, 0.05) })?;
+    let ps = prompts(3);
+    let before = t.evaluate(&ps, true)?;
+    t.step(&ps)?;
+    t.step(&ps)?;
+    let after = t.evaluate(&ps, false)?;
+    let text = std::fs::read_to_string(&path)?;
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 4, "eval, 2 train steps, eval:\n{text}");
+    assert_eq!((lines[0]["step"].as_u64(), lines[3]["step"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(lines[0]["eval/accuracy"].as_f64(), Some(before.accuracy));
+    assert_eq!(lines[0]["eval/greedy"].as_f64(), Some(1.0));
+    assert_eq!(lines[3]["eval/mean_reward"].as_f64(), Some(after.mean_reward));
+    assert_eq!(lines[3]["eval/responses"].as_f64(), Some(3.0));
+    assert_eq!(lines[3]["eval/greedy"].as_f64(), Some(0.0));
+    assert!(lines[1..3].iter().all(|l| l.get("eval/accuracy").is_none()));
+
+    // Read back: the eval line of step 2 merges with that step's training line.
+    let h = crate::plot::MetricsHistory::read(&path)?;
+    assert_eq!(h.len(), 3);
+    assert_eq!(h.series("eval/accuracy"), [(0, before.accuracy), (2, after.accuracy)]);
+    assert_eq!(h.series("reward/mean").len(), 2);
+    assert!(h.get(2, "reward/mean").is_some() && h.get(2, "eval/accuracy").is_some());
+    let svg = crate::plot::plot_run(&path)?;
+    assert_eq!(svg, dir.path().join("run/curves.svg"));
+    let doc = std::fs::read_to_string(&svg)?;
+    assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
+    // One eval was sampled, so the label does not claim greedy.
+    assert!(doc.contains("held-out accuracy") && !doc.contains("(greedy)"), "{doc}");
+    Ok(())
+}
+
 /// Two epochs of one mini-batch with `micro` responses per micro-batch: final logits and the
 /// step's metrics (without timings).
 fn run_micro(micro: usize, seed: u64) -> R<(Vec<f32>, Named)> {

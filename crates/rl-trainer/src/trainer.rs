@@ -401,6 +401,10 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
 
     /// Samples one response per prompt (greedy when `greedy`, else with the training sampling
     /// settings) and scores it. Does not change the trainer's state or RNG streams.
+    ///
+    /// With a `metrics_path`, appends one line for the current step (0 before the first step):
+    /// `{"step": n, "eval/accuracy": .., "eval/mean_reward": .., "eval/responses": ..,
+    /// "eval/greedy": 1 or 0}`, next to that step's training line (see [`crate::plot`]).
     pub fn evaluate(&mut self, prompts: &[Prompt], greedy: bool) -> Result<EvalReport> {
         let base = &self.config.sampling;
         let cfg = SamplingConfig {
@@ -412,11 +416,20 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let batch = self.policy.generate(prompts, &cfg)?;
         let scores = self.score(&batch)?;
         let m = rollout_metrics(&batch.samples, &scores, self.config.accuracy_threshold);
-        Ok(EvalReport {
+        let report = EvalReport {
             accuracy: m.get("reward/accuracy").unwrap_or(0.0),
             mean_reward: m.get("reward/mean").unwrap_or(0.0),
             responses: scores.len(),
-        })
+        };
+        if let Some(log) = &mut self.log {
+            let line = Metrics::new()
+                .with("eval/accuracy", report.accuracy)
+                .with("eval/mean_reward", report.mean_reward)
+                .with("eval/responses", report.responses as f64)
+                .with("eval/greedy", f64::from(u8::from(greedy)));
+            log.write(self.state.step, &line)?;
+        }
+        Ok(report)
     }
 
     fn score(&self, batch: &RolloutBatch) -> Result<Vec<f32>> {
