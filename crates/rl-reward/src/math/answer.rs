@@ -1,13 +1,14 @@
 //! Structured answers (scalars, lists, sets, tuples, intervals, unions, matrices, relations,
 //! text) and their comparison.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::Regex;
 
 use super::VerifyConfig;
 use super::expr::{self, Node, Value, has_decimal, parse_expr, symbols};
-use super::normalize::{normalize, trim_punct};
+use super::normalize::{Normalized, normalize, trim_punct};
 
 /// Longest answer that is parsed; longer ones are compared as text.
 pub const MAX_ANSWER_LEN: usize = 4_000;
@@ -66,14 +67,26 @@ pub enum Answer {
     Text(String),
 }
 
+/// Compiles every pattern of this module now (they are compiled lazily on first use otherwise).
+pub(super) fn compile_patterns() {
+    for re in [&MIXED_PLAIN, &MIXED_LATEX, &DECIMAL_COMMA, &MATRIX, &MATRIX_ENV] {
+        LazyLock::force(re);
+    }
+}
+
 /// Parses a raw answer string (normalising it first).
 pub fn parse_answer(raw: &str) -> Answer {
     if raw.len() > MAX_ANSWER_LEN {
         return Answer::Text(raw.chars().filter(|c| !c.is_whitespace()).collect());
     }
-    let norm = normalize(raw);
+    parse_normalized(&normalize(raw))
+}
+
+/// [`parse_answer`] of a raw answer of at most [`MAX_ANSWER_LEN`] bytes that is already
+/// normalised (`norm` = [`normalize`] of it), so callers that need both do not normalise twice.
+pub(crate) fn parse_normalized(norm: &Normalized) -> Answer {
     let text = mixed_numbers(&norm.text);
-    let text = trim_punct(&text).to_string();
+    let text = trim_punct(&text);
     if text.contains("\\pm") || text.contains("\\mp") {
         let plus =
             parse_structured(&text.replace("\\pm", "+").replace("\\mp", "-"), norm.percent, 0);
@@ -81,7 +94,7 @@ pub fn parse_answer(raw: &str) -> Answer {
             parse_structured(&text.replace("\\pm", "-").replace("\\mp", "+"), norm.percent, 0);
         return merge_pm(plus, minus);
     }
-    parse_structured(&text, norm.percent, 0)
+    parse_structured(text, norm.percent, 0)
 }
 
 /// `a ± b` is the collection {a + b, a − b}; `\{1 ± √5, −2\}` the union of both sets.
@@ -103,13 +116,17 @@ fn merge_pm(plus: Answer, minus: Answer) -> Answer {
     }
 }
 
+/// A mixed number `4 4/9`.
+static MIXED_PLAIN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(^|[^\d./^_\w])(\d+) +(\d+)/(\d+)").expect("valid regex"));
+
+/// A mixed number `3\frac{1}{2}`.
+static MIXED_LATEX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(^|[^\d./^_\w}])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}").expect("valid regex")
+});
+
 /// `4 4/9` → `(4+4/9)`, `-4 4/9` → `-(4+4/9)`, `3\frac{1}{2}` → `(3+\frac{1}{2})`.
-fn mixed_numbers(s: &str) -> String {
-    static PLAIN: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"(^|[^\d./^_\w])(\d+) +(\d+)/(\d+)").expect("valid regex"));
-    static LATEX: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(^|[^\d./^_\w}])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}").expect("valid regex")
-    });
+fn mixed_numbers(s: &str) -> Cow<'_, str> {
     // Only proper fractions form a mixed number; `11 7/6` or `4 4/0` is not a number at all.
     let rep = |c: &regex::Captures<'_>| {
         let (num, den) = (c[3].parse::<u128>().ok(), c[4].parse::<u128>().ok());
@@ -118,8 +135,15 @@ fn mixed_numbers(s: &str) -> String {
             _ => format!("{}?", &c[1]),
         }
     };
-    let t = PLAIN.replace_all(s, rep);
-    LATEX.replace_all(&t, rep).into_owned()
+    // Both patterns need a fraction; most answers have none and are returned as they are.
+    let t = if s.contains('/') { MIXED_PLAIN.replace_all(s, rep) } else { Cow::Borrowed(s) };
+    if !t.contains("\\frac") {
+        return t;
+    }
+    match MIXED_LATEX.replace_all(&t, rep) {
+        Cow::Borrowed(_) => t,
+        Cow::Owned(u) => Cow::Owned(u),
+    }
 }
 
 /// Splits `s` at top-level occurrences of `sep` (outside any bracket).
@@ -206,6 +230,10 @@ fn wraps_whole(s: &str) -> bool {
     false
 }
 
+/// A decimal comma where a thousands separator is impossible: `0,111`, `1000,99`.
+static DECIMAL_COMMA: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^-?(?:0|\d{4,}),\d+$").expect("valid regex"));
+
 fn parse_structured(s: &str, percent: bool, nest: usize) -> Answer {
     let s = s.trim();
     let text = || {
@@ -214,20 +242,28 @@ fn parse_structured(s: &str, percent: bool, nest: usize) -> Answer {
     if nest > MAX_NEST || s.is_empty() {
         return text();
     }
+    // Each split below is skipped when its separator does not occur at all (one part).
+    let has_comma = s.contains(',');
+    // Every relation operator of `relation_at` holds one of these bytes.
+    let has_relation = s.bytes().any(|b| matches!(b, b'=' | b'<' | b'>' | b'\\'));
     // Unions.
-    let union = split_top(s, &|r| r.starts_with("\\cup").then_some(4));
-    if union.len() > 1 {
-        return Answer::Union(
-            union.iter().map(|(_, p)| parse_structured(p, percent, nest + 1)).collect(),
-        );
+    if s.contains("\\cup") {
+        let union = split_top(s, &|r| r.starts_with("\\cup").then_some(4));
+        if union.len() > 1 {
+            return Answer::Union(
+                union.iter().map(|(_, p)| parse_structured(p, percent, nest + 1)).collect(),
+            );
+        }
     }
     // A list of relations (`a = 2, b = 3`): every comma-separated piece is a relation.
-    let pieces = split_top(s, &|r| r.starts_with(',').then_some(1));
-    if pieces.len() > 1 && pieces.iter().all(|(_, p)| split_top(p, &relation_at).len() > 1) {
-        return Answer::List(ListKind::Bare, list_items(s, percent, nest));
+    if has_comma && has_relation {
+        let pieces = split_top(s, &|r| r.starts_with(',').then_some(1));
+        if pieces.len() > 1 && pieces.iter().all(|(_, p)| split_top(p, &relation_at).len() > 1) {
+            return Answer::List(ListKind::Bare, list_items(s, percent, nest));
+        }
     }
     // Relations (`x = 5`, `a < x <= b`, `x \in [0, 1)`); `\approx` ends a chain that has `=`.
-    let rel = split_top(s, &relation_at);
+    let rel = if has_relation { split_top(s, &relation_at) } else { Vec::new() };
     if rel.len() > 1 {
         let mut parts = Vec::new();
         let mut ops = Vec::new();
@@ -248,15 +284,15 @@ fn parse_structured(s: &str, percent: bool, nest: usize) -> Answer {
         }
         return Answer::Relation(parts, ops);
     }
-    // Matrices, and sums / products of matrices.
-    if let Some(m) = parse_matrix(s, percent, nest).or_else(|| matrix_arithmetic(s, percent, nest))
+    // Matrices, and sums / products of matrices (both need `\begin{`).
+    if s.contains("\\begin")
+        && let Some(m) =
+            parse_matrix(s, percent, nest).or_else(|| matrix_arithmetic(s, percent, nest))
     {
         return m;
     }
     // A decimal comma where a thousands separator is impossible: `0,111`, `1000,99`.
-    static DECIMAL_COMMA: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"^-?(?:0|\d{4,}),\d+$").expect("valid regex"));
-    if DECIMAL_COMMA.is_match(s) {
+    if has_comma && DECIMAL_COMMA.is_match(s) {
         return parse_structured(&s.replacen(',', ".", 1), percent, nest + 1);
     }
     // Brackets around the whole answer.
@@ -285,8 +321,7 @@ fn parse_structured(s: &str, percent: bool, nest: usize) -> Answer {
         }
     }
     // Bare lists.
-    let items = split_top(s, &|r| r.starts_with(',').then_some(1));
-    if items.len() > 1 {
+    if has_comma && split_top(s, &|r| r.starts_with(',').then_some(1)).len() > 1 {
         return Answer::List(ListKind::Bare, list_items(s, percent, nest));
     }
     match parse_expr(s) {
@@ -304,12 +339,14 @@ fn list_items(s: &str, percent: bool, nest: usize) -> Vec<Answer> {
         .collect()
 }
 
+/// A whole answer that is one matrix environment.
+static MATRIX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\(?\s*\[?\s*\\begin\{(?:[pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*?)\\end\{(?:[pbvBV]?matrix|array)\}\s*\]?\s*\)?$")
+        .expect("valid regex")
+});
+
 fn parse_matrix(s: &str, percent: bool, nest: usize) -> Option<Answer> {
-    static ENV: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"^\(?\s*\[?\s*\\begin\{(?:[pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*?)\\end\{(?:[pbvBV]?matrix|array)\}\s*\]?\s*\)?$")
-            .expect("valid regex")
-    });
-    let c = ENV.captures(s)?;
+    let c = MATRIX.captures(s)?;
     let body = c.get(1)?.as_str();
     if body.contains("\\begin") {
         return None;
@@ -325,16 +362,18 @@ fn parse_matrix(s: &str, percent: bool, nest: usize) -> Option<Answer> {
     Some(Answer::Matrix(rows))
 }
 
+/// One matrix environment anywhere.
+static MATRIX_ENV: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?.*?\\end\{(?:[pbvBV]?matrix|array)\}",
+    )
+    .expect("valid regex")
+});
+
 /// `M1 + M2`, `M1 - M2` and `M1 M2` (products) of explicit matrices, computed entry-wise as
 /// expressions.
 fn matrix_arithmetic(s: &str, percent: bool, nest: usize) -> Option<Answer> {
-    static ENV: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(
-            r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?.*?\\end\{(?:[pbvBV]?matrix|array)\}",
-        )
-        .expect("valid regex")
-    });
-    let found: Vec<_> = ENV.find_iter(s).collect();
+    let found: Vec<_> = MATRIX_ENV.find_iter(s).collect();
     if found.len() < 2
         || found.len() > 8
         || !s[..found[0].start()].trim().is_empty()

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use num_bigint::BigInt;
+use num_integer::Integer;
 use num_rational::BigRational;
 use num_traits::{One, Signed, ToPrimitive, Zero};
 
@@ -525,6 +526,16 @@ pub fn parse_number(s: &str) -> Option<BigRational> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if int.len() + frac.len() > 400 || (int.is_empty() && frac.is_empty()) {
         return None;
+    }
+    // Up to 38 digits fit in a `u128`: the same reduced rational without big-integer parsing.
+    if int.len() + frac.len() <= 38 {
+        let digits = || int.bytes().chain(frac.bytes());
+        if digits().all(|b| b.is_ascii_digit()) {
+            let n = digits().fold(0u128, |acc, b| acc * 10 + u128::from(b - b'0'));
+            let d = 10u128.pow(frac.len() as u32);
+            let g = n.gcd(&d);
+            return Some(BigRational::new_raw(BigInt::from(n / g), BigInt::from(d / g)));
+        }
     }
     let digits = format!("{int}{frac}");
     let n = if digits.is_empty() { BigInt::zero() } else { digits.parse::<BigInt>().ok()? };

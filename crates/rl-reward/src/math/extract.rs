@@ -49,6 +49,13 @@ pub struct Extracted {
 /// are at the end).
 pub const MAX_INPUT: usize = 64 * 1024;
 
+/// Compiles every pattern of this module now (they are compiled lazily on first use otherwise).
+pub(super) fn compile_patterns() {
+    for re in [&WORD, &TEXT, &SEPARATORS, &PHRASE, &MATH_SPAN, &NUMBER] {
+        LazyLock::force(re);
+    }
+}
+
 /// Extracts the answer of a model response following the module's rules.
 pub fn extract_answer(response: &str) -> Option<Extracted> {
     let s = tail(response, MAX_INPUT);
@@ -92,9 +99,17 @@ pub fn extract_answer(response: &str) -> Option<Extracted> {
 
 /// A short, single-line response that is itself an answer (`1 000`, `$\frac{1}{3}$`, `11 + 4/9`).
 fn whole_answer(s: &str) -> Option<String> {
-    let t = strip_delims(s.trim());
-    if t.is_empty() || t.len() > 120 || s.trim().contains('\n') || prose_words(&t, 2) > 0 {
+    // A multi-line response (any chain of thought) is never one; checked before copying it.
+    if s.trim().contains('\n') {
         return None;
+    }
+    let t = strip_delims(s.trim());
+    if t.is_empty() || t.len() > 120 || prose_words(&t, 2) > 0 {
+        return None;
+    }
+    // A plain number always parses as a number.
+    if super::plain_number(&t).is_some() {
+        return Some(t);
     }
     match super::parse_answer(&t) {
         super::Answer::Text(_) => None,
@@ -116,13 +131,20 @@ pub fn extract_gold(gold: &str) -> Option<Extracted> {
     extract_answer(s)
 }
 
+/// A word or a LaTeX command.
+static WORD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\\?[A-Za-z]{2,}").expect("valid regex"));
+
+/// A `\text{…}`-like group.
+static TEXT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\\(?:text|mbox|mathrm|textbf)\{[^}]*\}").expect("valid regex"));
+
 /// Number of prose words (`min_len`+ letters, not a LaTeX command, not inside `\text{}`).
 fn prose_words(s: &str, min_len: usize) -> usize {
-    static WORD: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"\\?[A-Za-z]{2,}").expect("valid regex"));
-    static TEXT: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"\\(?:text|mbox|mathrm|textbf)\{[^}]*\}").expect("valid regex")
-    });
+    // Words need ASCII letters (`\text{}` groups hold some too).
+    if !s.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return 0;
+    }
     let t = TEXT.replace_all(s, " ");
     WORD.find_iter(&t)
         .filter(|m| !m.as_str().starts_with('\\') && m.len() >= min_len)
@@ -172,7 +194,16 @@ fn strip_delims(s: &str) -> String {
 }
 
 fn answer_tag(s: &str) -> Option<&str> {
-    let start = s.rfind("<answer>")? + "<answer>".len();
+    // `s.rfind("<answer>")`, stepping between `<` with a byte search (most responses have none).
+    let mut end = s.len();
+    let tag = loop {
+        let i = s[..end].rfind('<')?;
+        if s[i..].starts_with("<answer>") {
+            break i;
+        }
+        end = i;
+    };
+    let start = tag + "<answer>".len();
     let rest = &s[start..];
     Some(match rest.find("</answer>") {
         Some(end) => &rest[..end],
@@ -269,19 +300,23 @@ fn boxed(s: &str) -> Option<(usize, String)> {
     Some((last.0, parts.join(", ")))
 }
 
+/// Text allowed between boxes that are joined.
+static SEPARATORS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:\s|\$|,|;|\.|\band\b|\bor\b|\\quad|\\qquad|\\text\{\s*(?:and|or|,)?\s*\}|\\\(|\\\)|\\\[|\\\]|\\,)*$")
+        .expect("valid regex")
+});
+
 fn separator_only(gap: &str) -> bool {
-    static SEP: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"^(?:\s|\$|,|;|\.|\band\b|\bor\b|\\quad|\\qquad|\\text\{\s*(?:and|or|,)?\s*\}|\\\(|\\\)|\\\[|\\\]|\\,)*$")
-            .expect("valid regex")
-    });
-    gap.len() < 200 && SEP.is_match(gap)
+    gap.len() < 200 && SEPARATORS.is_match(gap)
 }
 
+/// A "final answer is" phrase.
+static PHRASE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(?:final answer is|final answer\**:|the answer is|answer is|answer\**:|solution is)\s*\**\s*:?\s*\**").expect("valid regex")
+});
+
 fn phrase(s: &str) -> Option<(usize, String)> {
-    static RE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?i)(?:final answer is|final answer\**:|the answer is|answer is|answer\**:|solution is)\s*\**\s*:?\s*\**").expect("valid regex")
-    });
-    let m = RE.find_iter(s).last()?;
+    let m = PHRASE.find_iter(s).last()?;
     let rest = &s[m.end()..];
     // Up to the end of the sentence: a newline, or a period not inside a number or math span.
     let mut end = rest.len();
@@ -337,14 +372,21 @@ fn phrase_answer(sentence: &str) -> Option<String> {
     }
 }
 
+/// A math span; the group that matched holds its content.
+static MATH_SPAN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?s)\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)|\$((?:\\.|[^$\\\n])+?)\$")
+        .expect("valid regex")
+});
+
 /// Math spans `(start, inner, whole)` in order: `$$…$$`, `$…$` (inline spans do not cross a blank
 /// line), `\(…\)`, `\[…\]`.
 fn math_spans(s: &str) -> Vec<(usize, String, String)> {
-    static RE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?s)\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)|\$((?:\\.|[^$\\\n])+?)\$")
-            .expect("valid regex")
-    });
-    RE.captures_iter(s)
+    // Every span needs a `$` or a backslash.
+    if !s.bytes().any(|c| c == b'$' || c == b'\\') {
+        return Vec::new();
+    }
+    MATH_SPAN
+        .captures_iter(s)
         .filter_map(|c| {
             let whole = c.get(0)?;
             let inner = (1..=4).find_map(|k| c.get(k))?.as_str();
@@ -356,12 +398,14 @@ fn math_spans(s: &str) -> Vec<(usize, String, String)> {
         .collect()
 }
 
+/// A number, as [`last_number`] reads it.
+static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[-+]?(?:(?:\d{1,3}(?: \d{3})+|\d+) \d+/\d+|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)(?:\s*%)?")
+        .expect("valid regex")
+});
+
 /// The last standalone number `(start, text)`.
 fn last_number(s: &str) -> Option<(usize, String)> {
-    static RE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"[-+]?(?:(?:\d{1,3}(?: \d{3})+|\d+) \d+/\d+|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)(?:\s*%)?")
-            .expect("valid regex")
-    });
     let b = s.as_bytes();
     // Numbers inside a math region that did not form a valid span are not extracted. The counts
     // are kept incrementally so the scan stays linear.
@@ -380,7 +424,8 @@ fn last_number(s: &str) -> Option<(usize, String)> {
         at = at.max(pos);
         dollars % 2 == 1 || open > 0
     };
-    RE.find_iter(s)
+    NUMBER
+        .find_iter(s)
         .filter(|m| !inside_broken_math(m.start()))
         .filter(|m| {
             let before = m.start().checked_sub(1).map(|i| b[i]);

@@ -21,6 +21,7 @@
 //!     three digits and the run is not part of a longer comma list; `1 000` → `1000` likewise;
 //! 11. trailing sentence punctuation (`.`, `,`, `;`, `:`) and surrounding whitespace are trimmed.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -65,64 +66,167 @@ static UNITS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)([\d\}\)])\s*(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|m|meters?|metres?|centimeters?|kilometers?|inches|inch|in|feet|foot|ft|yards?|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|s|days?|weeks?|months?|years?|dollars?|cents?|euros?|pounds?|lbs?|kg|grams?|g|liters?|litres?|l|ml|degrees?|students?|people|ways?|points?)(?:\s*\^\s*\{?[23]\}?)?\s*$")
         .expect("valid regex")
 });
-static RELATIONS: LazyLock<[(Regex, &'static str); 5]> = LazyLock::new(|| {
+/// Relation commands: (a substring every match contains, pattern, replacement).
+static RELATIONS: LazyLock<[(&'static str, Regex, &'static str); 5]> = LazyLock::new(|| {
     let r = |p: &str| Regex::new(p).expect("valid regex");
     [
-        (r(r"\\(?:leqslant|leq|le)\b"), "<="),
-        (r(r"\\(?:geqslant|geq|ge)\b"), ">="),
-        (r(r"\\(?:neq|ne)\b"), "!="),
-        (r(r"\\lt\b"), "<"),
-        (r(r"\\gt\b"), ">"),
+        ("\\le", r(r"\\(?:leqslant|leq|le)\b"), "<="),
+        ("\\ge", r(r"\\(?:geqslant|geq|ge)\b"), ">="),
+        ("\\ne", r(r"\\(?:neq|ne)\b"), "!="),
+        ("\\lt", r(r"\\lt\b"), "<"),
+        ("\\gt", r(r"\\gt\b"), ">"),
     ]
 });
 
+/// Compiles every pattern of this module now (they are compiled lazily on first use otherwise).
+pub(super) fn compile_patterns() {
+    for re in [
+        &SIZING,
+        &DOUBLED,
+        &TEXT_GROUP,
+        &DEGREES,
+        &AND,
+        &INFINITY,
+        &EMPTY,
+        &SCIENTIFIC,
+        &PERCENT,
+        &UNITS,
+        &BANG_COMMA,
+    ] {
+        LazyLock::force(re);
+    }
+    LazyLock::force(&RELATIONS);
+}
+
 /// Applies every rule of the module documentation to `s`.
+///
+/// Every pass is skipped when the substring it needs is absent, and passes that match nothing
+/// do not copy the string: a plain answer like `42` costs a few byte scans.
 pub fn normalize(s: &str) -> Normalized {
     let mut t = map_unicode(s);
-    t = DOUBLED.replace_all(&t, "$1\\$2").into_owned();
-    // Protect LaTeX row breaks `\\` from the single-backslash rules below.
-    t = t.replace("\\\\", "\u{2}");
-    t = t.replace("\\left.", "").replace("\\right.", "");
-    t = SIZING.replace_all(&t, "").into_owned();
-    t = t.replace("{,}", "").replace("{, }", "");
-    t = join_bang_commas(&t);
-    t = t.replace("\\!", "");
-    for sp in ["\\qquad", "\\quad", "\\,", "\\;", "\\:", "\\ ", "~"] {
-        t = t.replace(sp, " ");
+    if t.contains("\\\\") {
+        regex_replace(&mut t, &DOUBLED, "$1\\$2");
+        // Protect LaTeX row breaks `\\` from the single-backslash rules below.
+        replace_str(&mut t, "\\\\", "\u{2}");
     }
-    for f in ["\\dfrac", "\\tfrac", "\\cfrac"] {
-        t = t.replace(f, "\\frac");
+    if t.contains('\\') {
+        replace_str(&mut t, "\\left.", "");
+        replace_str(&mut t, "\\right.", "");
+        regex_replace(&mut t, &SIZING, "");
     }
-    t = strip_text_groups(&t);
-    t = DEGREES.replace_all(&t, "").into_owned();
-    t = INFINITY.replace_all(&t, "\\infty").into_owned();
-    t = SCIENTIFIC.replace_all(&t, "$1\\times 10^{$2}").into_owned();
-    t = EMPTY.replace_all(&t, "\\emptyset").into_owned();
-    t = AND.replace_all(&t, ",").into_owned();
-    let percent = PERCENT.is_match(&t);
-    t = PERCENT.replace_all(&t, "").into_owned();
-    for c in ["\\$", "$", "€", "£", "\\euro"] {
-        t = t.replace(c, "");
+    if t.contains("{,") {
+        replace_str(&mut t, "{,}", "");
+        replace_str(&mut t, "{, }", "");
     }
-    t = trim_punct(&t).to_string();
-    for _ in 0..2 {
-        let before = t.len();
-        t = UNITS.replace(t.trim_end(), "$1").into_owned();
-        if t.len() == before {
-            break;
+    if t.contains(",\\!") {
+        join_bang_commas(&mut t);
+    }
+    if t.contains('\\') {
+        for sp in ["\\!", "\\qquad", "\\quad", "\\,", "\\;", "\\:", "\\ "] {
+            replace_str(&mut t, sp, if sp == "\\!" { "" } else { " " });
         }
     }
-    for (re, rep) in RELATIONS.iter() {
-        t = re.replace_all(&t, *rep).into_owned();
+    replace_str(&mut t, "~", " ");
+    if t.contains("frac") {
+        for f in ["\\dfrac", "\\tfrac", "\\cfrac"] {
+            replace_str(&mut t, f, "\\frac");
+        }
     }
-    t = t.replace("=<", "<=").replace("=>", ">=").replace("\\approx", " \\approx ");
-    t = join_digit_groups(&t, ',');
-    t = join_digit_groups(&t, ' ');
-    t = t.replace('\u{2}', "\\\\");
-    Normalized { text: trim_punct(&t).to_string(), percent }
+    if t.contains('\\') {
+        strip_text_groups(&mut t);
+    }
+    if t.contains("circ") || t.contains("degree") {
+        regex_replace(&mut t, &DEGREES, "");
+    }
+    if t.contains("inf") {
+        regex_replace(&mut t, &INFINITY, "\\infty");
+    }
+    if t.bytes().any(|b| b == b'e' || b == b'E') {
+        regex_replace(&mut t, &SCIENTIFIC, "$1\\times 10^{$2}");
+    }
+    if t.contains('\\') || t.contains("empty") {
+        regex_replace(&mut t, &EMPTY, "\\emptyset");
+    }
+    if t.contains("and") || t.contains("or") {
+        regex_replace(&mut t, &AND, ",");
+    }
+    let percent = (t.contains('%') || t.contains("perc") || t.contains("pct"))
+        && regex_replace(&mut t, &PERCENT, "");
+    for c in ["\\$", "$", "€", "£", "\\euro"] {
+        replace_str(&mut t, c, "");
+    }
+    trim_punct_in_place(&mut t);
+    // The unit words are ASCII, but the pattern is case-insensitive, which also matches a few
+    // non-ASCII letters (`ſ` for `s`, the Kelvin sign for `k`).
+    if t.bytes().any(|b| b.is_ascii_alphabetic() || !b.is_ascii()) {
+        for _ in 0..2 {
+            let before = t.len();
+            t.truncate(t.trim_end().len());
+            if let Cow::Owned(u) = UNITS.replace(&t, "$1") {
+                t = u;
+            }
+            if t.len() == before {
+                break;
+            }
+        }
+    } else {
+        t.truncate(t.trim_end().len());
+    }
+    if t.contains('\\') {
+        for (trigger, re, rep) in RELATIONS.iter() {
+            if t.contains(trigger) {
+                regex_replace(&mut t, re, rep);
+            }
+        }
+    }
+    replace_str(&mut t, "=<", "<=");
+    replace_str(&mut t, "=>", ">=");
+    replace_str(&mut t, "\\approx", " \\approx ");
+    for sep in [',', ' '] {
+        // Without a separator there is nothing to join.
+        if t.contains(sep) {
+            t = join_digit_groups(&t, sep);
+        }
+    }
+    replace_str(&mut t, "\u{2}", "\\\\");
+    trim_punct_in_place(&mut t);
+    Normalized { text: t, percent }
+}
+
+/// `t = t.replace(pat, rep)`, without copying `t` when `pat` does not occur.
+fn replace_str(t: &mut String, pat: &str, rep: &str) {
+    if t.contains(pat) {
+        *t = t.replace(pat, rep);
+    }
+}
+
+/// `t = re.replace_all(t, rep)`, without copying `t` when nothing matches; `true` on a match.
+fn regex_replace(t: &mut String, re: &Regex, rep: &str) -> bool {
+    match re.replace_all(t, rep) {
+        Cow::Owned(u) => {
+            *t = u;
+            true
+        }
+        Cow::Borrowed(_) => false,
+    }
+}
+
+/// [`trim_punct`] applied to an owned string, in place.
+fn trim_punct_in_place(t: &mut String) {
+    let trimmed = trim_punct(t);
+    if trimmed.len() != t.len() {
+        let start = trimmed.as_ptr() as usize - t.as_ptr() as usize;
+        let end = start + trimmed.len();
+        t.truncate(end);
+        t.drain(..start);
+    }
 }
 
 fn map_unicode(s: &str) -> String {
+    // Only non-ASCII characters and the ASCII tab / carriage return / newline are mapped.
+    if !s.bytes().any(|b| !b.is_ascii() || matches!(b, b'\t' | b'\r' | b'\n')) {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -148,28 +252,27 @@ fn map_unicode(s: &str) -> String {
     out
 }
 
+/// `12,\!345`.
+static BANG_COMMA: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(\d),\\!\s*(\d)").expect("valid regex"));
+
 /// `12,\!345` → `12345` (MATH's thousands separator).
-fn join_bang_commas(s: &str) -> String {
-    static RE: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"(\d),\\!\s*(\d)").expect("valid regex"));
-    let mut t = s.to_string();
+fn join_bang_commas(t: &mut String) {
     // Overlapping matches (`1,\!000,\!000`) need a second pass.
     for _ in 0..2 {
-        t = RE.replace_all(&t, "$1$2").into_owned();
+        regex_replace(t, &BANG_COMMA, "$1$2");
     }
-    t
 }
 
-fn strip_text_groups(s: &str) -> String {
-    let mut t = s.to_string();
+fn strip_text_groups(t: &mut String) {
     // Nested groups (`\text{\textbf{x}}`) unwrap from the inside out; the loop is bounded.
     for _ in 0..4 {
-        if !TEXT_GROUP.is_match(&t) {
+        if !TEXT_GROUP.is_match(t) {
             break;
         }
         let whole_is_group = TEXT_GROUP.find(t.trim()).is_some_and(|m| m.len() == t.trim().len());
-        t = TEXT_GROUP
-            .replace_all(&t.clone(), |c: &regex::Captures<'_>| {
+        *t = TEXT_GROUP
+            .replace_all(t, |c: &regex::Captures<'_>| {
                 let inner = c[1].trim();
                 let start = c.get(0).map_or(0, |m| m.start());
                 let has_number_before = t[..start].chars().any(|ch| ch.is_ascii_digit());
@@ -187,7 +290,6 @@ fn strip_text_groups(s: &str) -> String {
             })
             .into_owned();
     }
-    t
 }
 
 /// Joins digit groups separated by `sep` when they form a thousands-separated number: the first
