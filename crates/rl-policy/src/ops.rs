@@ -24,7 +24,7 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor, WithDType,
 };
-use num_traits::{Float, One, Zero};
+use num_traits::Float;
 use rayon::prelude::*;
 
 use crate::Result;
@@ -54,21 +54,135 @@ fn slice<'a, T: WithDType>(
     }
 }
 
-/// Runs `$body` with `$t` bound to `f32` or `f64` after the dtype of `$s`.
-macro_rules! by_dtype {
-    ($s:expr, $op:expr, |$t:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(_) => {
-                type $t = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $t = f64;
-                $body
-            }
-            _ => candle_core::bail!("{}: f32 or f64 only", $op),
-        }
-    };
+/// A fused CPU kernel over contiguous inputs of one dtype (f32 or f64); [`Op`] turns it into a
+/// candle custom op of its arity.
+trait Kernel {
+    /// The op's name in candle errors.
+    const NAME: &'static str;
+
+    /// Output elements and shape from the inputs' elements `xs` and dims `dims`.
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)>;
+
+    /// Gradients of the inputs from the result and its gradient (`None`: not differentiable).
+    fn grads(
+        &self,
+        _args: &[&Tensor],
+        _res: &Tensor,
+        _grad: &Tensor,
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A [`Kernel`] as a candle custom op.
+struct Op<K>(K);
+
+fn run_typed<T: Real, K: Kernel>(
+    k: &K,
+    inputs: &[(&CpuStorage, &Layout)],
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let xs = inputs
+        .iter()
+        .map(|(s, l)| slice::<T>(s, l, K::NAME))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let dims: Vec<&[usize]> = inputs.iter().map(|(_, l)| l.dims()).collect();
+    let (out, shape) = k.run::<T>(&xs, &dims)?;
+    Ok((T::to_cpu_storage_owned(out), shape))
+}
+
+fn run_kernel<K: Kernel>(
+    k: &K,
+    inputs: &[(&CpuStorage, &Layout)],
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    match inputs[0].0 {
+        CpuStorage::F32(_) => run_typed::<f32, K>(k, inputs),
+        CpuStorage::F64(_) => run_typed::<f64, K>(k, inputs),
+        _ => candle_core::bail!("{}: f32 or f64 only", K::NAME),
+    }
+}
+
+/// The `N` inputs of a kernel.
+fn inputs<'a, T, const N: usize>(xs: &[&'a [T]], op: &str) -> candle_core::Result<[&'a [T]; N]> {
+    match <[&[T]; N]>::try_from(xs) {
+        Ok(a) => Ok(a),
+        Err(_) => candle_core::bail!("{op}: {} inputs, expected {N}", xs.len()),
+    }
+}
+
+/// The `i`-th gradient of [`Kernel::grads`].
+fn nth(grads: &mut [Option<Tensor>], i: usize) -> Option<Tensor> {
+    grads.get_mut(i).and_then(Option::take)
+}
+
+impl<K: Kernel> CustomOp1 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        run_kernel(&self.0, &[(s, l)])
+    }
+
+    fn bwd(&self, a: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(nth(&mut self.0.grads(&[a], res, grad)?, 0))
+    }
+}
+
+impl<K: Kernel> CustomOp2 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        run_kernel(&self.0, &[(s1, l1), (s2, l2)])
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.0.grads(&[a, b], res, grad)?;
+        Ok((nth(&mut g, 0), nth(&mut g, 1)))
+    }
+}
+
+impl<K: Kernel> CustomOp3 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        run_kernel(&self.0, &[(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.0.grads(&[a, b, c], res, grad)?;
+        Ok((nth(&mut g, 0), nth(&mut g, 1), nth(&mut g, 2)))
+    }
 }
 
 fn cast<T: Real>(v: f64) -> T {
@@ -87,45 +201,35 @@ fn rms_scale<T: Real>(row: &[T], eps: f64) -> T {
     cast::<T>(1.0 / (ss / row.len() as f64 + eps).sqrt())
 }
 
-impl CustomOp2 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "rl-rms-norm"
+impl Kernel for RmsNorm {
+    const NAME: &'static str = "rl-rms-norm";
+
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [x, w] = inputs(xs, Self::NAME)?;
+        let h = w.len();
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(h).zip(x.par_chunks(h)).with_min_len(MIN_ROWS).for_each(|(y, x)| {
+            let r = rms_scale(x, self.eps);
+            for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                *y = x * r * w;
+            }
+        });
+        Ok((y, Shape::from(dims[0])))
     }
 
-    fn cpu_fwd(
+    fn grads(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        by_dtype!(s1, self.name(), |T| {
-            let (x, w) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
-            let h = w.len();
-            let mut y = vec![T::zero(); x.len()];
-            y.par_chunks_mut(h).zip(x.par_chunks(h)).with_min_len(MIN_ROWS).for_each(|(y, x)| {
-                let r = rms_scale(x, self.eps);
-                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                    *y = x * r * w;
-                }
-            });
-            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
-        })
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
+        args: &[&Tensor],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let (x, w) = (args[0], args[1]);
         let h = w.elem_count();
         let n = x.elem_count() / h.max(1);
-        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBwd { eps: self.eps })?;
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Op(RmsNormBwd { eps: self.eps }))?;
         let gx = both.narrow(0, 0, n)?.reshape(x.shape())?;
         let gw = both.narrow(0, n, 1)?.reshape(w.shape())?;
-        Ok((Some(gx), Some(gw)))
+        Ok(vec![Some(gx), Some(gw)])
     }
 }
 
@@ -136,59 +240,46 @@ struct RmsNormBwd {
     eps: f64,
 }
 
-impl CustomOp3 for RmsNormBwd {
-    fn name(&self) -> &'static str {
-        "rl-rms-norm-bwd"
-    }
+impl Kernel for RmsNormBwd {
+    const NAME: &'static str = "rl-rms-norm-bwd";
 
-    fn cpu_fwd(
+    fn run<T: Real>(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        by_dtype!(s1, self.name(), |T| {
-            let x = slice::<T>(s1, l1, self.name())?;
-            let w = slice::<T>(s2, l2, self.name())?;
-            let g = slice::<T>(s3, l3, self.name())?;
-            let h = w.len();
-            let n = x.len() / h;
-            let mut out = vec![T::zero(); x.len() + h];
-            let (gx, _) = out.split_at_mut(x.len());
-            let block = h * MIN_ROWS;
-            let gw = gx
-                .par_chunks_mut(block)
-                .zip(x.par_chunks(block).zip(g.par_chunks(block)))
-                .map(|(gx, (x, g))| {
-                    let mut gw = vec![T::zero(); h];
-                    for ((gx, x), g) in gx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
-                        let r = rms_scale(x, self.eps);
-                        let dot = x
-                            .iter()
-                            .zip(g)
-                            .zip(w)
-                            .fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
-                        let c = r * r * r * dot / cast::<T>(h as f64);
-                        for j in 0..h {
-                            gx[j] = r * g[j] * w[j] - x[j] * c;
-                            gw[j] += g[j] * x[j] * r;
-                        }
+        xs: &[&[T]],
+        _dims: &[&[usize]],
+    ) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [x, w, g] = inputs(xs, Self::NAME)?;
+        let h = w.len();
+        let n = x.len() / h;
+        let mut out = vec![T::zero(); x.len() + h];
+        let (gx, _) = out.split_at_mut(x.len());
+        let block = h * MIN_ROWS;
+        let gw = gx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+            .map(|(gx, (x, g))| {
+                let mut gw = vec![T::zero(); h];
+                for ((gx, x), g) in gx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                    let r = rms_scale(x, self.eps);
+                    let dot =
+                        x.iter().zip(g).zip(w).fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
+                    let c = r * r * r * dot / cast::<T>(h as f64);
+                    for j in 0..h {
+                        gx[j] = r * g[j] * w[j] - x[j] * c;
+                        gw[j] += g[j] * x[j] * r;
                     }
-                    gw
-                })
-                .reduce(
-                    || vec![T::zero(); h],
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                );
-            out[n * h..].copy_from_slice(&gw);
-            Ok((T::to_cpu_storage_owned(out), Shape::from((n + 1, h))))
-        })
+                }
+                gw
+            })
+            .reduce(
+                || vec![T::zero(); h],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        out[n * h..].copy_from_slice(&gw);
+        Ok((out, Shape::from((n + 1, h))))
     }
 }
 
@@ -200,7 +291,7 @@ impl CustomOp3 for RmsNormBwd {
 /// Shape or dtype mismatches.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if fused_available(x) && x.dtype() == w.dtype() && x.dim(D::Minus1)? == w.elem_count() {
-        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })?)
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Op(RmsNorm { eps }))?)
     } else {
         rms_norm_composed(x, w, eps)
     }
@@ -280,51 +371,32 @@ impl Heads {
     }
 }
 
-impl CustomOp3 for Heads {
-    fn name(&self) -> &'static str {
-        "rl-heads"
+impl Kernel for Heads {
+    const NAME: &'static str = "rl-heads";
+
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let (b, d, out) = self.out_shape(dims[0])?;
+        let [x, cos, sin] = inputs(xs, Self::NAME)?;
+        let rot = if self.rotate {
+            let want = x.len() / (self.heads * 2);
+            if cos.len() != want || sin.len() != want {
+                candle_core::bail!("rl-heads: cos/sin hold {} values, expected {want}", cos.len());
+            }
+            Some((cos, sin))
+        } else {
+            None
+        };
+        Ok((self.kernel(x, rot, b, d), out))
     }
 
-    fn cpu_fwd(
+    fn grads(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, d, out) = self.out_shape(l1.dims())?;
-        by_dtype!(s1, self.name(), |T| {
-            let x = slice::<T>(s1, l1, self.name())?;
-            let rot = if self.rotate {
-                let (cos, sin) =
-                    (slice::<T>(s2, l2, self.name())?, slice::<T>(s3, l3, self.name())?);
-                let want = x.len() / (self.heads * 2);
-                if cos.len() != want || sin.len() != want {
-                    candle_core::bail!(
-                        "rl-heads: cos/sin hold {} values, expected {want}",
-                        cos.len()
-                    );
-                }
-                Some((cos, sin))
-            } else {
-                None
-            };
-            Ok((T::to_cpu_storage_owned(self.kernel(x, rot, b, d)), out))
-        })
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        args: &[&Tensor],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let inv = Heads { inverse: !self.inverse, ..*self };
-        Ok((Some(grad.contiguous()?.apply_op3_no_bwd(cos, sin, &inv)?), None, None))
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let inv = Op(Heads { inverse: !self.inverse, ..*self });
+        Ok(vec![Some(grad.contiguous()?.apply_op3_no_bwd(args[1], args[2], &inv)?)])
     }
 }
 
@@ -353,7 +425,7 @@ pub fn split_heads(
     let x = x.reshape((b, s, ()))?;
     let rot_ok = rotary.is_none_or(|(c, s)| c.dtype() == x.dtype() && s.dtype() == x.dtype());
     if fused_available(&x) && rot_ok {
-        let op = Heads { heads, groups, rotate: rotary.is_some(), inverse: false };
+        let op = Op(Heads { heads, groups, rotate: rotary.is_some(), inverse: false });
         let (cos, sin) = rotary.unwrap_or((&x, &x));
         return Ok(x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)?);
     }
@@ -390,7 +462,7 @@ pub fn split_heads_composed(
 pub fn merge_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (_, g, _, _) = x.dims4()?;
     if fused_available(x) {
-        let op = Heads { heads, groups: g, rotate: false, inverse: true };
+        let op = Op(Heads { heads, groups: g, rotate: false, inverse: true });
         let x = x.contiguous()?;
         return Ok(x.apply_op3(&x, &x, op)?);
     }
@@ -484,58 +556,46 @@ struct MaskedSoftmax {
     scale: f64,
 }
 
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "rl-masked-softmax"
-    }
+impl Kernel for MaskedSoftmax {
+    const NAME: &'static str = "rl-masked-softmax";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, g, r, k) = l1.shape().dims4()?;
-        let (mb, _, s, mk) = l2.shape().dims4()?;
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let (b, g, r, k) = Shape::from(dims[0]).dims4()?;
+        let (mb, _, s, mk) = Shape::from(dims[1]).dims4()?;
         if mb != b || mk != k || s == 0 || r % s != 0 {
-            candle_core::bail!("rl-masked-softmax: scores {:?} vs mask {:?}", l1.dims(), l2.dims());
+            candle_core::bail!("rl-masked-softmax: scores {:?} vs mask {:?}", dims[0], dims[1]);
         }
-        by_dtype!(s1, self.name(), |T| {
-            let x = slice::<T>(s1, l1, self.name())?;
-            let m = slice::<T>(s2, l2, self.name())?;
-            let scale = cast::<T>(self.scale);
-            let mut y = vec![T::zero(); x.len()];
-            y.par_chunks_mut(k).enumerate().with_min_len(MIN_ROWS).for_each(|(row, y)| {
-                let (bi, ri) = (row / (g * r), row % r);
-                let mrow = &m[(bi * s + ri % s) * k..][..k];
-                let xrow = &x[row * k..][..k];
-                let mut max = T::neg_infinity();
-                for ((y, &x), &m) in y.iter_mut().zip(xrow).zip(mrow) {
-                    *y = x * scale + m;
-                    max = max.max(*y);
-                }
-                let mut sum = T::zero();
-                for y in y.iter_mut() {
-                    *y = (*y - max).exp();
-                    sum += *y;
-                }
-                let inv = T::one() / sum;
-                y.iter_mut().for_each(|y| *y *= inv);
-            });
-            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
-        })
+        let [x, m] = inputs(xs, Self::NAME)?;
+        let scale = cast::<T>(self.scale);
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(k).enumerate().with_min_len(MIN_ROWS).for_each(|(row, y)| {
+            let (bi, ri) = (row / (g * r), row % r);
+            let mrow = &m[(bi * s + ri % s) * k..][..k];
+            let xrow = &x[row * k..][..k];
+            let mut max = T::neg_infinity();
+            for ((y, &x), &m) in y.iter_mut().zip(xrow).zip(mrow) {
+                *y = x * scale + m;
+                max = Float::max(max, *y);
+            }
+            let mut sum = T::zero();
+            for y in y.iter_mut() {
+                *y = (*y - max).exp();
+                sum += *y;
+            }
+            let inv = T::one() / sum;
+            y.iter_mut().for_each(|y| *y *= inv);
+        });
+        Ok((y, Shape::from(dims[0])))
     }
 
-    fn bwd(
+    fn grads(
         &self,
-        _scores: &Tensor,
-        _mask: &Tensor,
+        _args: &[&Tensor],
         res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
-        Ok((Some(g), None))
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let op = Op(SoftmaxBwd { scale: self.scale });
+        Ok(vec![Some(res.apply_op2_no_bwd(&grad.contiguous()?, &op)?)])
     }
 }
 
@@ -544,35 +604,24 @@ struct SoftmaxBwd {
     scale: f64,
 }
 
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "rl-softmax-bwd"
-    }
+impl Kernel for SoftmaxBwd {
+    const NAME: &'static str = "rl-softmax-bwd";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let k = l1.shape().dims().last().copied().unwrap_or(1).max(1);
-        by_dtype!(s1, self.name(), |T| {
-            let y = slice::<T>(s1, l1, self.name())?;
-            let g = slice::<T>(s2, l2, self.name())?;
-            let scale = cast::<T>(self.scale);
-            let mut out = vec![T::zero(); y.len()];
-            out.par_chunks_mut(k)
-                .zip(y.par_chunks(k).zip(g.par_chunks(k)))
-                .with_min_len(MIN_ROWS)
-                .for_each(|(o, (y, g))| {
-                    let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
-                    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                        *o = scale * y * (g - dot);
-                    }
-                });
-            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
-        })
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let k = dims[0].last().copied().unwrap_or(1).max(1);
+        let [y, g] = inputs(xs, Self::NAME)?;
+        let scale = cast::<T>(self.scale);
+        let mut out = vec![T::zero(); y.len()];
+        out.par_chunks_mut(k)
+            .zip(y.par_chunks(k).zip(g.par_chunks(k)))
+            .with_min_len(MIN_ROWS)
+            .for_each(|(o, (y, g))| {
+                let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = scale * y * (g - dot);
+                }
+            });
+        Ok((out, Shape::from(dims[0])))
     }
 }
 
@@ -585,7 +634,7 @@ impl CustomOp2 for SoftmaxBwd {
 /// Shape or dtype mismatches.
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     if fused_available(scores) && mask.dtype() == scores.dtype() {
-        let op = MaskedSoftmax { scale };
+        let op = Op(MaskedSoftmax { scale });
         return Ok(scores.contiguous()?.apply_op2(&mask.contiguous()?, op)?);
     }
     masked_softmax_composed(scores, mask, scale)
@@ -610,45 +659,33 @@ fn sigmoid<T: Real>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
 }
 
-impl CustomOp2 for Swiglu {
-    fn name(&self) -> &'static str {
-        "rl-swiglu"
+impl Kernel for Swiglu {
+    const NAME: &'static str = "rl-swiglu";
+
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [a, u] = inputs(xs, Self::NAME)?;
+        if a.len() != u.len() {
+            candle_core::bail!("rl-swiglu: gate and up differ in size");
+        }
+        let mut y = vec![T::zero(); a.len()];
+        y.par_iter_mut().zip(a.par_iter().zip(u)).with_min_len(4096).for_each(|(y, (&a, &u))| {
+            *y = a * sigmoid(a) * u;
+        });
+        Ok((y, Shape::from(dims[0])))
     }
 
-    fn cpu_fwd(
+    fn grads(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        by_dtype!(s1, self.name(), |T| {
-            let (a, u) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
-            if a.len() != u.len() {
-                candle_core::bail!("rl-swiglu: gate and up differ in size");
-            }
-            let mut y = vec![T::zero(); a.len()];
-            y.par_iter_mut().zip(a.par_iter().zip(u)).with_min_len(4096).for_each(
-                |(y, (&a, &u))| {
-                    *y = a * sigmoid(a) * u;
-                },
-            );
-            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
-        })
-    }
-
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
+        args: &[&Tensor],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let (gate, up) = (args[0], args[1]);
         let n = gate.elem_count();
-        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwigluBwd)?;
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &Op(SwigluBwd))?;
         let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
         let du = both.narrow(0, n, n)?.reshape(up.shape())?;
-        Ok((Some(dg), Some(du)))
+        Ok(vec![Some(dg), Some(du)])
     }
 }
 
@@ -656,38 +693,28 @@ impl CustomOp2 for Swiglu {
 /// `∂a = g·u·σ·(1 + a·(1 − σ))`, `∂u = g·a·σ`.
 struct SwigluBwd;
 
-impl CustomOp3 for SwigluBwd {
-    fn name(&self) -> &'static str {
-        "rl-swiglu-bwd"
-    }
+impl Kernel for SwigluBwd {
+    const NAME: &'static str = "rl-swiglu-bwd";
 
-    fn cpu_fwd(
+    fn run<T: Real>(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        by_dtype!(s1, self.name(), |T| {
-            let a = slice::<T>(s1, l1, self.name())?;
-            let u = slice::<T>(s2, l2, self.name())?;
-            let g = slice::<T>(s3, l3, self.name())?;
-            let n = a.len();
-            let mut out = vec![T::zero(); 2 * n];
-            let (da, du) = out.split_at_mut(n);
-            da.par_iter_mut()
-                .zip(du.par_iter_mut())
-                .zip(a.par_iter().zip(u.par_iter().zip(g)))
-                .with_min_len(4096)
-                .for_each(|((da, du), (&a, (&u, &g)))| {
-                    let s = sigmoid(a);
-                    *da = g * u * s * (T::one() + a * (T::one() - s));
-                    *du = g * a * s;
-                });
-            Ok((T::to_cpu_storage_owned(out), Shape::from(2 * n)))
-        })
+        xs: &[&[T]],
+        _dims: &[&[usize]],
+    ) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [a, u, g] = inputs(xs, Self::NAME)?;
+        let n = a.len();
+        let mut out = vec![T::zero(); 2 * n];
+        let (da, du) = out.split_at_mut(n);
+        da.par_iter_mut()
+            .zip(du.par_iter_mut())
+            .zip(a.par_iter().zip(u.par_iter().zip(g)))
+            .with_min_len(4096)
+            .for_each(|((da, du), (&a, (&u, &g)))| {
+                let s = sigmoid(a);
+                *da = g * u * s * (T::one() + a * (T::one() - s));
+                *du = g * a * s;
+            });
+        Ok((out, Shape::from(2 * n)))
     }
 }
 
@@ -698,7 +725,7 @@ impl CustomOp3 for SwigluBwd {
 /// Shape or dtype mismatches.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused_available(gate) && gate.dtype() == up.dtype() && gate.dims() == up.dims() {
-        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, Swiglu)?);
+        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, Op(Swiglu))?);
     }
     swiglu_composed(gate, up)
 }
@@ -721,13 +748,11 @@ fn host_targets(t: &Tensor) -> candle_core::Result<Vec<u32>> {
     t.flatten_all()?.to_vec1::<u32>()
 }
 
-impl CustomOp1 for LogProbEntropy {
-    fn name(&self) -> &'static str {
-        "rl-log-prob-entropy"
-    }
+impl Kernel for LogProbEntropy {
+    const NAME: &'static str = "rl-log-prob-entropy";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, v) = l.shape().dims2()?;
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let (n, v) = Shape::from(dims[0]).dims2()?;
         let targets = host_targets(&self.targets)?;
         if targets.len() != n || targets.iter().any(|&t| t as usize >= v) {
             candle_core::bail!(
@@ -735,28 +760,31 @@ impl CustomOp1 for LogProbEntropy {
                 targets.len()
             );
         }
-        by_dtype!(s, self.name(), |T| {
-            let z = slice::<T>(s, l, self.name())?;
-            let mut out = vec![T::zero(); 2 * n];
-            out.par_chunks_mut(2).zip(z.par_chunks(v)).zip(&targets).for_each(|((o, z), &t)| {
-                let max = z.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-                // Σ e^(z−m) and Σ e^(z−m)·(z−m) in one pass, accumulated in f64 (V is large)
-                let (sum, wsum) = z.iter().fold((0f64, 0f64), |(s, w), &x| {
-                    let d = x - max;
-                    let e = d.exp();
-                    (s + e.to_f64(), w + (e * d).to_f64())
-                });
-                let log_sum = sum.ln();
-                o[0] = cast::<T>((z[t as usize] - max).to_f64() - log_sum);
-                o[1] = cast::<T>(log_sum - wsum / sum);
+        let [z] = inputs(xs, Self::NAME)?;
+        let mut out = vec![T::zero(); 2 * n];
+        out.par_chunks_mut(2).zip(z.par_chunks(v)).zip(&targets).for_each(|((o, z), &t)| {
+            let max = z.iter().fold(T::neg_infinity(), |m, &x| Float::max(m, x));
+            // Σ e^(z−m) and Σ e^(z−m)·(z−m) in one pass, accumulated in f64 (V is large)
+            let (sum, wsum) = z.iter().fold((0f64, 0f64), |(s, w), &x| {
+                let d = x - max;
+                let e = d.exp();
+                (s + e.to_f64(), w + (e * d).to_f64())
             });
-            Ok((T::to_cpu_storage_owned(out), Shape::from((n, 2))))
-        })
+            let log_sum = sum.ln();
+            o[0] = cast::<T>((z[t as usize] - max).to_f64() - log_sum);
+            o[1] = cast::<T>(log_sum - wsum / sum);
+        });
+        Ok((out, Shape::from((n, 2))))
     }
 
-    fn bwd(&self, z: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let op = LogProbEntropyBwd { targets: self.targets.clone() };
-        Ok(Some(z.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?))
+    fn grads(
+        &self,
+        args: &[&Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let op = Op(LogProbEntropyBwd { targets: self.targets.clone() });
+        Ok(vec![Some(args[0].apply_op3_no_bwd(res, &grad.contiguous()?, &op)?)])
     }
 }
 
@@ -766,47 +794,33 @@ struct LogProbEntropyBwd {
     targets: Tensor,
 }
 
-impl CustomOp3 for LogProbEntropyBwd {
-    fn name(&self) -> &'static str {
-        "rl-log-prob-entropy-bwd"
-    }
+impl Kernel for LogProbEntropyBwd {
+    const NAME: &'static str = "rl-log-prob-entropy-bwd";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let (n, v) = Shape::from(dims[0]).dims2()?;
         let targets = host_targets(&self.targets)?;
-        by_dtype!(s1, self.name(), |T| {
-            let z = slice::<T>(s1, l1, self.name())?;
-            let res = slice::<T>(s2, l2, self.name())?;
-            let g = slice::<T>(s3, l3, self.name())?;
-            let mut out = vec![T::zero(); n * v];
-            out.par_chunks_mut(v).zip(z.par_chunks(v)).enumerate().for_each(|(i, (o, z))| {
-                let t = targets[i] as usize;
-                let (lp, h) = (res[2 * i], res[2 * i + 1]);
-                let (g_lp, g_h) = (g[2 * i], g[2 * i + 1]);
-                let lse = z[t] - lp;
-                if g_h == T::zero() {
-                    for (o, &x) in o.iter_mut().zip(z) {
-                        *o = -g_lp * (x - lse).exp();
-                    }
-                } else {
-                    for (o, &x) in o.iter_mut().zip(z) {
-                        let logp = x - lse;
-                        let p = logp.exp();
-                        *o = -g_lp * p - g_h * p * (logp + h);
-                    }
+        let [z, res, g] = inputs(xs, Self::NAME)?;
+        let mut out = vec![T::zero(); n * v];
+        out.par_chunks_mut(v).zip(z.par_chunks(v)).enumerate().for_each(|(i, (o, z))| {
+            let t = targets[i] as usize;
+            let (lp, h) = (res[2 * i], res[2 * i + 1]);
+            let (g_lp, g_h) = (g[2 * i], g[2 * i + 1]);
+            let lse = z[t] - lp;
+            if g_h == T::zero() {
+                for (o, &x) in o.iter_mut().zip(z) {
+                    *o = -g_lp * (x - lse).exp();
                 }
-                o[t] += g_lp;
-            });
-            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
-        })
+            } else {
+                for (o, &x) in o.iter_mut().zip(z) {
+                    let logp = x - lse;
+                    let p = logp.exp();
+                    *o = -g_lp * p - g_h * p * (logp + h);
+                }
+            }
+            o[t] += g_lp;
+        });
+        Ok((out, Shape::from(dims[0])))
     }
 }
 
@@ -820,7 +834,7 @@ impl CustomOp3 for LogProbEntropyBwd {
 pub fn log_prob_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let targets = targets.to_dtype(DType::U32)?.flatten_all()?;
     if fused_available(logits) {
-        let out = logits.contiguous()?.apply_op1(LogProbEntropy { targets })?;
+        let out = logits.contiguous()?.apply_op1(Op(LogProbEntropy { targets }))?;
         return Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?));
     }
     log_prob_entropy_composed(logits, &targets)
