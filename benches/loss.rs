@@ -2,11 +2,17 @@
 //!
 //! ```text
 //! cargo bench --bench loss                    # table vs PyTorch, then criterion
+//! cargo bench --bench loss -- compare         # the table only
+//! RL_LOSS_BENCH_ROUNDS=5 cargo bench --bench loss -- compare   # 5 alternating rounds
+//! TORCH_THREADS=1 cargo bench --bench loss -- compare          # vs 1-thread PyTorch
 //! RL_LOSS_BENCH_SHAPE=64x512 cargo bench --bench loss   # a smaller shape
 //! ```
 //! The PyTorch side is `scripts/reference/loss_reference.py --bench B T iters`, run with
 //! `scripts/.venv/bin/python` when present (skipped otherwise). Both sides time the same
-//! formulas: the loss from `(B, T)` log-probs and its gradient w.r.t. them.
+//! formulas: the loss from `(B, T)` log-probs and its gradient w.r.t. them. Each round runs
+//! PyTorch (median of 5) then rl-loss (median of 5); with several rounds the sides alternate,
+//! so that both see the same load on a shared machine, and the table shows the median over
+//! rounds of each side (and of the per-round ratios).
 #![allow(missing_docs)] // criterion's generated entry points
 
 use std::process::Command;
@@ -111,33 +117,60 @@ fn torch(b: usize, t: usize) -> Option<serde_json::Value> {
     serde_json::from_str(&line).ok()
 }
 
-/// Median of 5 timed runs (after one warm-up), in ms, against PyTorch's median.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// Median of 5 timed runs (after one warm-up) per loss, in ms, against PyTorch's median, for
+/// `RL_LOSS_BENCH_ROUNDS` (default 1) alternating rounds.
 fn compare(_c: &mut Criterion) {
     let (b, t) = shape();
     let x = inputs(b, t);
-    let torch = torch(b, t);
+    let rounds: usize =
+        std::env::var("RL_LOSS_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("\nloss + backward, B = {b}, T = {t}, cores (rayon threads) {threads}");
-    if let Some(v) = &torch {
-        println!("torch threads {}", v["torch_threads"]);
-    }
-    println!("{:<16} {:>12} {:>12} {:>14}", "loss", "rl-loss ms", "torch ms", "torch/rl-loss");
-    for (name, f) in cases() {
-        step(&*f, &x);
-        let mut ms: Vec<f64> = (0..5)
-            .map(|_| {
-                let s = Instant::now();
-                step(&*f, &x);
-                s.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        let ours = ms[2];
-        let theirs = torch.as_ref().and_then(|v| v["median_ms"][name].as_f64());
-        match theirs {
-            Some(p) => println!("{name:<16} {ours:>12.1} {p:>12.1} {:>13.2}x", p / ours),
-            None => println!("{name:<16} {ours:>12.1} {:>12} {:>14}", "-", "-"),
+    let cases = cases();
+    // Per loss: (rl-loss ms, torch ms) of every round.
+    let mut runs: Vec<Vec<(f64, Option<f64>)>> = vec![Vec::new(); cases.len()];
+    let mut torch_threads = None;
+    for _ in 0..rounds {
+        let torch = torch(b, t);
+        if let Some(v) = &torch {
+            torch_threads = Some(v["torch_threads"].clone());
         }
+        for ((name, f), r) in cases.iter().zip(&mut runs) {
+            step(&**f, &x);
+            let ms: Vec<f64> = (0..5)
+                .map(|_| {
+                    let s = Instant::now();
+                    step(&**f, &x);
+                    s.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            r.push((median(ms), torch.as_ref().and_then(|v| v["median_ms"][name].as_f64())));
+        }
+    }
+    println!(
+        "\nloss + backward, B = {b}, T = {t}, cores (rayon threads) {threads}, rounds {rounds}"
+    );
+    if let Some(n) = torch_threads {
+        println!("torch threads {n}");
+    }
+    println!(
+        "{:<16} {:>12} {:>12} {:>14} {:>14}",
+        "loss", "rl-loss ms", "torch ms", "torch/rl-loss", "median ratio"
+    );
+    for ((name, _), r) in cases.iter().zip(runs) {
+        let ours = median(r.iter().map(|x| x.0).collect());
+        let theirs: Vec<f64> = r.iter().filter_map(|x| x.1).collect();
+        if theirs.is_empty() {
+            println!("{name:<16} {ours:>12.1} {:>12} {:>14} {:>14}", "-", "-", "-");
+            continue;
+        }
+        let ratio = median(r.iter().filter_map(|x| Some(x.1? / x.0)).collect());
+        let p = median(theirs);
+        println!("{name:<16} {ours:>12.1} {p:>12.1} {:>13.2}x {ratio:>13.2}x", p / ours);
     }
 }
 

@@ -6,7 +6,7 @@
 //! Unlike verl, whose Clip-Cov draws with `torch.randperm`, the draw here is a seeded
 //! Fisher–Yates shuffle (SplitMix64): the same inputs and seed always select the same tokens.
 
-use rl_core::{LossOutput, PolicyLoss, PolicyLossInput, Result};
+use rl_core::{LossOutput, Metrics, PolicyLoss, PolicyLossInput, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::Aggregation;
@@ -30,14 +30,14 @@ pub(crate) fn seeded_choice(mut items: Vec<usize>, k: usize, seed: u64) -> Vec<u
 }
 
 /// `(cov_bt, N)`: centred covariance of every token (0 outside the mask) and the valid count.
-fn covariance(hb: &HostBatch) -> (Vec<f32>, usize) {
+fn covariance(hb: &HostBatch<'_>) -> (Vec<f32>, usize) {
     let n: usize = hb.lens.iter().sum();
     let mean = |v: &[f32]| {
         let s: f64 =
-            v.iter().zip(&hb.mask).filter(|(_, m)| **m != 0.0).map(|(x, _)| *x as f64).sum();
+            v.iter().zip(hb.mask).filter(|(_, m)| **m != 0.0).map(|(x, _)| *x as f64).sum();
         (s / (n as f64 + 1e-8)) as f32
     };
-    let (ma, ml) = (mean(&hb.adv), mean(&hb.lp));
+    let (ma, ml) = (mean(hb.adv), mean(hb.lp));
     let cov = (0..hb.mask.len())
         .map(|i| if hb.mask[i] != 0.0 { (hb.adv[i] - ma) * (hb.lp[i] - ml) } else { 0.0 })
         .collect();
@@ -49,19 +49,25 @@ fn count(ratio: f64, n: usize) -> usize {
     ((ratio * n as f64) as usize).max(1)
 }
 
+/// Runs `f` over the checked batch: the loss, its gradient and the metrics.
 fn finish(
     input: &PolicyLossInput<'_>,
-    hb: &HostBatch,
+    hb: &HostBatch<'_>,
     agg: &Aggregation,
     chosen: &[bool],
-    f: impl Fn(usize, usize, f32, f32, f32) -> Tok + Sync,
-) -> Result<LossOutput> {
-    let w = agg.row_weights(&hb.lens, hb.t, input.group_ids, input.counts)?;
-    let (loss, grad, stats) = run_tokens(hb, &w, true, f);
+    f: impl Fn(usize, usize, f32, f32, f32, f32) -> Tok + Sync + Clone,
+) -> Result<(f64, Vec<f32>, Metrics)> {
+    let w = hb.weights(agg, input.group_ids, input.counts)?;
+    let (loss, grad, stats) = run_tokens(hb, &w, true, f)?;
     let n: usize = hb.lens.iter().sum();
     let picked = chosen.iter().filter(|c| **c).count();
     let metrics = stats.metrics(loss).with("cov_frac", picked as f64 / n.max(1) as f64);
-    Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics })
+    Ok((loss, grad, metrics))
+}
+
+/// Attaches the gradient of [`finish`]'s result to `log_probs`.
+fn output(input: &PolicyLossInput<'_>, r: (f64, Vec<f32>, Metrics)) -> Result<LossOutput> {
+    Ok(LossOutput { loss: emit(input.log_probs, r.0, r.1)?, metrics: r.2 })
 }
 
 /// Clip-Cov (verl `compute_policy_loss_clip_cov`, `core_algos.py` L1451-1552): the PPO clip
@@ -117,12 +123,25 @@ impl PolicyLoss for ClipCovLoss {
             return Err(rl_core::Error::config("clip_cov.lb", "must be < ub"));
         }
         self.aggregation.validate()?;
-        let hb = HostBatch::new(input)?;
+        let r = HostBatch::policy(input, |hb| {
+            hb.check()?;
+            self.run(input, hb)
+        })?;
+        output(input, r)
+    }
+}
+
+impl ClipCovLoss {
+    fn run(
+        &self,
+        input: &PolicyLossInput<'_>,
+        hb: &HostBatch<'_>,
+    ) -> Result<(f64, Vec<f32>, Metrics)> {
         let (lo, hi) = ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32);
-        let pair = |lp: f32, old: f32, adv: f32| {
+        let pair = move |lp: f32, old: f32, adv: f32| {
             clip_pair(adv, Dual::var(lp).sub(Dual::c(old)).exp(), lo, hi)
         };
-        let (cov, n) = covariance(&hb);
+        let (cov, n) = covariance(hb);
         let (lb, ub) = (self.lb as f32, self.ub as f32);
         let candidates: Vec<usize> = (0..cov.len())
             .filter(|&i| {
@@ -136,12 +155,13 @@ impl PolicyLoss for ClipCovLoss {
                 chosen[i] = true;
             }
         }
-        let f = |_: usize, i: usize, lp: f32, old: f32, adv: f32| {
+        let chosen = &chosen;
+        let f = move |_: usize, i: usize, lp: f32, old: f32, adv: f32, _: f32| {
             let (l1, l2) = pair(lp, old, adv);
             let corr = if chosen[i] { 0.0 } else { 1.0 };
             Tok { l: l1.max(l2).mul(Dual::c(corr)), flags: clip_flags(adv, l1, l2) }
         };
-        finish(input, &hb, &self.aggregation, &chosen, f)
+        finish(input, hb, &self.aggregation, chosen, f)
     }
 }
 
@@ -173,8 +193,21 @@ impl PolicyLoss for KlCovLoss {
             return Err(rl_core::Error::config("kl_cov.kl_coef", "must be a finite number >= 0"));
         }
         self.aggregation.validate()?;
-        let hb = HostBatch::new(input)?;
-        let (cov, n) = covariance(&hb);
+        let r = HostBatch::policy(input, |hb| {
+            hb.check()?;
+            self.run(input, hb)
+        })?;
+        output(input, r)
+    }
+}
+
+impl KlCovLoss {
+    fn run(
+        &self,
+        input: &PolicyLossInput<'_>,
+        hb: &HostBatch<'_>,
+    ) -> Result<(f64, Vec<f32>, Metrics)> {
+        let (cov, n) = covariance(hb);
         let mut valid: Vec<usize> = (0..cov.len()).filter(|&i| hb.mask[i] != 0.0).collect();
         // Largest covariance first; the sort is stable, so ties keep their position order.
         valid.sort_by(|a, b| cov[*b].total_cmp(&cov[*a]));
@@ -183,12 +216,13 @@ impl PolicyLoss for KlCovLoss {
             valid.iter().take(count(self.ratio, n)).for_each(|i| chosen[*i] = true);
         }
         let coef = self.kl_coef as f32;
-        let f = |_: usize, i: usize, lp: f32, old: f32, adv: f32| {
+        let chosen = &chosen;
+        let f = move |_: usize, i: usize, lp: f32, old: f32, adv: f32, _: f32| {
             let logr = Dual::var(lp).sub(Dual::c(old));
             let l = Dual::c(-adv).mul(logr.exp());
             Tok::new(if chosen[i] { l.add(logr.abs().scale(coef)) } else { l })
         };
-        finish(input, &hb, &self.aggregation, &chosen, f)
+        finish(input, hb, &self.aggregation, chosen, f)
     }
 }
 

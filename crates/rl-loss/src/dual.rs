@@ -52,8 +52,16 @@ impl Dual {
         Self { v: -self.v, d: -self.d }
     }
 
+    /// `e^x` (the value is exactly `f32::exp`'s, see [`crate::expf`]).
     pub fn exp(self) -> Self {
-        let e = self.v.exp();
+        let e = crate::expf::exp(self.v);
+        Self { v: e, d: self.d * e }
+    }
+
+    /// [`Dual::exp`] of a value known to lie in `(−32, 32)` (after a `clamp(±20)`): the same
+    /// result, with no libm fallback in the generated code.
+    pub fn exp_small(self) -> Self {
+        let e = crate::expf::exp_small(self.v);
         Self { v: e, d: self.d * e }
     }
 
@@ -75,19 +83,17 @@ impl Dual {
 
     /// `σ(x)`, derivative `σ(1 − σ)`.
     pub fn sigmoid(self) -> Self {
-        let s = 1.0 / (1.0 + (-self.v).exp());
+        let s = 1.0 / (1.0 + crate::expf::exp(-self.v));
         Self { v: s, d: self.d * s * (1.0 - s) }
     }
 
     /// torch `clamp(x, lo, hi)`: gradient passes where `lo <= x <= hi`.
+    ///
+    /// (Branch-free, here and in [`Dual::max`], see [`sel`]: with random ratios a branch per
+    /// clip mispredicts on half the tokens.)
     pub fn clamp(self, lo: f32, hi: f32) -> Self {
-        if self.v < lo {
-            Self::c(lo)
-        } else if self.v > hi {
-            Self::c(hi)
-        } else {
-            self
-        }
+        let (below, above) = (self.v < lo, self.v > hi);
+        Self { v: sel(below, lo, sel(above, hi, self.v)), d: sel(below | above, 0.0, self.d) }
     }
 
     /// torch `clamp(x, max=hi)`.
@@ -97,19 +103,22 @@ impl Dual {
 
     /// torch `maximum(a, b)`: on a tie the gradient is split evenly.
     pub fn max(self, o: Self) -> Self {
-        if self.v > o.v {
-            self
-        } else if o.v > self.v {
-            o
-        } else {
-            Self { v: self.v, d: 0.5 * (self.d + o.d) }
-        }
+        let (gt, lt) = (self.v > o.v, o.v > self.v);
+        Self { v: sel(lt, o.v, self.v), d: sel(gt, self.d, sel(lt, o.d, 0.5 * (self.d + o.d))) }
     }
 
     /// torch `minimum(a, b)`: on a tie the gradient is split evenly.
     pub fn min(self, o: Self) -> Self {
         self.neg().max(o.neg()).neg()
     }
+}
+
+/// `if c { a } else { b }` on the bits, so that it compiles to masks, never to a branch (LLVM
+/// turns a plain `if` on floats back into a branch, e.g. on the tie case of `max`).
+#[inline(always)]
+pub(crate) fn sel(c: bool, a: f32, b: f32) -> f32 {
+    let m = u32::from(c).wrapping_neg();
+    f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ pub enum KlEstimator {
 }
 
 impl KlEstimator {
+    #[inline(always)]
     fn dual(self, lp: Dual, reference: f32) -> Dual {
         let x = lp.sub(Dual::c(reference));
         match self {
@@ -44,7 +45,7 @@ impl KlEstimator {
             Self::K2 => x.square().scale(0.5),
             Self::K3 => {
                 let k = Dual::c(reference).sub(lp).clamp(-20.0, 20.0);
-                k.exp().sub(k).sub(Dual::c(1.0)).clamp(-10.0, 10.0)
+                k.exp_small().sub(k).sub(Dual::c(1.0)).clamp(-10.0, 10.0)
             }
         }
     }
@@ -69,6 +70,7 @@ impl Kl {
     }
 
     /// One token: value and derivative w.r.t. `logπθ`.
+    #[inline(always)]
     pub(crate) fn dual(&self, lp: f32, reference: f32) -> Dual {
         let x = Dual::var(lp);
         let f = self.estimator.dual(x, reference);
@@ -133,30 +135,38 @@ impl KlLoss {
         if !(self.coef >= 0.0 && self.coef.is_finite()) {
             return Err(Error::config("kl_loss.coef", "must be a finite number >= 0"));
         }
-        let hb = HostBatch::from_parts(
-            [
-                (log_probs, "log_probs"),
-                (ref_log_probs, "ref_log_probs"),
-                (ref_log_probs, "ref_log_probs"),
-            ],
-            mask,
-            None,
-        )?;
-        let w: Vec<f64> = self
-            .aggregation
-            .row_weights(&hb.lens, hb.t, group_ids, counts)?
-            .into_iter()
-            .map(|w| w * self.coef)
-            .collect();
-        let (loss, grad, _) =
-            run_tokens(&hb, &w, false, |_, _, lp, rf, _| Tok::new(self.dual(lp, rf)));
+        let xs = [
+            (log_probs, "log_probs"),
+            (ref_log_probs, "ref_log_probs"),
+            (ref_log_probs, "ref_log_probs"),
+        ];
+        let (loss, grad, _) = HostBatch::with(xs, mask, None, |hb| {
+            let w: Vec<f64> = hb
+                .weights(&self.aggregation, group_ids, counts)?
+                .into_iter()
+                .map(|w| w * self.coef)
+                .collect();
+            // One loop per estimator, so that the estimator is a constant inside it.
+            macro_rules! run {
+                ($($e:ident),*) => {
+                    match (self.kl.estimator, self.kl.straight_through) {
+                        $(
+                            (KlEstimator::$e, false) => run_tokens(hb, &w, false, |_, _, lp, rf, _, _| {
+                                Tok::new(Kl::new(KlEstimator::$e).dual(lp, rf))
+                            }),
+                            (KlEstimator::$e, true) => run_tokens(hb, &w, false, |_, _, lp, rf, _, _| {
+                                let kl = Kl { estimator: KlEstimator::$e, straight_through: true };
+                                Tok::new(kl.dual(lp, rf))
+                            }),
+                        )*
+                    }
+                };
+            }
+            run!(K1, Abs, K2, K3)
+        })?;
         let kl = if self.coef > 0.0 { loss / self.coef } else { 0.0 };
         let metrics = Metrics::new().with("kl", kl).with("loss", loss);
         Ok(LossOutput { loss: emit(log_probs, loss, grad)?, metrics })
-    }
-
-    fn dual(&self, lp: f32, rf: f32) -> Dual {
-        self.kl.dual(lp, rf)
     }
 }
 

@@ -24,9 +24,10 @@
 //! micro-batch losses of a mini-batch add up exactly to the full-batch loss and gradient.
 //! [`PolicyLossConfig`] is the closed, serde-tagged enum of all policy losses.
 //!
-//! How it runs: the inputs are read to the host once; one parallel pass computes each token's
-//! loss and its exact derivative (forward-mode dual numbers following torch's conventions for
-//! `detach`, `clamp`, `maximum`); a custom op attaches that gradient to `log_probs`' graph.
+//! How it runs: the inputs are read on the host in place (contiguous f32 CPU tensors; others
+//! are copied once); one parallel pass computes each token's loss and its exact derivative
+//! (forward-mode dual numbers following torch's conventions for `detach`, `clamp`, `maximum`)
+//! and checks the inputs on the way; a custom op attaches that gradient to `log_probs`' graph.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -50,6 +51,7 @@ mod agg;
 mod cov;
 mod dual;
 mod entropy;
+mod expf;
 mod host;
 mod is;
 mod kl;

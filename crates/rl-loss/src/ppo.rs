@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Aggregation;
 use crate::dual::Dual;
-use crate::host::{CLIP_DUAL, CLIP_HIGH, CLIP_LOW, Tok, check_clip, token_loss};
+use crate::host::{CLIP_DUAL, CLIP_HIGH, CLIP_LOW, Tok, check_clip, ratio_dual, token_loss};
 
 /// PPO clipped surrogate, verl `compute_policy_loss_vanilla` (`core_algos.py` L1160-1250):
 ///
@@ -113,24 +113,40 @@ impl PpoLoss {
     }
 
     /// One token of the surrogate.
+    #[cfg(test)]
     fn token(&self, lp: f32, old: f32, adv: f32) -> Tok {
-        let (lo, hi) = ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32);
-        let ratio = Dual::var(lp).sub(Dual::c(old)).clamp(-20.0, 20.0).exp();
-        let (l1, l2) = clip_pair(adv, ratio, lo, hi);
-        let lc = l1.max(l2);
-        let mut flags = clip_flags(adv, l1, l2);
-        let l = match self.dual_clip {
-            Some(c) if adv < 0.0 => {
-                let l3 = Dual::c(-adv * c as f32);
-                if lc.v > l3.v {
-                    flags |= CLIP_DUAL;
-                }
-                l3.min(lc)
-            }
-            _ => lc,
-        };
-        Tok { l, flags }
+        let r = crate::expf::exp_small((lp - old).clamp(-20.0, 20.0));
+        let (lo, hi) = self.bounds();
+        match self.dual_clip {
+            Some(c) => token_dual(lo, hi, c as f32, lp, old, adv, r),
+            None => token_plain(lo, hi, lp, old, adv, r),
+        }
     }
+
+    /// `(1 − ε_low, 1 + ε_high)` in f32.
+    fn bounds(&self) -> (f32, f32) {
+        ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32)
+    }
+}
+
+/// One token without dual clip, given its ratio `r = exp(clamp(lp − old, ±20))`: `Lc`.
+#[inline(always)]
+fn token_plain(lo: f32, hi: f32, lp: f32, old: f32, adv: f32, r: f32) -> Tok {
+    // = Dual::var(lp).sub(Dual::c(old)).clamp(-20.0, 20.0).exp()
+    let ratio = ratio_dual(lp, old, r);
+    let (l1, l2) = clip_pair(adv, ratio, lo, hi);
+    Tok { l: l1.max(l2), flags: clip_flags(adv, l1, l2) }
+}
+
+/// One token with dual clip `c`: `min(−A·c, Lc)` where `A < 0`, else `Lc`.
+#[inline(always)]
+fn token_dual(lo: f32, hi: f32, c: f32, lp: f32, old: f32, adv: f32, r: f32) -> Tok {
+    let Tok { l: lc, flags } = token_plain(lo, hi, lp, old, adv, r);
+    // Computed for every token and selected, so that the sign of A is not a branch.
+    let l3 = Dual::c(-adv * c);
+    let neg = adv < 0.0;
+    let dual = CLIP_DUAL * u8::from(neg & (lc.v > l3.v));
+    Tok { l: if neg { l3.min(lc) } else { lc }, flags: flags | dual }
 }
 
 /// `(L1, L2) = (−A·ρ, −A·clamp(ρ, lo, hi))`.
@@ -141,17 +157,26 @@ pub(crate) fn clip_pair(adv: f32, ratio: Dual, lo: f32, hi: f32) -> (Dual, Dual)
 
 /// verl's `L2 > L1` split by the sign of the advantage: low clip for `A < 0`, high for `A > 0`.
 pub(crate) fn clip_flags(adv: f32, l1: Dual, l2: Dual) -> u8 {
-    match (l2.v > l1.v, adv < 0.0) {
-        (false, _) => 0,
-        (true, true) => CLIP_LOW,
-        (true, false) => CLIP_HIGH,
-    }
+    let (clipped, neg) = (u8::from(l2.v > l1.v), u8::from(adv < 0.0));
+    clipped * (neg * CLIP_LOW + (1 - neg) * CLIP_HIGH)
 }
 
 impl PolicyLoss for PpoLoss {
     fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput> {
         self.validate()?;
-        Ok(token_loss(input, &self.aggregation, |_, _, lp, old, a| self.token(lp, old, a))?.0)
+        // One closure per case, capturing plain numbers: no branch on the config per token.
+        let (lo, hi) = self.bounds();
+        match self.dual_clip {
+            Some(c) => {
+                let c = c as f32;
+                token_loss(input, &self.aggregation, move |_, _, lp, old, a, r| {
+                    token_dual(lo, hi, c, lp, old, a, r)
+                })
+            }
+            None => token_loss(input, &self.aggregation, move |_, _, lp, old, a, r| {
+                token_plain(lo, hi, lp, old, a, r)
+            }),
+        }
     }
 }
 

@@ -48,37 +48,33 @@ impl ValueLoss for ClippedValueLoss {
         {
             return Err(Error::config("value_loss.clip", "must be a finite number > 0"));
         }
-        let hb = HostBatch::from_parts(
-            [
-                (input.values, "values"),
-                (input.old_values, "old_values"),
-                (input.returns, "returns"),
-            ],
-            input.response_mask,
-            None,
-        )?;
-        let w: Vec<f64> = self
-            .aggregation
-            .row_weights(&hb.lens, hb.t, None, input.counts)?
-            .into_iter()
-            .map(|w| 0.5 * w)
-            .collect();
-        let clip = self.clip.map(|c| c as f32);
-        let f = |_: usize, _: usize, v: f32, old: f32, ret: f32| {
-            let v = Dual::var(v);
-            let r = Dual::c(ret);
-            let l1 = v.sub(r).square();
-            match clip {
-                None => Tok::new(l1),
-                Some(c) => {
+        let xs = [
+            (input.values, "values"),
+            (input.old_values, "old_values"),
+            (input.returns, "returns"),
+        ];
+        let (loss, grad, stats) = HostBatch::with(xs, input.response_mask, None, |hb| {
+            let w: Vec<f64> = hb
+                .weights(&self.aggregation, None, input.counts)?
+                .into_iter()
+                .map(|w| 0.5 * w)
+                .collect();
+            // One closure per case, so that the clip is not a branch per token.
+            match self.clip.map(|c| c as f32) {
+                None => run_tokens(hb, &w, false, |_, _, v, _, ret, _| {
+                    Tok::new(Dual::var(v).sub(Dual::c(ret)).square())
+                }),
+                Some(c) => run_tokens(hb, &w, false, move |_, _, v, old, ret, _| {
+                    let v = Dual::var(v);
+                    let r = Dual::c(ret);
+                    let l1 = v.sub(r).square();
                     let vc = v.min(Dual::c(old + c)).max(Dual::c(old - c));
                     let l2 = vc.sub(r).square();
                     // `flags` = 1 marks a token where the clipped term wins (counted as "low").
                     Tok { l: l1.max(l2), flags: u8::from(l2.v > l1.v) }
-                }
+                }),
             }
-        };
-        let (loss, grad, stats) = run_tokens(&hb, &w, false, f);
+        })?;
         let m = stats.metrics(loss);
         let metrics = rl_core::Metrics::new()
             .with("loss", loss)

@@ -3,12 +3,15 @@
 //! Every loss takes [`PolicyLossInput`] tensors, all `(B, T)` f32, and returns a scalar f32
 //! differentiable w.r.t. `log_probs`, with the metrics of [`crate::PpoLoss`].
 
+use rayon::prelude::*;
 use rl_core::{Error, LossOutput, PolicyLoss, PolicyLossInput, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::Aggregation;
 use crate::dual::Dual;
-use crate::host::{CLIP_HIGH, CLIP_LOW, HostBatch, Stats, Tok, check_clip, emit, token_loss};
+use crate::host::{
+    CLIP_HIGH, CLIP_LOW, HostBatch, Stats, Tok, check_clip, emit, ratio_dual, run_rows, token_loss,
+};
 use crate::ppo::{clip_flags, clip_pair};
 
 /// GSPO, sequence-level ratio (arXiv 2507.18071; verl `compute_policy_loss_gspo`,
@@ -42,31 +45,42 @@ impl PolicyLoss for GspoLoss {
     fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput> {
         check_clip(self.clip_low, self.clip_high, "gspo")?;
         self.aggregation.validate()?;
-        // The per-row mean log-ratio needs the host copy first: read it once through HostBatch.
-        let hb = HostBatch::new(input)?;
-        let t = hb.t;
-        let sbar: Vec<f32> = (0..hb.b)
-            .map(|b| {
-                let r = b * t..(b + 1) * t;
-                let s: f64 = hb.lp[r.clone()]
-                    .iter()
-                    .zip(&hb.old[r.clone()])
-                    .zip(&hb.mask[r])
-                    .filter(|(_, m)| **m != 0.0)
-                    .map(|((lp, old), _)| (lp - old) as f64)
-                    .sum();
-                (s / hb.lens[b].max(1) as f64) as f32
+        let (loss, grad, stats) = HostBatch::policy(input, |hb| {
+            // The per-row mean log-ratio first (a NaN from an invalid input is caught below).
+            let t = hb.t;
+            let sbar: Vec<f32> = (0..hb.b)
+                .into_par_iter()
+                .with_max_len(crate::host::ROWS_PER_JOB)
+                .map(|b| {
+                    let r = b * t..(b + 1) * t;
+                    let s: f64 = hb.lp[r.clone()]
+                        .iter()
+                        .zip(&hb.old[r.clone()])
+                        .zip(&hb.mask[r])
+                        .filter(|(_, m)| **m != 0.0)
+                        .map(|((lp, old), _)| (lp - old) as f64)
+                        .sum();
+                    (s / hb.lens[b].max(1) as f64) as f32
+                })
+                .collect();
+            let (lo, hi) = ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32);
+            // s_bt depends on the token only through `x − sg(x)`, which is the dual number
+            // (0, 1) for every finite logπθ (a token that is not finite is padding, dropped,
+            // or an error): so s is one dual number per row, with one `exp` per row.
+            let s_row: Vec<Dual> = sbar
+                .iter()
+                .map(|sb| Dual { v: 0.0, d: 1.0 }.add(Dual::c(*sb)).clamp_max(10.0).exp())
+                .collect();
+            let w = hb.weights(&self.aggregation, input.group_ids, input.counts)?;
+            run_rows(hb, &w, true, |b| {
+                // = x.sub(x.detach()).add(Dual::c(sbar[b])).clamp_max(10.0).exp(), x = var(lp)
+                let s = s_row[b];
+                move |_, _, _, _, adv: f32, _| {
+                    let (l1, l2) = clip_pair(adv, s, lo, hi);
+                    Tok { l: l1.max(l2), flags: clip_flags(adv, l1, l2) }
+                }
             })
-            .collect();
-        let (lo, hi) = ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32);
-        let f = |b: usize, _: usize, lp: f32, _: f32, adv: f32| {
-            let x = Dual::var(lp);
-            let s = x.sub(x.detach()).add(Dual::c(sbar[b])).clamp_max(10.0).exp();
-            let (l1, l2) = clip_pair(adv, s, lo, hi);
-            Tok { l: l1.max(l2), flags: clip_flags(adv, l1, l2) }
-        };
-        let w = self.aggregation.row_weights(&hb.lens, t, input.group_ids, input.counts)?;
-        let (loss, grad, stats) = crate::host::run_tokens(&hb, &w, true, f);
+        })?;
         Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) })
     }
 }
@@ -111,19 +125,14 @@ impl PolicyLoss for CispoLoss {
         check_clip(self.clip_high, self.clip_high, "cispo")?;
         self.aggregation.validate()?;
         let (lo, hi) = ((1.0 - self.clip_low) as f32, (1.0 + self.clip_high) as f32);
-        let f = |_: usize, _: usize, lp: f32, old: f32, adv: f32| {
-            let ratio = Dual::c(lp - old).clamp(-20.0, 20.0).exp();
+        let f = move |_: usize, _: usize, lp: f32, _: f32, adv: f32, r: f32| {
+            let ratio = Dual::c(r); // = Dual::c(lp - old).clamp(-20.0, 20.0).exp()
             let w = ratio.clamp(lo, hi).detach();
-            let flags = if ratio.v < lo {
-                CLIP_LOW
-            } else if ratio.v > hi {
-                CLIP_HIGH
-            } else {
-                0
-            };
+            // (lo < 1 < hi: at most one holds.)
+            let flags = (CLIP_LOW * u8::from(ratio.v < lo)) | (CLIP_HIGH * u8::from(ratio.v > hi));
             Tok { l: w.neg().mul(Dual::c(adv)).mul(Dual::var(lp)), flags }
         };
-        Ok(token_loss(input, &self.aggregation, f)?.0)
+        token_loss(input, &self.aggregation, f)
     }
 }
 
@@ -161,13 +170,15 @@ impl PolicyLoss for SapoLoss {
             }
         }
         self.aggregation.validate()?;
-        let f = |_: usize, _: usize, lp: f32, old: f32, adv: f32| {
-            let tau = if adv > 0.0 { self.tau_pos } else { self.tau_neg } as f32;
-            let ratio = Dual::var(lp).sub(Dual::c(old)).clamp(-20.0, 20.0).exp();
+        let (tau_pos, tau_neg) = (self.tau_pos, self.tau_neg);
+        let f = move |_: usize, _: usize, lp: f32, old: f32, adv: f32, r: f32| {
+            let tau = if adv > 0.0 { tau_pos } else { tau_neg } as f32;
+            // = Dual::var(lp).sub(Dual::c(old)).clamp(-20.0, 20.0).exp()
+            let ratio = ratio_dual(lp, old, r);
             let gate = ratio.sub(Dual::c(1.0)).scale(tau).sigmoid();
             Tok::new(gate.scale(4.0 / tau).mul(Dual::c(adv)).neg())
         };
-        Ok(token_loss(input, &self.aggregation, f)?.0)
+        token_loss(input, &self.aggregation, f)
     }
 }
 
@@ -207,9 +218,23 @@ impl PolicyLoss for GmpoLoss {
         if input.rollout_is_weights.is_some() {
             return Err(Error::Unsupported("GMPO with rollout IS weights".into()));
         }
-        let hb = HostBatch::new(input)?;
+        let (loss, grad, stats) = HostBatch::policy(input, |hb| {
+            hb.check()?;
+            self.run(hb, input.counts)
+        })?;
+        Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) })
+    }
+}
+
+impl GmpoLoss {
+    /// The loss, its gradient and diagnostics on checked inputs.
+    fn run(
+        &self,
+        hb: &HostBatch<'_>,
+        counts: Option<&rl_core::GlobalCounts>,
+    ) -> Result<(f64, Vec<f32>, Stats)> {
         let t = hb.t;
-        let w = Aggregation::SeqMeanTokenSum.row_weights(&hb.lens, t, None, input.counts)?;
+        let w = hb.weights(&Aggregation::SeqMeanTokenSum, None, counts)?;
         let (lo, hi) = (-(self.clip_low as f32), self.clip_high as f32);
         let mut grad = vec![0f32; hb.b * t];
         let (mut loss, mut stats) = (0f64, Stats::default());
@@ -235,17 +260,15 @@ impl PolicyLoss for GmpoLoss {
                 };
                 stats.push(lp[j] - old[j], flags);
             }
-            let ratio = (msum.v / len).exp();
+            let ratio = crate::expf::exp(msum.v / len);
             let abar = asum / len;
             loss += w[b] * (-abar * ratio) as f64;
             let scale = w[b] * (-abar * ratio / len) as f64;
             g.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32);
         }
-        Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) })
+        Ok((loss, grad, stats))
     }
-}
 
-impl GmpoLoss {
     /// `m = sgn(A)·min(sgn(A)·log ρ, sgn(A)·clamp(log ρ, −ε_low, ε_high))` for one token.
     fn token(&self, lp: f32, old: f32, adv: f32) -> Dual {
         let sgn = if adv > 0.0 {
@@ -285,9 +308,9 @@ impl ReinforceLoss {
 impl PolicyLoss for ReinforceLoss {
     fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput> {
         self.aggregation.validate()?;
-        let f = |_: usize, _: usize, lp: f32, _: f32, adv: f32| {
+        let f = |_: usize, _: usize, lp: f32, _: f32, adv: f32, _: f32| {
             Tok::new(Dual::var(lp).neg().mul(Dual::c(adv)))
         };
-        Ok(token_loss(input, &self.aggregation, f)?.0)
+        token_loss(input, &self.aggregation, f)
     }
 }
