@@ -64,6 +64,9 @@ fn smollm2(spec: &str) {
     let (r, c) = parts.next().and_then(|s| s.split_once('x')).expect("WHAT:RxC[:ITERS]");
     let (r, c): (usize, usize) = (r.parse().expect("rows"), c.parse().expect("columns"));
     let iters: usize = parts.next().map_or(2, |s| s.parse().expect("iterations"));
+    // As the examples and the CLI do; `RLZ_RETAIN_MEMORY=0` measures glibc's default behaviour.
+    let retain = std::env::var("RLZ_RETAIN_MEMORY").map_or(true, |v| v != "0")
+        && rl_policy::alloc::retain_freed_memory();
     let path = rl_policy::testing_assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let clock = std::time::Instant::now();
     let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu).expect("load");
@@ -72,9 +75,10 @@ fn smollm2(spec: &str) {
     let report = |iter: usize, secs: f64, tokens: usize| {
         println!(
             "RESULT side=rl-zero what={what} shape={r}x{c} threads={threads} iter={iter} \
-             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0}",
+             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={}",
             tokens as f64 / secs,
-            peak_rss_mb()
+            peak_rss_mb(),
+            u8::from(retain)
         );
     };
     match what.as_str() {

@@ -9,6 +9,7 @@
 //! ```text
 //! cargo run --release --example ppo_gae
 //! cargo run --release --example ppo_gae -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --steps 20
+//! cargo run --release --example ppo_gae -- --model … --lr 2e-6 --critic-lr 1e-5 --warmup-steps 0
 //! cargo run --release --example ppo_gae -- --help
 //! ```
 //!
@@ -29,13 +30,13 @@ fn main() -> Result<()> {
     // ORZ itself: 128 prompts × 64 samples, 8000 new tokens, lr 1e-6 / 5e-6 with 50 warm-up steps
     // on 7B+ models; the tiny model needs larger, un-warmed steps.
     let mut recipe = Recipe::open_reasoner_zero();
-    run.size(&mut recipe.trainer, 1e-4);
     let t = &mut recipe.trainer;
     if run.tiny {
         t.critic.lr = 2e-3;
         t.actor.schedule = LrSchedule::Constant;
         t.critic.schedule = LrSchedule::Constant;
     }
+    run.size(t, 1e-4); // command-line options last
     run.banner("PPO+GAE (Open-Reasoner-Zero)", t.sampling.n);
 
     let critic = ValueModel::from_model(run.model()?, run.args.seed)?;

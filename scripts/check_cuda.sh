@@ -4,8 +4,11 @@
 # The CUDA 13 toolkit pieces that candle's build scripts need (nvcc + cicc + ptxas, crt headers,
 # nvvm, cudart headers, cccl) are PyPI wheels: they are downloaded (no dependencies) into
 # <repo>/.cache/cuda/wheels and unzipped into one toolkit tree <repo>/.cache/cuda/toolkit/nvidia/cu13
-# (idempotent). Then `cargo check -p rl-policy --features cuda` runs with that toolkit on PATH, a
-# fixed compute capability (no nvidia-smi needed) and a separate target dir, at low priority.
+# (idempotent). Then `cargo check -p rl-policy --features cuda --lib --tests` runs with that toolkit
+# on PATH, a fixed compute capability (no nvidia-smi needed) and a separate target dir, at low
+# priority. rl-policy's build script compiles its own kernels (kernels/ops.cu) to PTX with the same
+# nvcc, so this also compiles every rl-policy CUDA kernel; the unit test that runs them against the
+# CPU kernels (`ops::tests::cuda_kernels_match_cpu_kernels`) is type-checked, not run.
 # See docs/policy-tokenizer.md and /work/shared/notes/candle.md section 5. Only `check` works
 # without a GPU driver: linking a binary needs libcuda.so, which is not on PyPI.
 #
@@ -42,6 +45,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target/cuda}"
 cd "$repo"
 start=$(date +%s)
 status=0
-nice -n "${NICE:-10}" cargo check -p rl-policy --features cuda "$@" || status=$?
-echo "check_cuda: cargo check -p rl-policy --features cuda exited $status after $(( $(date +%s) - start )) s" >&2
+nice -n "${NICE:-10}" cargo check -p rl-policy --features cuda --lib --tests "$@" || status=$?
+echo "check_cuda: cargo check -p rl-policy --features cuda --lib --tests exited $status after $(( $(date +%s) - start )) s" >&2
 exit "$status"

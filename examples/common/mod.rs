@@ -33,6 +33,13 @@ pub struct Args {
     /// Actor learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Critic learning rate (PPO only; default: the recipe's).
+    #[arg(long)]
+    pub critic_lr: Option<f64>,
+    /// Learning-rate warm-up steps of actor and critic, then constant (default: the recipe's
+    /// schedule; 0 = constant from the first step).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
     /// Held-out prompts evaluated (greedy) before and after training.
     #[arg(long, default_value_t = 200)]
     pub eval_prompts: usize,
@@ -79,6 +86,7 @@ pub fn setup(name: &str) -> Result<Setup> {
         )
         .init();
     let args = <Args as clap::Parser>::parse();
+    rl_zero::policy::alloc::retain_freed_memory();
     rl_zero::run::pin_threads_for_tiny_model(args.model.as_deref());
     let loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
     let (train, test) = addition_prompts(&loaded, args.seed, args.eval_prompts)?;
@@ -93,13 +101,27 @@ pub fn setup(name: &str) -> Result<Setup> {
 
 impl Setup {
     /// Sizes `t` for a 2-core CPU: group size, generation budget, actor learning rate (`tiny_lr`
-    /// for the embedded model, 1e-6 otherwise, unless `--lr`), micro-batch, seed, metrics file.
+    /// for the embedded model, 1e-6 otherwise, unless `--lr`), critic learning rate and warm-up
+    /// (`--critic-lr`, `--warmup-steps`), micro-batch, seed, metrics file.
     pub fn size(&self, t: &mut rl_zero::trainer::TrainerConfig, tiny_lr: f64) {
         let (a, tiny) = (&self.args, self.tiny);
         t.sampling.n = a.samples.unwrap_or(8);
         t.sampling.max_new_tokens = a.max_new_tokens.unwrap_or(if tiny { 16 } else { 128 });
         t.actor.lr = a.lr.unwrap_or(if tiny { tiny_lr } else { 1e-6 });
-        t.micro_batch_size = if tiny { 64 } else { 4 };
+        if let Some(lr) = a.critic_lr {
+            t.critic.lr = lr;
+        }
+        if let Some(w) = a.warmup_steps {
+            use rl_zero::trainer::LrSchedule;
+            let schedule = if w == 0 {
+                LrSchedule::Constant
+            } else {
+                LrSchedule::WarmupConstant { warmup_steps: w }
+            };
+            t.actor.schedule = schedule.clone();
+            t.critic.schedule = schedule;
+        }
+        t.micro_batch_size = if tiny { 64 } else { 8 };
         t.seed = a.seed;
         t.metrics_path = Some(self.out.join("metrics.jsonl"));
     }

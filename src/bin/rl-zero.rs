@@ -102,6 +102,7 @@ struct ScoreArgs {
 }
 
 fn main() -> Result<()> {
+    rl_zero::policy::alloc::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -48,12 +48,12 @@ impl<'a> Outcome<'a> {
     /// `a_i = f(i, r_i)` broadcast over the mask.
     fn finish(&self, f: impl Fn(usize, f64) -> f64) -> Result<Advantages> {
         let a: Vec<f64> = self.scores.iter().enumerate().map(|(i, &r)| f(i, r)).collect();
-        outcome_advantages(&a, self.mask.slice()?, self.t, &self.device)
+        outcome_advantages(&a, self.mask.as_slice(), self.t, &self.device)
     }
 
     /// Row lengths `L_i` (mask checked to be 0/1).
     fn lengths(&self) -> Result<Vec<usize>> {
-        lengths(self.mask.slice()?, self.b, self.t)
+        lengths(self.mask.as_slice(), self.b, self.t)
     }
 }
 
@@ -299,7 +299,7 @@ pub struct Opo {
 impl AdvantageEstimator for Opo {
     fn estimate(&self, input: &AdvantageInput<'_>) -> Result<Advantages> {
         let o = Outcome::new(input)?;
-        let lens = nonempty_lengths(o.mask.slice()?, o.b, o.t, "opo")?;
+        let lens = nonempty_lengths(o.mask.as_slice(), o.b, o.t, "opo")?;
         let baseline: Vec<f64> = o
             .groups
             .iter()

@@ -4,41 +4,12 @@
 //! Estimators compute on host slices (one tight loop per row, rows in parallel with rayon) and
 //! build each `(B, T)` output tensor once.
 
-use candle_core::{DType, Device, Storage, StorageRef, Tensor};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use rl_core::{AdvantageInput, Advantages, Error, Groups, Result, Rewards, check};
 use serde::{Deserialize, Serialize};
 
-/// A tensor's f32 elements on the host: borrowed from a contiguous CPU f32 tensor, copied
-/// otherwise.
-pub(crate) enum Host<'a> {
-    Borrowed(StorageRef<'a>, usize, usize),
-    Owned(Vec<f32>),
-}
-
-impl<'a> Host<'a> {
-    /// Row-major f32 view of `t` (any rank).
-    pub(crate) fn new(t: &'a Tensor) -> Result<Self> {
-        if t.dtype() == DType::F32 {
-            let (guard, layout) = t.storage_and_layout();
-            if let (Storage::Cpu(_), Some((a, b))) = (&*guard, layout.contiguous_offsets()) {
-                return Ok(Host::Borrowed(guard, a, b));
-            }
-        }
-        Ok(Host::Owned(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?))
-    }
-
-    /// The elements, row-major.
-    pub(crate) fn slice(&self) -> Result<&[f32]> {
-        match self {
-            Host::Borrowed(guard, a, b) => match &**guard {
-                Storage::Cpu(c) => Ok(&c.as_slice::<f32>()?[*a..*b]),
-                _ => Err(Error::Unsupported("non-CPU storage in a borrowed host view".into())),
-            },
-            Host::Owned(v) => Ok(v),
-        }
-    }
-}
+pub(crate) use rl_core::host::HostF32 as Host;
 
 /// `(B, T)` of the response mask.
 pub(crate) fn batch_dims(input: &AdvantageInput<'_>) -> Result<(usize, usize)> {
@@ -128,12 +99,12 @@ pub(crate) fn scores(rewards: &Rewards, b: usize, t: usize) -> Result<Vec<f64>> 
     let s: Vec<f64> = match rewards {
         Rewards::Sequence(s) => {
             check::shape(s, &[b], "sequence rewards")?;
-            Host::new(s)?.slice()?.iter().map(|&x| x as f64).collect()
+            Host::new(s)?.as_slice().iter().map(|&x| x as f64).collect()
         }
         Rewards::Token(r) => {
             check::shape(r, &[b, t], "token rewards")?;
             let host = Host::new(r)?;
-            let r = host.slice()?;
+            let r = host.as_slice();
             if t == 0 {
                 vec![0.0; b]
             } else {
@@ -425,12 +396,12 @@ impl<'a> TokenRewards<'a> {
             Rewards::Token(r) => {
                 check::shape(r, &[b, t], "token rewards")?;
                 let host = Host::new(r)?;
-                finite_on_mask(host.slice()?, mask, "token rewards")?;
+                finite_on_mask(host.as_slice(), mask, "token rewards")?;
                 Ok(TokenRewards::Dense(host))
             }
             Rewards::Sequence(s) => {
                 check::shape(s, &[b], "sequence rewards")?;
-                let scores = Host::new(s)?.slice()?.to_vec();
+                let scores = Host::new(s)?.as_slice().to_vec();
                 check::finite_slice(&scores, "rewards")?;
                 let last: Vec<Option<usize>> = (0..b)
                     .into_par_iter()
@@ -453,7 +424,7 @@ impl<'a> TokenRewards<'a> {
     /// A view usable from the parallel row kernels.
     pub(crate) fn view(&self) -> Result<TokenRewardsView<'_>> {
         Ok(match self {
-            TokenRewards::Dense(h) => TokenRewardsView::Dense(h.slice()?),
+            TokenRewards::Dense(h) => TokenRewardsView::Dense(h.as_slice()),
             TokenRewards::Outcome { scores, last } => TokenRewardsView::Outcome { scores, last },
         })
     }

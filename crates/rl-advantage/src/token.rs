@@ -21,7 +21,7 @@ impl<'a> Tokens<'a> {
         let (b, t) = host::batch_dims(input)?;
         input.groups()?;
         let mask = Host::new(input.response_mask)?;
-        host::lengths(mask.slice()?, b, t)?;
+        host::lengths(mask.as_slice(), b, t)?;
         Ok(Self { mask, b, t })
     }
 
@@ -29,7 +29,7 @@ impl<'a> Tokens<'a> {
     fn companion(&self, x: &'a rl_core::Tensor, what: &str) -> Result<Host<'a>> {
         check::shape(x, &[self.b, self.t], what)?;
         let h = Host::new(x)?;
-        finite_on_mask(h.slice()?, self.mask.slice()?, what)?;
+        finite_on_mask(h.as_slice(), self.mask.as_slice(), what)?;
         Ok(h)
     }
 }
@@ -112,9 +112,9 @@ impl AdvantageEstimator for Gae {
             what: "AdvantageInput::values (GAE needs critic values)".into(),
         })?;
         let values = tok.companion(values, "values")?;
-        let mask = tok.mask.slice()?;
+        let mask = tok.mask.as_slice();
         let rewards = TokenRewards::new(input.rewards, mask, tok.b, tok.t)?;
-        let (r, v) = (rewards.view()?, values.slice()?);
+        let (r, v) = (rewards.view()?, values.as_slice());
         let (gamma, gl) = (self.gamma as f32, (self.gamma * self.lambda) as f32);
         let t = tok.t;
         scan_rows(mask, tok.b, t, self.whiten, input.response_mask.device(), |i, m, adv, ret| {
@@ -166,7 +166,7 @@ impl AdvantageEstimator for ReinforcePlusPlus {
     fn estimate(&self, input: &AdvantageInput<'_>) -> Result<Advantages> {
         unit("reinforce_plus_plus.gamma", self.gamma)?;
         let tok = Tokens::new(input)?;
-        let mask = tok.mask.slice()?;
+        let mask = tok.mask.as_slice();
         let rewards = TokenRewards::new(input.rewards, mask, tok.b, tok.t)?;
         let r = rewards.view()?;
         let (gamma, t) = (self.gamma as f32, tok.t);
@@ -206,9 +206,9 @@ impl AdvantageEstimator for ReMax {
         })?;
         check::shape(baseline, &[tok.b], "baseline")?;
         let baseline = Host::new(baseline)?;
-        let baseline = baseline.slice()?;
+        let baseline = baseline.as_slice();
         check::finite_slice(baseline, "baseline")?;
-        let mask = tok.mask.slice()?;
+        let mask = tok.mask.as_slice();
         let rewards = TokenRewards::new(input.rewards, mask, tok.b, tok.t)?;
         let r = rewards.view()?;
         let t = tok.t;

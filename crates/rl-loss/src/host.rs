@@ -9,11 +9,11 @@
 //! the inputs in place avoids copying them, and checking them inside the pass avoids reading
 //! them twice.
 
-use std::ops::Range;
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, StorageRef, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use rl_core::host::HostF32 as Held;
 use rl_core::{Error, GlobalCounts, LossOutput, Metrics, PolicyLossInput, Result, check};
 
 use crate::dual::Dual;
@@ -40,47 +40,7 @@ impl Tok {
 
 /// Reads a tensor to the host as a flat f32 vector.
 pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
-    let t = t.flatten_all()?;
-    Ok(if t.dtype() == DType::F32 { t.to_vec1()? } else { t.to_dtype(DType::F32)?.to_vec1()? })
-}
-
-/// A tensor's f32 values on the host: borrowed in place when the tensor is a contiguous f32
-/// CPU tensor (its storage stays read-locked while this lives), else converted and copied.
-///
-/// Borrowing saves a full copy of every `(B, T)` input per loss call, which at `B·T = 2M`
-/// costs as much as the loss itself. Two inputs may share one storage (`old = lp.detach()`, the
-/// KL reference passed twice): both then hold a read lock on it, which only an in-place write
-/// to that storage from another thread, during the loss call, could block.
-enum Held<'t> {
-    /// The read-locked CPU storage and the tensor's element range in it.
-    Cpu(StorageRef<'t>, Range<usize>),
-    /// A copy (other devices, dtypes or layouts).
-    Copied(Vec<f32>),
-}
-
-impl<'t> Held<'t> {
-    fn read(x: &'t Tensor) -> Result<Self> {
-        let (s, l) = x.storage_and_layout();
-        let borrowable = matches!(&*s, Storage::Cpu(CpuStorage::F32(_)));
-        match l.contiguous_offsets() {
-            Some((a, b)) if borrowable => Ok(Self::Cpu(s, a..b)),
-            _ => {
-                drop(s);
-                Ok(Self::Copied(host_f32(x)?))
-            }
-        }
-    }
-
-    fn slice(&self) -> &[f32] {
-        match self {
-            Self::Cpu(s, r) => match &**s {
-                Storage::Cpu(CpuStorage::F32(v)) => &v[r.clone()],
-                // `read` borrows only f32 CPU storage, which cannot change under the lock.
-                _ => &[],
-            },
-            Self::Copied(v) => v,
-        }
-    }
+    Ok(Held::new(t)?.as_slice().to_vec())
 }
 
 /// Reads a binary `(B, T)` mask; returns its values and row lengths.
@@ -155,7 +115,7 @@ pub(crate) fn host_valid(x: &Tensor, dims: &[usize], mask: &[f32], what: &str) -
 }
 
 /// The inputs of a policy loss on the host: flat row-major `(B, T)` slices (borrowed from the
-/// tensors' CPU storage when possible, see [`Held`]), the mask's row lengths and the inputs'
+/// tensors' CPU storage when possible, see [`HostF32`](rl_core::host::HostF32)), the mask's row lengths and the inputs'
 /// names.
 ///
 /// Built by [`HostBatch::with`] / [`HostBatch::policy`], which check shapes and the mask.
@@ -219,32 +179,32 @@ impl HostBatch<'_> {
         }
         let dims = [b, t];
         check::shape(mask, &dims, "response_mask")?;
-        let mask = Held::read(mask)?;
-        let (lens, ends) = mask_lens(mask.slice(), b, t)?;
+        let mask = Held::new(mask)?;
+        let (lens, ends) = mask_lens(mask.as_slice(), b, t)?;
         // Inputs in the order they are checked: each one's shape, then its finiteness.
         let order: Vec<(&Tensor, &str)> =
             is_w.map(|w| (w, "rollout_is_weights")).into_iter().chain(xs).collect();
         if let Some(k) = order.iter().position(|(x, _)| x.dims() != dims) {
             for (x, what) in &order[..k] {
-                check_valid(Held::read(x)?.slice(), mask.slice(), what)?;
+                check_valid(Held::new(x)?.as_slice(), mask.as_slice(), what)?;
             }
             let (x, what) = order[k];
             return Err(Error::shape(what, &dims, x.dims()));
         }
-        let is_w = is_w.map(Held::read).transpose()?;
-        let held = [Held::read(xs[0].0)?, Held::read(xs[1].0)?, Held::read(xs[2].0)?];
+        let is_w = is_w.map(Held::new).transpose()?;
+        let held = [Held::new(xs[0].0)?, Held::new(xs[1].0)?, Held::new(xs[2].0)?];
         let all = held.iter().chain(is_w.as_ref()).chain([&mask]);
-        if all.into_iter().any(|h| h.slice().len() != b * t) {
+        if all.into_iter().any(|h| h.as_slice().len() != b * t) {
             return Err(Error::msg("rl-loss: an input's host view has the wrong length"));
         }
         let hb = HostBatch {
             b,
             t,
-            lp: held[0].slice(),
-            old: held[1].slice(),
-            adv: held[2].slice(),
-            mask: mask.slice(),
-            is_w: is_w.as_ref().map(Held::slice),
+            lp: held[0].as_slice(),
+            old: held[1].as_slice(),
+            adv: held[2].as_slice(),
+            mask: mask.as_slice(),
+            is_w: is_w.as_ref().map(Held::as_slice),
             lens,
             ends,
             names: [xs[0].1, xs[1].1, xs[2].1],

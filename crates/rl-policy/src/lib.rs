@@ -28,6 +28,7 @@
 //! # Ok::<(), rl_policy::PolicyError>(())
 //! ```
 
+pub mod alloc;
 pub mod config;
 mod error;
 mod load;

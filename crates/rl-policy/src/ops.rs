@@ -6,10 +6,13 @@
 //! candle custom op whose forward and backward are single passes over the data (rows in parallel
 //! with rayon), registered with `apply_op*` so gradients flow through it.
 //!
-//! The fused kernels run for contiguous CPU tensors of dtype f32 or f64. On other devices and
-//! dtypes every function falls back to the same formula composed from candle ops that have
-//! backward passes, so results agree everywhere (tests compare both, values and gradients). The
-//! composed versions are public too (`*_composed`), as the reference formulas and for benchmarks.
+//! The fused kernels run for CPU tensors of dtype f32 or f64 and, with the `cuda` feature, for
+//! CUDA tensors of dtype f32, f64, bf16 or f16 (kernels in `kernels/ops.cu`, compiled to PTX by
+//! nvcc at build time, tested against the CPU kernels where a GPU is present; [`linear`] uses
+//! cuBLAS through candle there). On other devices and dtypes every function falls back to the
+//! same formula composed from candle ops that have backward passes, so results agree everywhere
+//! (tests compare both, values and gradients). The composed versions are public too
+//! (`*_composed`), as the reference formulas and for benchmarks.
 //!
 //! | function | input | output |
 //! |---|---|---|
@@ -29,6 +32,16 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+/// The device backends a [`Kernel`] must also implement: CUDA with the `cuda` feature.
+#[cfg(feature = "cuda")]
+use cuda::CudaKernel as Backends;
+#[cfg(not(feature = "cuda"))]
+trait Backends {}
+#[cfg(not(feature = "cuda"))]
+impl<K: Kernel> Backends for K {}
+
 /// Rows handed to one rayon task at least (rows are short: one hidden vector or one head).
 const MIN_ROWS: usize = 8;
 
@@ -37,9 +50,16 @@ trait Real: WithDType + num_traits::Float + Send + Sync {}
 impl Real for f32 {}
 impl Real for f64 {}
 
-/// `true` when the fused kernels apply to `t` (CPU, f32 or f64).
+/// `true` when the fused kernels apply to `t`: CPU f32/f64, or (feature `cuda`) CUDA
+/// f32/f64/bf16/f16.
 pub fn fused_available(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    let dtype = t.dtype();
+    if t.device().is_cpu() {
+        return matches!(dtype, DType::F32 | DType::F64);
+    }
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16)
 }
 
 /// The elements of a contiguous CPU storage as `&[T]`.
@@ -102,8 +122,8 @@ fn run_kernel<K: Kernel>(
 }
 
 /// The `N` inputs of a kernel.
-fn inputs<'a, T, const N: usize>(xs: &[&'a [T]], op: &str) -> candle_core::Result<[&'a [T]; N]> {
-    match <[&[T]; N]>::try_from(xs) {
+fn inputs<X: Copy, const N: usize>(xs: &[X], op: &str) -> candle_core::Result<[X; N]> {
+    match <[X; N]>::try_from(xs) {
         Ok(a) => Ok(a),
         Err(_) => candle_core::bail!("{op}: {} inputs, expected {N}", xs.len()),
     }
@@ -114,7 +134,7 @@ fn nth(grads: &mut [Option<Tensor>], i: usize) -> Option<Tensor> {
     grads.get_mut(i).and_then(Option::take)
 }
 
-impl<K: Kernel> CustomOp1 for Op<K> {
+impl<K: Kernel + Backends> CustomOp1 for Op<K> {
     fn name(&self) -> &'static str {
         K::NAME
     }
@@ -123,12 +143,21 @@ impl<K: Kernel> CustomOp1 for Op<K> {
         run_kernel(&self.0, &[(s, l)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::run(&self.0, &[(s, l)])
+    }
+
     fn bwd(&self, a: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(nth(&mut self.0.grads(&[a], res, grad)?, 0))
     }
 }
 
-impl<K: Kernel> CustomOp2 for Op<K> {
+impl<K: Kernel + Backends> CustomOp2 for Op<K> {
     fn name(&self) -> &'static str {
         K::NAME
     }
@@ -143,6 +172,17 @@ impl<K: Kernel> CustomOp2 for Op<K> {
         run_kernel(&self.0, &[(s1, l1), (s2, l2)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::run(&self.0, &[(s1, l1), (s2, l2)])
+    }
+
     fn bwd(
         &self,
         a: &Tensor,
@@ -155,7 +195,7 @@ impl<K: Kernel> CustomOp2 for Op<K> {
     }
 }
 
-impl<K: Kernel> CustomOp3 for Op<K> {
+impl<K: Kernel + Backends> CustomOp3 for Op<K> {
     fn name(&self) -> &'static str {
         K::NAME
     }
@@ -170,6 +210,19 @@ impl<K: Kernel> CustomOp3 for Op<K> {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         run_kernel(&self.0, &[(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::run(&self.0, &[(s1, l1), (s2, l2), (s3, l3)])
     }
 
     fn bwd(
@@ -351,6 +404,15 @@ impl Heads {
         y
     }
 
+    /// With `rotate`, `cos` and `sin` must hold `(B, S, d/2)` values for `len` inputs.
+    fn check_rotary(&self, len: usize, cos: usize, sin: usize) -> candle_core::Result<()> {
+        let want = len / (self.heads * 2).max(1);
+        if self.rotate && (cos != want || sin != want) {
+            candle_core::bail!("rl-heads: cos/sin hold {cos}/{sin} values, expected {want}");
+        }
+        Ok(())
+    }
+
     /// `(B, S, n·d)` input dims → `(B, g, (n/g)·S, d)` output dims, or back when `inverse`.
     fn out_shape(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, Shape)> {
         let (n, g) = (self.heads, self.groups);
@@ -377,15 +439,8 @@ impl Kernel for Heads {
     fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
         let (b, d, out) = self.out_shape(dims[0])?;
         let [x, cos, sin] = inputs(xs, Self::NAME)?;
-        let rot = if self.rotate {
-            let want = x.len() / (self.heads * 2);
-            if cos.len() != want || sin.len() != want {
-                candle_core::bail!("rl-heads: cos/sin hold {} values, expected {want}", cos.len());
-            }
-            Some((cos, sin))
-        } else {
-            None
-        };
+        self.check_rotary(x.len(), cos.len(), sin.len())?;
+        let rot = self.rotate.then_some((cos, sin));
         Ok((self.kernel(x, rot, b, d), out))
     }
 
@@ -530,12 +585,13 @@ impl CustomOp2 for LinearOp {
 }
 
 /// `x · wᵀ (+ bias)`: `x: (..., in)`, `w: (out, in)`, `bias: (out)` → `(..., out)`, as
-/// `candle_nn::Linear` but recorded as a single graph node on CPU. Differentiable in all inputs.
+/// `candle_nn::Linear` but recorded as a single graph node on CPU (elsewhere it is
+/// `candle_nn::Linear`). Differentiable in all inputs.
 ///
 /// # Errors
 /// Shape or dtype mismatches.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = if fused_available(x) && x.dtype() == w.dtype() {
+    let y = if x.device().is_cpu() && fused_available(x) && x.dtype() == w.dtype() {
         x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)?
     } else {
         candle_nn::Module::forward(&candle_nn::Linear::new(w.clone(), None), x)?
@@ -556,15 +612,23 @@ struct MaskedSoftmax {
     scale: f64,
 }
 
-impl Kernel for MaskedSoftmax {
-    const NAME: &'static str = "rl-masked-softmax";
-
-    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+impl MaskedSoftmax {
+    /// `(B, G, R, S, K)` from the dims of `scores: (B, G, R, K)` and `mask: (B, 1, S, K)`.
+    fn dims(dims: &[&[usize]]) -> candle_core::Result<(usize, usize, usize, usize, usize)> {
         let (b, g, r, k) = Shape::from(dims[0]).dims4()?;
         let (mb, _, s, mk) = Shape::from(dims[1]).dims4()?;
         if mb != b || mk != k || s == 0 || r % s != 0 {
             candle_core::bail!("rl-masked-softmax: scores {:?} vs mask {:?}", dims[0], dims[1]);
         }
+        Ok((b, g, r, s, k))
+    }
+}
+
+impl Kernel for MaskedSoftmax {
+    const NAME: &'static str = "rl-masked-softmax";
+
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let (_, g, r, s, k) = Self::dims(dims)?;
         let [x, m] = inputs(xs, Self::NAME)?;
         let scale = cast::<T>(self.scale);
         let mut y = vec![T::zero(); x.len()];
@@ -659,14 +723,21 @@ fn sigmoid<T: Real>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
 }
 
+impl Swiglu {
+    fn check_sizes(gate: usize, up: usize) -> candle_core::Result<()> {
+        if gate != up {
+            candle_core::bail!("rl-swiglu: gate ({gate}) and up ({up}) differ in size");
+        }
+        Ok(())
+    }
+}
+
 impl Kernel for Swiglu {
     const NAME: &'static str = "rl-swiglu";
 
     fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
         let [a, u] = inputs(xs, Self::NAME)?;
-        if a.len() != u.len() {
-            candle_core::bail!("rl-swiglu: gate and up differ in size");
-        }
+        Self::check_sizes(a.len(), u.len())?;
         let mut y = vec![T::zero(); a.len()];
         y.par_iter_mut().zip(a.par_iter().zip(u)).with_min_len(4096).for_each(|(y, (&a, &u))| {
             *y = a * sigmoid(a) * u;
@@ -748,18 +819,21 @@ fn host_targets(t: &Tensor) -> candle_core::Result<Vec<u32>> {
     t.flatten_all()?.to_vec1::<u32>()
 }
 
+/// `count` targets with largest value `max` must index `n` rows of `v` logits.
+fn check_targets(count: usize, max: u32, n: usize, v: usize) -> candle_core::Result<()> {
+    if count != n || (n > 0 && max as usize >= v) {
+        candle_core::bail!("rl-log-prob-entropy: {count} targets (max {max}) for {n} rows of {v}");
+    }
+    Ok(())
+}
+
 impl Kernel for LogProbEntropy {
     const NAME: &'static str = "rl-log-prob-entropy";
 
     fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
         let (n, v) = Shape::from(dims[0]).dims2()?;
         let targets = host_targets(&self.targets)?;
-        if targets.len() != n || targets.iter().any(|&t| t as usize >= v) {
-            candle_core::bail!(
-                "rl-log-prob-entropy: {} targets for {n} rows of {v}",
-                targets.len()
-            );
-        }
+        check_targets(targets.len(), targets.iter().copied().max().unwrap_or(0), n, v)?;
         let [z] = inputs(xs, Self::NAME)?;
         let mut out = vec![T::zero(); 2 * n];
         out.par_chunks_mut(2).zip(z.par_chunks(v)).zip(&targets).for_each(|((o, z), &t)| {
@@ -832,7 +906,7 @@ impl Kernel for LogProbEntropyBwd {
 /// # Errors
 /// Shape or dtype mismatches, a target `>= V`.
 pub fn log_prob_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let targets = targets.to_dtype(DType::U32)?.flatten_all()?;
+    let targets = targets.to_dtype(DType::U32)?.flatten_all()?.to_device(logits.device())?;
     if fused_available(logits) {
         let out = logits.contiguous()?.apply_op1(Op(LogProbEntropy { targets }))?;
         return Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?));
@@ -868,33 +942,40 @@ mod tests {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
-    /// Runs `f` (fused) and `g` (composed) on fresh vars of `inputs`, with the loss
-    /// `Σ out · weights`, and asserts equal outputs and equal gradients for every input.
-    fn check(
+    /// Outputs and input gradients of one run, as f64 CPU tensors.
+    type Run = (Vec<Tensor>, Vec<Option<Tensor>>);
+
+    /// Runs `f` on fresh vars of `inputs` (cast to `dtype`, moved to `dev`) with the loss
+    /// `Σ out · weights`.
+    fn run_with_grads(
         inputs: &[Tensor],
-        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
-        g: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
-        tol: f64,
-    ) {
-        let mut grads = Vec::new();
-        let mut outs = Vec::new();
-        for run in [&f as &dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>, &g] {
-            let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
-            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let out = run(&ts).unwrap();
-            let mut loss = Tensor::new(0f64, &Device::Cpu).unwrap();
-            for (i, o) in out.iter().enumerate() {
-                let w = values(o.dims(), 100 + i as u64);
-                loss = (loss + (o * w).unwrap().sum_all().unwrap()).unwrap();
-            }
-            let store = loss.backward().unwrap();
-            grads.push(vars.iter().map(|v| store.get(v).cloned()).collect::<Vec<_>>());
-            outs.push(out);
+        dev: &Device,
+        dtype: DType,
+        f: &dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+    ) -> Run {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_dtype(dtype).unwrap().to_device(dev).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts).unwrap();
+        let mut loss = Tensor::new(0f64, dev).unwrap().to_dtype(dtype).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            let w =
+                values(o.dims(), 100 + i as u64).to_dtype(dtype).unwrap().to_device(dev).unwrap();
+            loss = (loss + (o * w).unwrap().sum_all().unwrap()).unwrap();
         }
-        for (a, b) in outs[0].iter().zip(&outs[1]) {
+        let store = loss.backward().unwrap();
+        let host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        (out.iter().map(host).collect(), vars.iter().map(|v| store.get(v).map(host)).collect())
+    }
+
+    /// Asserts equal outputs and equal gradients (both present or both absent) within `tol`.
+    fn assert_same(a: &Run, b: &Run, tol: f64) {
+        for (a, b) in a.0.iter().zip(&b.0) {
             assert!(max_diff(a, b) < tol, "outputs differ by {}", max_diff(a, b));
         }
-        for (i, (a, b)) in grads[0].iter().zip(&grads[1]).enumerate() {
+        for (i, (a, b)) in a.1.iter().zip(&b.1).enumerate() {
             match (a, b) {
                 (Some(a), Some(b)) => {
                     assert!(max_diff(a, b) < tol, "gradient {i} differs by {}", max_diff(a, b))
@@ -903,6 +984,22 @@ mod tests {
                 _ => panic!("gradient {i} present on one side only"),
             }
         }
+    }
+
+    /// Runs `f` (fused) and `g` (composed) in f64 on the CPU and asserts equal outputs and
+    /// gradients.
+    fn check(
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+        g: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+        tol: f64,
+    ) {
+        let cpu = Device::Cpu;
+        assert_same(
+            &run_with_grads(inputs, &cpu, DType::F64, &f),
+            &run_with_grads(inputs, &cpu, DType::F64, &g),
+            tol,
+        );
     }
 
     #[test]
@@ -1034,5 +1131,74 @@ mod tests {
         let scores = values(&[1, 1, 3, 4], 14);
         let mask = values(&[1, 1, 2, 4], 15); // 3 rows not a multiple of 2
         assert!(masked_softmax(&scores, &mask, 1.0).is_err());
+    }
+
+    /// Every fused op on the GPU against the CPU kernels (the oracle), values and gradients, in
+    /// f64 and f32 (and half types against f32 CPU, loosely). Needs a CUDA GPU: compiled by
+    /// `scripts/check_cuda.sh`, run with `cargo test -p rl-policy --features cuda` on a GPU machine.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_kernels_match_cpu_kernels() {
+        type Case = (&'static str, Vec<Tensor>, Box<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>>);
+        let gpu = Device::new_cuda(0).expect("this test needs a CUDA GPU");
+        let (b, s, n, g, d) = (2, 5, 6, 2, 8);
+        let angles = values(&[b, s, d / 2], 3);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let mask: Vec<f64> =
+            (0..b * 4 * 6).map(|i| if (i % 6) <= (i / 6) % 4 + 2 { 0.0 } else { -1e9 }).collect();
+        let mask = Tensor::from_vec(mask, (b, 1, 4, 6), &Device::Cpu).unwrap();
+        let targets = Tensor::from_vec(vec![0u32, 300, 3, 3, 7, 511], 6, &Device::Cpu).unwrap();
+        let cases: Vec<Case> = vec![
+            (
+                "rms_norm",
+                vec![values(&[3, 5, 600], 1), values(&[600], 2)],
+                Box::new(|t: &[Tensor]| Ok(vec![rms_norm(&t[0], &t[1], 1e-6)?])),
+            ),
+            (
+                "split_heads",
+                vec![values(&[b, s, n * d], 4), cos, sin],
+                Box::new(move |t: &[Tensor]| {
+                    let rot = Some((&t[1], &t[2]));
+                    Ok(vec![split_heads(&t[0], n, g, rot)?, split_heads(&t[0], n, n, None)?])
+                }),
+            ),
+            (
+                "merge_heads",
+                vec![values(&[b, g, n / g * s, d], 5)],
+                Box::new(move |t: &[Tensor]| Ok(vec![merge_heads(&t[0], n)?])),
+            ),
+            (
+                "masked_softmax",
+                vec![values(&[b, 2, 3 * 4, 6], 5), mask],
+                Box::new(|t: &[Tensor]| Ok(vec![masked_softmax(&t[0], &t[1].detach(), 0.35)?])),
+            ),
+            (
+                "swiglu",
+                vec![values(&[4, 7, 300], 6), values(&[4, 7, 300], 7)],
+                Box::new(|t: &[Tensor]| Ok(vec![swiglu(&t[0], &t[1])?])),
+            ),
+            (
+                "log_prob_entropy",
+                vec![(values(&[6, 512], 8) * 3.0).unwrap()],
+                Box::new(move |t: &[Tensor]| {
+                    let (lp, h) = log_prob_entropy(&t[0], &targets)?;
+                    Ok(vec![lp, h])
+                }),
+            ),
+        ];
+        let cpu = Device::Cpu;
+        for (name, inputs, f) in &cases {
+            for (dtype, oracle, tol) in [
+                (DType::F64, DType::F64, 1e-10),
+                (DType::F32, DType::F32, 1e-4),
+                (DType::F16, DType::F32, 2e-2),
+                (DType::BF16, DType::F32, 1e-1),
+            ] {
+                eprintln!("{name} {dtype:?}");
+                let want = run_with_grads(inputs, &cpu, oracle, f.as_ref());
+                let got = run_with_grads(inputs, &gpu, dtype, f.as_ref());
+                assert_same(&want, &got, tol);
+            }
+        }
     }
 }
