@@ -1,5 +1,5 @@
-//! Per-token log-probs and entropies of response tokens, chunked over the sequence so that at most
-//! one `(B, chunk, V)` logits block is live at a time in the forward pass.
+//! Per-token log-probs and entropies of response tokens, chunked over the rows so that at most one
+//! chunk-sized logits gradient is live at a time in the backward pass.
 
 use candle_core::{DType, Tensor};
 
@@ -108,9 +108,11 @@ impl PromptResponse<'_> {
 }
 
 /// `(B, T)` log-probs of `targets` (and entropies `-Σ_v p log p` when `with_entropy`) from hidden
-/// states `(B, T, H)`, computed `chunk` positions at a time (`chunk = 0`: automatic, see
+/// states `(B, T, H)`, computed `chunk · B` rows at a time (`chunk = 0`: automatic, see
 /// [`DEFAULT_CHUNK_ELEMENTS`]), multiplied by `mask: (B, T)` so padding is exactly 0.
-/// Outputs have the model dtype and are differentiable when `hidden` and the model are.
+/// Outputs have the model dtype and are differentiable when `hidden` and the model are; the
+/// `(B·T, V)` logits never enter the autograd graph
+/// ([`Transformer::head_log_prob_entropy`]).
 ///
 /// # Errors
 /// Shape mismatches.
@@ -122,32 +124,20 @@ pub fn token_log_probs(
     chunk: usize,
     with_entropy: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let (b, t, _) = hidden.dims3()?;
+    let (b, t, h) = hidden.dims3()?;
     let v = model.config().vocab_size;
-    let chunk = if chunk == 0 { (DEFAULT_CHUNK_ELEMENTS / (b * v).max(1)).max(1) } else { chunk };
-    let targets = targets.to_dtype(DType::U32)?;
-    let (mut lps, mut ents) = (Vec::new(), Vec::new());
-    let mut start = 0;
-    while start < t {
-        let len = chunk.min(t - start);
-        let logits = model.logits(&hidden.narrow(1, start, len)?)?.reshape((b * len, v))?;
-        let idx = targets.narrow(1, start, len)?.flatten_all()?;
-        let (lp, ent) = crate::ops::log_prob_entropy(&logits, &idx)?;
-        lps.push(lp.reshape((b, len))?);
-        if with_entropy {
-            ents.push(ent.reshape((b, len))?);
-        }
-        start += len;
-    }
-    let mask = mask.to_dtype(model.dtype())?;
-    let cat = |parts: &[Tensor]| -> Result<Tensor> {
-        if parts.is_empty() {
-            Ok(Tensor::zeros((b, 0), model.dtype(), model.device())?)
-        } else {
-            Ok((Tensor::cat(parts, 1)? * &mask)?)
-        }
+    let rows = if chunk == 0 { (DEFAULT_CHUNK_ELEMENTS / v.max(1)).max(1) } else { chunk * b };
+    let (lp, ent) = if t == 0 {
+        let zeros = Tensor::zeros((b, 0), model.dtype(), model.device())?;
+        (zeros.clone(), zeros)
+    } else {
+        let targets = targets.to_dtype(DType::U32)?.flatten_all()?;
+        let x = hidden.contiguous()?.reshape((b * t, h))?;
+        let (lp, ent) = model.head_log_prob_entropy(&x, &targets, rows)?;
+        (lp.reshape((b, t))?, ent.reshape((b, t))?)
     };
-    let lp = cat(&lps)?;
-    let ent = if with_entropy { Some(cat(&ents)?) } else { None };
+    let mask = mask.to_dtype(model.dtype())?;
+    let lp = (lp * &mask)?;
+    let ent = if with_entropy { Some((ent * &mask)?) } else { None };
     Ok((lp, ent))
 }

@@ -200,12 +200,19 @@ fn linear(lin: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
-/// Attention probabilities `softmax(scale · scores + mask)` of `(B, G, R, K)` scores with the
-/// `(B, 1, S, K)` mask (score row `r` uses mask row `r mod S`).
-fn attention_probs(scores: &Tensor, mask: &Tensor, scale: f64, mode: Mode) -> Result<Tensor> {
+/// Attention probabilities `softmax(scale · q·kᵀ + mask)` of `q: (B, G, R, d)` and
+/// `k: (B, G, K, d)` with the `(B, 1, S, K)` mask (score row `r` uses mask row `r mod S`).
+fn attention_probs(
+    q: &Tensor,
+    k: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    mode: Mode,
+) -> Result<Tensor> {
     match mode {
-        Mode::Diff => crate::ops::masked_softmax(scores, mask, scale),
+        Mode::Diff => crate::ops::attention_probs(q, k, mask, scale),
         Mode::Fused => {
+            let scores = q.matmul(&k.t()?)?;
             let reps = scores.dim(2)? / mask.dim(2)?.max(1);
             let mask = Tensor::cat(&vec![mask; reps], 2)?;
             Ok(candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?)
@@ -360,8 +367,7 @@ impl Transformer {
                 }
                 c.layers[li] = Some((k.clone(), v.clone()));
             }
-            let scores = q.matmul(&k.t()?)?;
-            let probs = attention_probs(&scores, &layout.mask, scale, mode)?;
+            let probs = attention_probs(&q, &k, &layout.mask, scale, mode)?;
             let attn = merge_heads(&probs.matmul(&v)?, nh, mode)?;
             x = (x + linear(&layer.o, &attn, mode)?)?;
             let h = rms_norm(&x, &layer.post_norm, eps, mode)?;
@@ -378,6 +384,18 @@ impl Transformer {
     /// Logits `(..., V)` of hidden states `(..., H)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         linear(&self.lm_head, hidden, Mode::Diff)
+    }
+
+    /// Log-probs of `targets: (N)` and entropies, both `(N)`, of the logits of hidden states
+    /// `(N, H)`, `chunk_rows` rows at a time without an `(N, V)` tensor in the autograd graph
+    /// ([`crate::ops::head_log_prob_entropy`]).
+    pub fn head_log_prob_entropy(
+        &self,
+        hidden: &Tensor,
+        targets: &Tensor,
+        chunk_rows: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        crate::ops::head_log_prob_entropy(hidden, self.lm_head.weight(), targets, chunk_rows)
     }
 
     /// All-position logits `(B, S, V)` of `ids: (B, S)` u32 where `valid: (B, S)` says which

@@ -21,8 +21,10 @@
 //! | [`merge_heads`] | `(B, g, (n/g)·S, d)` | `(B, S, n·d)` |
 //! | [`linear`] | `x: (..., in)`, `w: (out, in)`, `bias: (out)` | `(..., out)` |
 //! | [`masked_softmax`] | `scores: (B, G, R, K)`, `mask: (B, 1, S, K)`, `R = r·S` | `(B, G, R, K)` |
+//! | [`attention_probs`] | `q: (B, G, R, d)`, `k: (B, G, K, d)`, `mask: (B, 1, S, K)` | `(B, G, R, K)` |
 //! | [`swiglu`] | `gate, up: (..., I)` | `(..., I)` |
 //! | [`log_prob_entropy`] | `logits: (N, V)`, `targets: (N)` u32 | `(N)`, `(N)` |
+//! | [`head_log_prob_entropy`] | `x: (N, H)`, `w: (V, H)`, `targets: (N)` u32 | `(N)`, `(N)` |
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor, WithDType,
@@ -689,6 +691,107 @@ impl Kernel for SoftmaxBwd {
     }
 }
 
+/// `(q, k)` → `softmax(scale · q·kᵀ + mask)`: the attention scores exist only inside the forward
+/// pass (the backward pass needs the probabilities, not the scores), so the graph does not keep
+/// a `(B, G, R, K)` scores tensor alive per layer.
+struct AttentionProbs {
+    /// `(B, 1, S, K)` additive mask.
+    mask: Tensor,
+    scale: f64,
+}
+
+impl AttentionProbs {
+    /// The scores `q·kᵀ` (`(B·G, R, K)` contiguous) of contiguous `q: (B, G, R, d)` and
+    /// `k: (B, G, K, d)`, and their `(B, G, R, K)` layout.
+    fn scores<S: candle_core::backend::BackendStorage>(
+        q: &S,
+        lq: &Layout,
+        k: &S,
+        lk: &Layout,
+    ) -> candle_core::Result<(S, Layout)> {
+        let (b, g, r, d) = lq.shape().dims4()?;
+        let (kb, kg, kk, kd) = lk.shape().dims4()?;
+        if (kb, kg, kd) != (b, g, d) || !lq.is_contiguous() || !lk.is_contiguous() {
+            candle_core::bail!("rl-attention: q {:?} and k {:?} do not fit", lq.dims(), lk.dims());
+        }
+        let lhs = Layout::contiguous_with_offset((b * g, r, d), lq.start_offset());
+        let rhs =
+            Layout::contiguous_with_offset((b * g, kk, d), lk.start_offset()).transpose(1, 2)?;
+        let scores = q.matmul(k, (b * g, r, kk, d), &lhs, &rhs)?;
+        Ok((scores, Layout::contiguous((b, g, r, kk))))
+    }
+}
+
+impl CustomOp2 for AttentionProbs {
+    fn name(&self) -> &'static str {
+        "rl-attention-probs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (scores, ls) = Self::scores(q, lq, k, lk)?;
+        let (mask, lm) = self.mask.storage_and_layout();
+        let candle_core::Storage::Cpu(mask) = &*mask else {
+            candle_core::bail!("rl-attention: the mask must be on the CPU");
+        };
+        run_kernel(&MaskedSoftmax { scale: self.scale }, &[(&scores, &ls), (mask, lm)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (scores, ls) = Self::scores(q, lq, k, lk)?;
+        let (mask, lm) = self.mask.storage_and_layout();
+        let candle_core::Storage::Cuda(mask) = &*mask else {
+            candle_core::bail!("rl-attention: the mask must be on the queries' CUDA device");
+        };
+        cuda::run(&MaskedSoftmax { scale: self.scale }, &[(&scores, &ls), (mask, lm)])
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // d scores = scale · p · (g − Σ g p); dq = d scores · k, dk = d scoresᵀ · q
+        let ds =
+            res.apply_op2_no_bwd(&grad.contiguous()?, &Op(SoftmaxBwd { scale: self.scale }))?;
+        let dq = ds.matmul(&k.detach())?;
+        let dk = ds.transpose(2, 3)?.matmul(&q.detach())?;
+        Ok((Some(dq), Some(dk)))
+    }
+}
+
+/// Attention probabilities `softmax(scale · q·kᵀ + mask)` over the keys: `q: (B, G, R, d)`,
+/// `k: (B, G, K, d)`, `mask: (B, 1, S, K)` additive with `R` a multiple of `S` (row `r` uses mask
+/// row `r mod S`, as [`masked_softmax`]) → `(B, G, R, K)`. Differentiable in `q` and `k`.
+///
+/// Equals `masked_softmax(&q.matmul(&k.t()?)?, mask, scale)` (tests compare values and
+/// gradients); with the fused kernels the scores are a temporary of the forward pass instead of
+/// a graph tensor kept until the backward pass (for SmolLM2 at 8 × 272 tokens, 21 MiB per layer).
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused_available(q) && k.dtype() == q.dtype() && mask.dtype() == q.dtype() {
+        let op = AttentionProbs { mask: mask.contiguous()?, scale };
+        return Ok(q.contiguous()?.apply_op2(&k.contiguous()?, op)?);
+    }
+    masked_softmax(&q.matmul(&k.t()?)?, mask, scale)
+}
+
 /// `softmax(scale · scores + mask)` over the last dimension. `scores: (B, G, R, K)`,
 /// `mask: (B, 1, S, K)` additive (0 or a large negative value) with `R` a multiple of `S`:
 /// score row `r` uses mask row `r mod S`, so grouped-query heads can be stacked along `R`
@@ -914,6 +1017,136 @@ pub fn log_prob_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Te
     log_prob_entropy_composed(logits, &targets)
 }
 
+// ----------------------------------------------------------------------------------------------
+// Output projection + log-softmax + gather + entropy
+
+/// `(x, w)` → `(N, 2)` = `[log p(target), entropy]` of the logits `x · wᵀ`, precomputed by
+/// [`head_log_prob_entropy`] on detached inputs. The op keeps the logits chunk by chunk (the
+/// backward pass needs them) outside the autograd graph, so the backward pass builds one
+/// chunk-sized logits gradient at a time and never an `(N, V)` one, and the graph holds no
+/// `(N, V)` node whose gradient candle would zero-fill and accumulate.
+struct HeadLogProb {
+    /// `(rows, V)` logits of consecutive row chunks, and their `(rows)` targets.
+    chunks: Vec<(Tensor, Tensor)>,
+    /// `(N, 2)` result.
+    out: Tensor,
+}
+
+impl HeadLogProb {
+    fn result<S: candle_core::backend::BackendStorage>(
+        &self,
+        pick: impl Fn(&candle_core::Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (storage, layout) = self.out.storage_and_layout();
+        match pick(&storage) {
+            Some(s) => Ok((s.try_clone(layout)?, self.out.shape().clone())),
+            None => candle_core::bail!("rl-head-log-prob: result on another device"),
+        }
+    }
+}
+
+impl CustomOp2 for HeadLogProb {
+    fn name(&self) -> &'static str {
+        "rl-head-log-prob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.result(|s| match s {
+            candle_core::Storage::Cpu(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.result(|s| match s {
+            candle_core::Storage::Cuda(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.detach(), w.detach(), grad.contiguous()?);
+        let (mut dx, mut dw, mut start) = (Vec::new(), None::<Tensor>, 0);
+        for (logits, targets) in &self.chunks {
+            let rows = logits.dim(0)?;
+            let res = self.out.narrow(0, start, rows)?;
+            let op = Op(LogProbEntropyBwd { targets: targets.clone() });
+            let g = logits.apply_op3_no_bwd(&res, &grad.narrow(0, start, rows)?, &op)?;
+            dx.push(g.matmul(&w)?);
+            let part = g.t()?.matmul(&x.narrow(0, start, rows)?)?;
+            dw = Some(match dw {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+            start += rows;
+        }
+        let dw = match dw {
+            Some(dw) => dw,
+            None => w.zeros_like()?,
+        };
+        Ok((Some(Tensor::cat(&dx, 0)?), Some(dw)))
+    }
+}
+
+/// [`log_prob_entropy`] of the logits `x · wᵀ` (an output projection without bias), computed
+/// `chunk_rows` rows at a time: `x: (N, H)`, `w: (V, H)`, `targets: (N)` u32 (each `< V`) →
+/// `(log p(target), entropy)`, both `(N)`. Differentiable in `x` and `w`.
+///
+/// Same values and gradients as `log_prob_entropy(&linear(x, w, None)?, targets)` (tests compare
+/// them), but where the fused kernels apply no `(N, V)` tensor enters the autograd graph: the
+/// logits are kept per chunk for the backward pass, which turns each chunk's logits gradient into
+/// the gradients of `x` and `w` before building the next. That saves the `(N, V)` gradient and
+/// candle's zero-filled accumulator for it (≈ 1.3 GiB of transient memory for SmolLM2 at
+/// 8 × 256 tokens) and the graph nodes of per-chunk reshapes.
+///
+/// # Errors
+/// Shape or dtype mismatches, a target `>= V`.
+pub fn head_log_prob_entropy(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    chunk_rows: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (n, _) = x.dims2()?;
+    let targets = targets.to_dtype(DType::U32)?.flatten_all()?.to_device(x.device())?;
+    if !(fused_available(x) && x.dtype() == w.dtype()) || n == 0 {
+        return log_prob_entropy(&linear(x, w, None)?, &targets);
+    }
+    let (xd, wd) = (x.detach(), w.detach());
+    let chunk_rows = chunk_rows.max(1);
+    let (mut chunks, mut outs, mut start) = (Vec::new(), Vec::new(), 0);
+    while start < n {
+        let rows = chunk_rows.min(n - start);
+        let logits = linear(&xd.narrow(0, start, rows)?, &wd, None)?;
+        let t = targets.narrow(0, start, rows)?;
+        outs.push(logits.apply_op1_no_bwd(&Op(LogProbEntropy { targets: t.clone() }))?);
+        chunks.push((logits, t));
+        start += rows;
+    }
+    let out = Tensor::cat(&outs, 0)?;
+    let res = x.apply_op2(w, HeadLogProb { chunks, out })?;
+    Ok((res.narrow(1, 0, 1)?.squeeze(1)?, res.narrow(1, 1, 1)?.squeeze(1)?))
+}
+
 /// [`log_prob_entropy`] from primitive candle ops (`targets: (N)` u32).
 pub fn log_prob_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, _) = logits.dims2()?;
@@ -1072,6 +1305,23 @@ mod tests {
     }
 
     #[test]
+    fn attention_probs_match_composed_values_and_gradients() {
+        let (b, g, reps, s, k, d) = (2, 2, 3, 4, 6, 5);
+        let mask: Vec<f64> =
+            (0..b * s * k).map(|i| if (i % k) <= (i / k) % s + 2 { 0.0 } else { -1e9 }).collect();
+        let mask = Tensor::from_vec(mask, (b, 1, s, k), &Device::Cpu).unwrap();
+        let inputs = [values(&[b, g, reps * s, d], 30), values(&[b, g, k, d], 31)];
+        check(
+            &inputs,
+            |t| Ok(vec![attention_probs(&t[0], &t[1], &mask, 0.4)?]),
+            |t| Ok(vec![masked_softmax_composed(&t[0].matmul(&t[1].t()?)?, &mask, 0.4)?]),
+            1e-12,
+        );
+        let wrong = values(&[b, g, k, d + 1], 32); // head sizes differ
+        assert!(attention_probs(&inputs[0], &wrong, &mask, 0.4).is_err());
+    }
+
+    #[test]
     fn swiglu_matches_composed_values_and_gradients() {
         let inputs = [values(&[4, 7, 9], 6), values(&[4, 7, 9], 7)];
         check(
@@ -1106,6 +1356,30 @@ mod tests {
             |t| Ok(vec![log_prob_entropy_composed(&t[0], &targets)?.0]),
             1e-12,
         );
+    }
+
+    #[test]
+    fn head_log_prob_entropy_matches_linear_then_log_prob_entropy() {
+        let (n, h, v) = (7, 5, 13);
+        let targets = Tensor::from_vec(vec![0u32, 12, 3, 3, 7, 5, 11], n, &Device::Cpu).unwrap();
+        let inputs = [values(&[n, h], 20), values(&[v, h], 21)];
+        for chunk in [1, 3, 7, 100] {
+            check(
+                &inputs,
+                |t| {
+                    let (a, b) = head_log_prob_entropy(&t[0], &t[1], &targets, chunk)?;
+                    Ok(vec![a, b])
+                },
+                |t| {
+                    let logits = (t[0].matmul(&t[1].t()?))?;
+                    let (a, b) = log_prob_entropy_composed(&logits, &targets)?;
+                    Ok(vec![a, b])
+                },
+                1e-12,
+            );
+        }
+        let bad = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 13], &Device::Cpu).unwrap(); // 13 >= V
+        assert!(head_log_prob_entropy(&inputs[0], &inputs[1], &bad, 3).is_err());
     }
 
     #[test]
@@ -1148,6 +1422,7 @@ mod tests {
             (0..b * 4 * 6).map(|i| if (i % 6) <= (i / 6) % 4 + 2 { 0.0 } else { -1e9 }).collect();
         let mask = Tensor::from_vec(mask, (b, 1, 4, 6), &Device::Cpu).unwrap();
         let targets = Tensor::from_vec(vec![0u32, 300, 3, 3, 7, 511], 6, &Device::Cpu).unwrap();
+        let head_targets = targets.clone();
         let cases: Vec<Case> = vec![
             (
                 "rms_norm",
@@ -1169,8 +1444,23 @@ mod tests {
             ),
             (
                 "masked_softmax",
-                vec![values(&[b, 2, 3 * 4, 6], 5), mask],
+                vec![values(&[b, 2, 3 * 4, 6], 5), mask.clone()],
                 Box::new(|t: &[Tensor]| Ok(vec![masked_softmax(&t[0], &t[1].detach(), 0.35)?])),
+            ),
+            (
+                "attention_probs",
+                vec![values(&[b, 2, 3 * 4, 8], 9), values(&[b, 2, 6, 8], 10), mask.clone()],
+                Box::new(|t: &[Tensor]| {
+                    Ok(vec![attention_probs(&t[0], &t[1], &t[2].detach(), 0.3)?])
+                }),
+            ),
+            (
+                "head_log_prob_entropy",
+                vec![values(&[6, 16], 11), values(&[512, 16], 12)],
+                Box::new(move |t: &[Tensor]| {
+                    let (lp, h) = head_log_prob_entropy(&t[0], &t[1], &head_targets, 4)?;
+                    Ok(vec![lp, h])
+                }),
             ),
             (
                 "swiglu",
