@@ -65,8 +65,7 @@ fn smollm2(spec: &str) {
     let (r, c): (usize, usize) = (r.parse().expect("rows"), c.parse().expect("columns"));
     let iters: usize = parts.next().map_or(2, |s| s.parse().expect("iterations"));
     // As the examples and the CLI do; `RLZ_RETAIN_MEMORY=0` measures glibc's default behaviour.
-    let retain = std::env::var("RLZ_RETAIN_MEMORY").map_or(true, |v| v != "0")
-        && rl_policy::alloc::retain_freed_memory();
+    let retain = rl_policy::alloc::retain_freed_memory();
     let path = rl_policy::testing_assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let clock = std::time::Instant::now();
     let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu).expect("load");

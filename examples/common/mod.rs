@@ -33,6 +33,10 @@ pub struct Args {
     /// Actor learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Responses per forward + backward pass (gradient accumulation: memory and speed only, not
+    /// the maths). Default 64 for the embedded model, 4 otherwise.
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
     /// Critic learning rate (PPO only; default: the recipe's).
     #[arg(long)]
     pub critic_lr: Option<f64>,
@@ -102,7 +106,7 @@ pub fn setup(name: &str) -> Result<Setup> {
 impl Setup {
     /// Sizes `t` for a 2-core CPU: group size, generation budget, actor learning rate (`tiny_lr`
     /// for the embedded model, 1e-6 otherwise, unless `--lr`), critic learning rate and warm-up
-    /// (`--critic-lr`, `--warmup-steps`), micro-batch, seed, metrics file.
+    /// (`--critic-lr`, `--warmup-steps`), micro-batch (`--micro-batch`), seed, metrics file.
     pub fn size(&self, t: &mut rl_zero::trainer::TrainerConfig, tiny_lr: f64) {
         let (a, tiny) = (&self.args, self.tiny);
         t.sampling.n = a.samples.unwrap_or(8);
@@ -121,7 +125,7 @@ impl Setup {
             t.actor.schedule = schedule.clone();
             t.critic.schedule = schedule;
         }
-        t.micro_batch_size = if tiny { 64 } else { 8 };
+        t.micro_batch_size = a.micro_batch.unwrap_or(if tiny { 64 } else { 4 });
         t.seed = a.seed;
         t.metrics_path = Some(self.out.join("metrics.jsonl"));
     }

@@ -15,14 +15,19 @@
 /// start of a training program (the `rl-zero` binary, the examples and the benches do). Resident
 /// memory then stays at its high-water mark rather than shrinking between steps.
 ///
-/// Returns `true` when applied; `false` where it does not apply (not Linux with glibc) or glibc
-/// refused a setting. Allocations made before the call are unaffected.
+/// Returns `true` when applied; `false` where it does not apply (not Linux with glibc), when the
+/// environment variable `RLZ_RETAIN_MEMORY` is `0` (to measure or keep glibc's default), or when
+/// glibc refused a setting. Allocations made before the call are unaffected.
 ///
 /// ```
 /// let applied = rl_policy::alloc::retain_freed_memory();
-/// assert_eq!(applied, cfg!(all(target_os = "linux", target_env = "gnu")));
+/// let off = std::env::var("RLZ_RETAIN_MEMORY").is_ok_and(|v| v == "0");
+/// assert_eq!(applied, cfg!(all(target_os = "linux", target_env = "gnu")) && !off);
 /// ```
 pub fn retain_freed_memory() -> bool {
+    if std::env::var("RLZ_RETAIN_MEMORY").is_ok_and(|v| v == "0") {
+        return false;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     {

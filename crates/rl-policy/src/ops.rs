@@ -1132,6 +1132,9 @@ pub fn head_log_prob_entropy(
         return log_prob_entropy(&linear(x, w, None)?, &targets);
     }
     let (xd, wd) = (x.detach(), w.detach());
+    // Without a graph to record into (no-grad passes such as old-log-prob recomputation) each
+    // chunk's logits are dropped as soon as they are reduced.
+    let keep = x.track_op() || w.track_op();
     let chunk_rows = chunk_rows.max(1);
     let (mut chunks, mut outs, mut start) = (Vec::new(), Vec::new(), 0);
     while start < n {
@@ -1139,10 +1142,15 @@ pub fn head_log_prob_entropy(
         let logits = linear(&xd.narrow(0, start, rows)?, &wd, None)?;
         let t = targets.narrow(0, start, rows)?;
         outs.push(logits.apply_op1_no_bwd(&Op(LogProbEntropy { targets: t.clone() }))?);
-        chunks.push((logits, t));
+        if keep {
+            chunks.push((logits, t));
+        }
         start += rows;
     }
     let out = Tensor::cat(&outs, 0)?;
+    if !keep {
+        return Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?));
+    }
     let res = x.apply_op2(w, HeadLogProb { chunks, out })?;
     Ok((res.narrow(1, 0, 1)?.squeeze(1)?, res.narrow(1, 1, 1)?.squeeze(1)?))
 }
