@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use crate::model::{AttentionLayout, Mode, Transformer};
 use crate::{PolicyError, Result};
 
-/// Default budget of logits elements per chunk (`B · chunk · V`): 32 Mi floats (128 MiB in f32).
+/// Default budget of logits elements per chunk (`rows · V`): 32 Mi floats (128 MiB in f32).
 pub const DEFAULT_CHUNK_ELEMENTS: usize = 32 << 20;
 
 /// A prompt/response batch as token ids and masks.
