@@ -27,6 +27,7 @@ use crate::Result;
 /// let copied = HostF32::new(&tt)?;
 /// assert!(!copied.is_borrowed());
 /// assert_eq!(copied.as_slice(), &[1.0, 3.0, 2.0, 4.0]);
+/// assert_eq!(copied.into_vec(), vec![1.0, 3.0, 2.0, 4.0]);
 /// # Ok::<(), rl_core::Error>(())
 /// ```
 pub struct HostF32<'t>(Inner<'t>);
@@ -65,6 +66,15 @@ impl<'t> HostF32<'t> {
                 _ => &[],
             },
             Inner::Copied(v) => v,
+        }
+    }
+
+    /// The elements as an owned vector: the copy itself when the view already copied, else a
+    /// copy of the borrowed elements.
+    pub fn into_vec(self) -> Vec<f32> {
+        match self.0 {
+            Inner::Copied(v) => v,
+            Inner::Borrowed(..) => self.as_slice().to_vec(),
         }
     }
 

@@ -40,7 +40,7 @@ impl Tok {
 
 /// Reads a tensor to the host as a flat f32 vector.
 pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Held::new(t)?.as_slice().to_vec())
+    Ok(Held::new(t)?.into_vec())
 }
 
 /// Reads a binary `(B, T)` mask; returns its values and row lengths.
