@@ -66,6 +66,9 @@ fn smollm2(spec: &str) {
     let iters: usize = parts.next().map_or(2, |s| s.parse().expect("iterations"));
     // As the examples and the CLI do; `RLZ_RETAIN_MEMORY=0` measures glibc's default behaviour.
     let retain = rl_policy::alloc::retain_freed_memory();
+    // `RLZ_BLAS=<libmkl_rt.so>` runs the CPU matrix products in MKL (scripts/setup_mkl.sh).
+    let blas = rl_policy::ops::blas::use_blas_from_env().expect("RLZ_BLAS");
+    let (side, blas) = if blas == "gemm" { ("rl-zero", "gemm") } else { ("rl-zero-mkl", "mkl") };
     let path = rl_policy::testing_assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let clock = std::time::Instant::now();
     let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu).expect("load");
@@ -73,8 +76,8 @@ fn smollm2(spec: &str) {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     let report = |iter: usize, secs: f64, tokens: usize| {
         println!(
-            "RESULT side=rl-zero what={what} shape={r}x{c} threads={threads} iter={iter} \
-             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={}",
+            "RESULT side={side} what={what} shape={r}x{c} threads={threads} iter={iter} \
+             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={} blas={blas}",
             tokens as f64 / secs,
             peak_rss_mb(),
             u8::from(retain)

@@ -4,6 +4,7 @@
 #
 #   bash scripts/bench/compare.sh                      # fwdbwd:8x256 and sample:16x128, 1 and 2 threads, 3 rounds
 #   ROUNDS=5 THREADS="2" WORKLOADS="fwdbwd:8x256" bash scripts/bench/compare.sh
+#   BLAS="gemm mkl" bash scripts/bench/compare.sh      # rl-zero also with MKL (scripts/setup_mkl.sh)
 #
 # Installs its Python side (torch, transformers, gguf) from PyPI into scripts/.venv
 # (scripts/setup_python.sh) and fetches the model (scripts/fetch_smollm2.sh). Each process runs one
@@ -15,10 +16,13 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 ITERS=${ITERS:-3}
 THREADS=${THREADS:-"1 2"}
+BLAS=${BLAS:-gemm}
 WORKLOADS=${WORKLOADS:-"fwdbwd:8x256 sample:16x128"}
 out=target/bench-compare
 mkdir -p "$out"
 bash scripts/fetch_smollm2.sh >/dev/null
+mkl=
+case " $BLAS " in *" mkl "*) mkl=$(bash scripts/setup_mkl.sh) ;; esac
 [ -x scripts/.venv/bin/python ] || bash scripts/setup_python.sh
 cargo bench --bench policy --no-run >/dev/null 2>&1
 bench=$(cargo bench --bench policy --no-run --message-format=json 2>/dev/null |
@@ -34,8 +38,11 @@ for w in $WORKLOADS; do
   for t in $THREADS; do
     for round in $(seq 1 "$ROUNDS"); do
       echo "::: $w threads=$t round $round" >&2
-      RAYON_NUM_THREADS=$t RLZ_POLICY_BENCH_SMOLLM2="$w:$ITERS" "$bench" none 2>/dev/null |
-        grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"
+      for blas in $BLAS; do
+        lib=; [ "$blas" = mkl ] && lib=$mkl
+        RLZ_BLAS=$lib RAYON_NUM_THREADS=$t RLZ_POLICY_BENCH_SMOLLM2="$w:$ITERS" "$bench" none 2>/dev/null |
+          grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"
+      done
       OMP_NUM_THREADS=$t scripts/.venv/bin/python scripts/bench/policy_vs_torch.py "$w:$ITERS" --threads "$t" 2>/dev/null |
         grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"
     done
@@ -49,21 +56,22 @@ for r in rows:
     if int(r["iter"]) > 0:  # iteration 0 is warm-up
         by[(r["what"], r["shape"], r["threads"], r["round"], r["side"])].append(r)
 keys = sorted({k[:3] for k in by})
-print("| workload | threads | rl-zero s (median) | torch s (median) | ratio min / median / max | peak RSS rl-zero / torch (MiB) |")
-print("|---|---:|---:|---:|---:|---:|")
-for what, shape, threads in keys:
+ours = sorted({k[4] for k in by if k[4] != "torch"})
+print("| workload | threads | side | rl-zero s (median) | torch s (median) | ratio min / median / max | peak RSS rl-zero / torch (MiB) |")
+print("|---|---:|---|---:|---:|---:|---:|")
+for (what, shape, threads), side in ((k, s) for k in keys for s in ours):
     rounds = sorted({k[3] for k in by if k[:3] == (what, shape, threads)})
-    ratios, rz, tc, rss = [], [], [], {"rl-zero": 0.0, "torch": 0.0}
+    ratios, rz, tc, rss = [], [], [], {side: 0.0, "torch": 0.0}
     for rd in rounds:
-        sides = {s: by.get((what, shape, threads, rd, s), []) for s in ("rl-zero", "torch")}
+        sides = {s: by.get((what, shape, threads, rd, s), []) for s in (side, "torch")}
         if not all(sides.values()):
             continue
         med = {s: statistics.median(float(r["secs"]) for r in v) for s, v in sides.items()}
         for s, v in sides.items():
             rss[s] = max(rss[s], max(float(r["peak_rss_mb"]) for r in v))
-        rz.append(med["rl-zero"]); tc.append(med["torch"]); ratios.append(med["torch"] / med["rl-zero"])
+        rz.append(med[side]); tc.append(med["torch"]); ratios.append(med["torch"] / med[side])
     if ratios:
-        print(f"| {what} {shape} | {threads} | {statistics.median(rz):.2f} | {statistics.median(tc):.2f} | "
+        print(f"| {what} {shape} | {threads} | {side} | {statistics.median(rz):.2f} | {statistics.median(tc):.2f} | "
               f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} | "
-              f"{rss['rl-zero']:.0f} / {rss['torch']:.0f} |")
+              f"{rss[side]:.0f} / {rss['torch']:.0f} |")
 PY

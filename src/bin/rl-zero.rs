@@ -109,6 +109,8 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `RLZ_BLAS=<libmkl_rt.so>`: CPU matrix products in MKL (scripts/setup_mkl.sh).
+    rl_zero::policy::ops::blas::use_blas_from_env()?;
     match Cli::parse().command {
         Command::Score(args) => score(&args),
         Command::Train(args) => train(&args),

@@ -64,6 +64,14 @@ pub enum PolicyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A BLAS library for the CPU matrix products cannot be used ([`crate::ops::blas`]).
+    #[error("cannot use BLAS library {path}: {reason}")]
+    Blas {
+        /// The library file.
+        path: PathBuf,
+        /// Why (not found, missing symbol, another library already in use).
+        reason: String,
+    },
     /// The Hugging Face Hub could not be reached or did not have the file.
     #[error("hub: {0}")]
     Hub(String),

@@ -192,12 +192,10 @@ fn merge_heads(x: &Tensor, heads: usize, mode: Mode) -> Result<Tensor> {
     }
 }
 
-/// `x · wᵀ + bias` of a [`Linear`] layer.
-fn linear(lin: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
-    match mode {
-        Mode::Diff => crate::ops::linear(x, lin.weight(), lin.bias()),
-        Mode::Fused => Ok(lin.forward(x)?),
-    }
+/// `x · wᵀ + bias` of a [`Linear`] layer (both modes: [`crate::ops::linear`] records no graph
+/// node for detached weights).
+fn linear(lin: &Linear, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+    crate::ops::linear(x, lin.weight(), lin.bias())
 }
 
 /// Attention probabilities `softmax(scale · q·kᵀ + mask)` of `q: (B, G, R, d)` and
@@ -212,7 +210,7 @@ fn attention_probs(
     match mode {
         Mode::Diff => crate::ops::attention_probs(q, k, mask, scale),
         Mode::Fused => {
-            let scores = q.matmul(&k.t()?)?;
+            let scores = crate::ops::matmul(q, &k.t()?)?;
             let reps = scores.dim(2)? / mask.dim(2)?.max(1);
             let mask = Tensor::cat(&vec![mask; reps], 2)?;
             Ok(candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?)
@@ -368,7 +366,7 @@ impl Transformer {
                 c.layers[li] = Some((k.clone(), v.clone()));
             }
             let probs = attention_probs(&q, &k, &layout.mask, scale, mode)?;
-            let attn = merge_heads(&probs.matmul(&v)?, nh, mode)?;
+            let attn = merge_heads(&crate::ops::matmul(&probs, &v)?, nh, mode)?;
             x = (x + linear(&layer.o, &attn, mode)?)?;
             let h = rms_norm(&x, &layer.post_norm, eps, mode)?;
             let (gate, up) = (linear(&layer.gate, &h, mode)?, linear(&layer.up, &h, mode)?);

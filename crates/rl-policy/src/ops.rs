@@ -34,6 +34,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+pub mod blas;
 #[cfg(feature = "cuda")]
 mod cuda;
 /// The device backends a [`Kernel`] must also implement: CUDA with the `cuda` feature.
@@ -48,7 +49,7 @@ impl<K: Kernel> Backends for K {}
 const MIN_ROWS: usize = 8;
 
 /// Element types of the fused kernels.
-trait Real: WithDType + num_traits::Float + Send + Sync {}
+trait Real: WithDType + num_traits::Float + Send + Sync + blas::Elem {}
 impl Real for f32 {}
 impl Real for f64 {}
 
@@ -552,7 +553,6 @@ impl CustomOp2 for LinearOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
         let (out, inp) = l2.shape().dims2()?;
         let dims = l1.dims();
         if dims.last() != Some(&inp) || !l1.is_contiguous() || !l2.is_contiguous() {
@@ -564,7 +564,7 @@ impl CustomOp2 for LinearOp {
         let m = l1.shape().elem_count() / inp.max(1);
         let lhs = Layout::contiguous_with_offset((m, inp), l1.start_offset());
         let rhs = Layout::contiguous_with_offset((out, inp), l2.start_offset()).transpose(0, 1)?;
-        let y = s1.matmul(s2, (1, m, out, inp), &lhs, &rhs)?;
+        let y = blas::matmul_storage(s1, &lhs, s2, &rhs, (1, m, out, inp))?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = out;
         Ok((y, Shape::from(shape)))
@@ -580,8 +580,8 @@ impl CustomOp2 for LinearOp {
         let (out, inp) = w.dims2()?;
         let g = grad.contiguous()?.reshape(((), out))?;
         let x2 = x.detach().reshape(((), inp))?;
-        let dx = g.matmul(&w.detach())?.reshape(x.shape())?;
-        let dw = g.t()?.matmul(&x2)?;
+        let dx = blas::mm(&g, &w.detach())?.reshape(x.shape())?;
+        let dw = blas::mm(&g.t()?, &x2)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -602,6 +602,65 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// `a · b` of batched matrices as one graph node whose forward and backward products run in
+/// [`blas`] (candle's `matmul` zero-fills each output first).
+struct MatMulOp;
+
+impl CustomOp2 for MatMulOp {
+    fn name(&self) -> &'static str {
+        "rl-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (d1, d2) = (l1.dims(), l2.dims());
+        let r = d1.len();
+        if r < 2 || d2.len() != r || d1[..r - 2] != d2[..r - 2] || d1[r - 1] != d2[r - 2] {
+            candle_core::bail!("rl-matmul: {d1:?} and {d2:?} do not fit");
+        }
+        let (m, k, n) = (d1[r - 2], d1[r - 1], d2[r - 1]);
+        let batch = d1[..r - 2].iter().product();
+        let out = blas::matmul_storage(s1, l1, s2, l2, (batch, m, n, k))?;
+        let mut dims = d1.to_vec();
+        dims[r - 1] = n;
+        Ok((out, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let r = a.rank();
+        let (a, b) = (a.detach(), b.detach());
+        let da = blas::mm(grad, &b.transpose(r - 2, r - 1)?)?;
+        let db = blas::mm(&a.transpose(r - 2, r - 1)?, grad)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// `a · b` of `a: (..., m, k)` and `b: (..., k, n)` with equal leading dims → `(..., m, n)`, as
+/// candle's `matmul`, differentiable in both. On the CPU in f32/f64 it is one graph node whose
+/// products (forward and backward) run in [`blas`]; elsewhere it is candle's `matmul`.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let r = a.rank();
+    let fits = r >= 2 && b.rank() == r && a.dims()[..r - 2] == b.dims()[..r - 2];
+    if a.device().is_cpu() && fused_available(a) && a.dtype() == b.dtype() && fits {
+        return Ok(blas::operand(a)?.apply_op2(&blas::operand(b)?, MatMulOp)?);
+    }
+    Ok(a.matmul(b)?)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -701,14 +760,13 @@ struct AttentionProbs {
 }
 
 impl AttentionProbs {
-    /// The scores `q·kᵀ` (`(B·G, R, K)` contiguous) of contiguous `q: (B, G, R, d)` and
-    /// `k: (B, G, K, d)`, and their `(B, G, R, K)` layout.
-    fn scores<S: candle_core::backend::BackendStorage>(
-        q: &S,
+    /// The product `(B·G, R, K, d)` and operand layouts of the scores `q·kᵀ` of contiguous
+    /// `q: (B, G, R, d)` and `k: (B, G, K, d)`, and the scores' `(B, G, R, K)` layout.
+    #[allow(clippy::type_complexity)]
+    fn scores_layout(
         lq: &Layout,
-        k: &S,
         lk: &Layout,
-    ) -> candle_core::Result<(S, Layout)> {
+    ) -> candle_core::Result<((usize, usize, usize, usize), Layout, Layout, Layout)> {
         let (b, g, r, d) = lq.shape().dims4()?;
         let (kb, kg, kk, kd) = lk.shape().dims4()?;
         if (kb, kg, kd) != (b, g, d) || !lq.is_contiguous() || !lk.is_contiguous() {
@@ -717,8 +775,7 @@ impl AttentionProbs {
         let lhs = Layout::contiguous_with_offset((b * g, r, d), lq.start_offset());
         let rhs =
             Layout::contiguous_with_offset((b * g, kk, d), lk.start_offset()).transpose(1, 2)?;
-        let scores = q.matmul(k, (b * g, r, kk, d), &lhs, &rhs)?;
-        Ok((scores, Layout::contiguous((b, g, r, kk))))
+        Ok(((b * g, r, kk, d), lhs, rhs, Layout::contiguous((b, g, r, kk))))
     }
 }
 
@@ -734,7 +791,8 @@ impl CustomOp2 for AttentionProbs {
         k: &CpuStorage,
         lk: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (scores, ls) = Self::scores(q, lq, k, lk)?;
+        let (bmnk, lhs, rhs, ls) = Self::scores_layout(lq, lk)?;
+        let scores = blas::matmul_storage(q, &lhs, k, &rhs, bmnk)?;
         let (mask, lm) = self.mask.storage_and_layout();
         let candle_core::Storage::Cpu(mask) = &*mask else {
             candle_core::bail!("rl-attention: the mask must be on the CPU");
@@ -750,7 +808,9 @@ impl CustomOp2 for AttentionProbs {
         k: &candle_core::CudaStorage,
         lk: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (scores, ls) = Self::scores(q, lq, k, lk)?;
+        use candle_core::backend::BackendStorage;
+        let (bmnk, lhs, rhs, ls) = Self::scores_layout(lq, lk)?;
+        let scores = q.matmul(k, bmnk, &lhs, &rhs)?;
         let (mask, lm) = self.mask.storage_and_layout();
         let candle_core::Storage::Cuda(mask) = &*mask else {
             candle_core::bail!("rl-attention: the mask must be on the queries' CUDA device");
@@ -768,8 +828,8 @@ impl CustomOp2 for AttentionProbs {
         // d scores = scale · p · (g − Σ g p); dq = d scores · k, dk = d scoresᵀ · q
         let ds =
             res.apply_op2_no_bwd(&grad.contiguous()?, &Op(SoftmaxBwd { scale: self.scale }))?;
-        let dq = ds.matmul(&k.detach())?;
-        let dk = ds.transpose(2, 3)?.matmul(&q.detach())?;
+        let dq = blas::mm(&ds, &k.detach())?;
+        let dk = blas::mm(&ds.transpose(2, 3)?, &q.detach())?;
         Ok((Some(dq), Some(dk)))
     }
 }
@@ -1091,8 +1151,8 @@ impl CustomOp2 for HeadLogProb {
             let res = self.out.narrow(0, start, rows)?;
             let op = Op(LogProbEntropyBwd { targets: targets.clone() });
             let g = logits.apply_op3_no_bwd(&res, &grad.narrow(0, start, rows)?, &op)?;
-            dx.push(g.matmul(&w)?);
-            let part = g.t()?.matmul(&x.narrow(0, start, rows)?)?;
+            dx.push(blas::mm(&g, &w)?);
+            let part = blas::mm(&g.t()?, &x.narrow(0, start, rows)?)?;
             dw = Some(match dw {
                 Some(acc) => (acc + part)?,
                 None => part,

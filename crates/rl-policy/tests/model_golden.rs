@@ -137,6 +137,7 @@ fn check_against_golden(model: &LanguageModel, golden: &Value, tol: f32) -> R {
 
 #[test]
 fn tiny_models_match_transformers() -> R {
+    blas_from_env();
     for name in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] {
         let dir = fixtures().join(name);
         let model = LanguageModel::from_hf_dir(&dir, DType::F32, &Device::Cpu)?;
@@ -148,6 +149,7 @@ fn tiny_models_match_transformers() -> R {
 
 #[test]
 fn smollm2_gguf_matches_transformers() -> R {
+    blas_from_env();
     let path = testing_assets::smollm2_gguf()?;
     let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu)?;
     assert_eq!(model.num_params(), 134_515_008);
@@ -176,4 +178,10 @@ fn smollm2_gguf_matches_transformers() -> R {
     assert_eq!(s.finish, FinishReason::StopString, "{s:?}");
     assert!(s.response.contains(&stop) && s.response_tokens <= 6, "{s:?}");
     Ok(())
+}
+
+/// With `RLZ_BLAS=<libmkl_rt.so>` (CI sets it after scripts/setup_mkl.sh) the products run in
+/// MKL, so the same assertions check that backend too.
+fn blas_from_env() {
+    rl_policy::ops::blas::use_blas_from_env().expect("RLZ_BLAS names a usable MKL library");
 }

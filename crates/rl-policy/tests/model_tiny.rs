@@ -69,6 +69,7 @@ fn loss(model: &LanguageModel, b: &Batch, chunk: usize) -> R<Tensor> {
 
 #[test]
 fn every_parameter_gets_a_gradient() -> R {
+    blas_from_env();
     for (arch, tied) in [("llama", false), ("qwen2", true), ("qwen3", false)] {
         let model = tiny(arch, tied, DType::F32);
         let grads = loss(&model, &batch(), 2)?.backward()?;
@@ -95,6 +96,7 @@ fn every_parameter_gets_a_gradient() -> R {
 
 #[test]
 fn gradients_match_finite_differences() -> R {
+    blas_from_env();
     for arch in ["llama", "qwen3"] {
         let model = tiny(arch, arch == "qwen3", DType::F64);
         let b = batch();
@@ -172,6 +174,7 @@ fn chunking_does_not_change_log_probs() -> R {
 
 #[test]
 fn left_padding_and_fused_path_do_not_change_logits() -> R {
+    blas_from_env();
     for arch in ["llama", "qwen2", "qwen3"] {
         let model = tiny(arch, false, DType::F32);
         let (diff, fused) = (model.trainable()?, model.detached()?);
@@ -197,6 +200,7 @@ fn left_padding_and_fused_path_do_not_change_logits() -> R {
 
 #[test]
 fn kv_cache_steps_equal_full_forward() -> R {
+    blas_from_env();
     let d = Device::Cpu;
     let ids = [[0u32, 4, 8, 15, 16, 23, 30], [1, 2, 3, 5, 7, 11, 13]];
     let valid = vec![vec![false, true, true, true, true, true, true], vec![true; 7]];
@@ -498,4 +502,10 @@ fn bf16_forward_is_close_to_f32() -> R {
         assert!(delta < 0.05, "{mode:?}: bf16 vs f32 {delta}");
     }
     Ok(())
+}
+
+/// With `RLZ_BLAS=<libmkl_rt.so>` (CI sets it after scripts/setup_mkl.sh) the products run in
+/// MKL, so the same assertions check that backend too.
+fn blas_from_env() {
+    rl_policy::ops::blas::use_blas_from_env().expect("RLZ_BLAS names a usable MKL library");
 }

@@ -1,0 +1,585 @@
+//! CPU matrix products of the fused ops: the `gemm` crate (candle's own CPU backend, the default)
+//! or Intel MKL loaded at run time.
+//!
+//! Every matrix product of the differentiable decoder path on the CPU (the linear layers forward
+//! and backward, the attention products, the output projection of
+//! [`head_log_prob_entropy`](super::head_log_prob_entropy)) goes through this module. Unlike
+//! candle's `matmul` it writes into an uninitialised output (no zero-filling pass) and runs
+//! batched products one batch item per thread.
+//!
+//! With [`use_mkl`] (or `RLZ_BLAS=/path/to/libmkl_rt.so` and [`use_blas_from_env`]) the products
+//! run in MKL's `cblas_sgemm` / `cblas_dgemm` instead, the same library PyTorch's CPU build uses.
+//! MKL is opened with `dlopen`, so building rl-zero never needs it; it runs in MKL's sequential
+//! threading layer and rl-zero splits each product over its own rayon threads (two thread pools
+//! spinning on the same cores slowed both). `scripts/setup_mkl.sh` installs MKL from its PyPI
+//! wheel. Results differ from the `gemm` crate's by float rounding only.
+
+#![allow(unsafe_code)]
+
+use std::ffi::c_int;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::{PolicyError, Result};
+
+/// `cblas_?gemm(layout, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`, LP64.
+type Cblas<T> = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    T,
+    *const T,
+    c_int,
+    *const T,
+    c_int,
+    T,
+    *mut T,
+    c_int,
+);
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+/// `MKL_Set_Threading_Layer` / `MKL_Set_Interface_Layer` arguments.
+const MKL_THREADING_SEQUENTIAL: c_int = 1;
+const MKL_INTERFACE_LP64: c_int = 0;
+
+/// An opened MKL runtime library.
+pub(crate) struct Mkl {
+    path: PathBuf,
+    sgemm: Cblas<f32>,
+    dgemm: Cblas<f64>,
+    /// Keeps the symbols valid for the life of the process.
+    _lib: libloading::Library,
+}
+
+/// The process-wide CPU matrix-product backend (the `gemm` crate until [`use_mkl`] succeeds).
+static MKL: OnceLock<Mkl> = OnceLock::new();
+
+/// Makes every CPU matrix product of [`crate::ops`] use Intel MKL's runtime library
+/// `libmkl_rt.so` at `path` (sequential threading layer, LP64 interface). Process-wide and
+/// permanent; calling it again with the same library is a no-op.
+///
+/// # Errors
+/// [`PolicyError::Blas`] when the library cannot be opened, lacks `cblas_sgemm`,
+/// `cblas_dgemm` or `MKL_Set_Threading_Layer`, or another library is already in use.
+pub fn use_mkl(path: &Path) -> Result<()> {
+    let err = |reason: String| PolicyError::Blas { path: path.to_path_buf(), reason };
+    if let Some(m) = MKL.get() {
+        return if m.path == path {
+            Ok(())
+        } else {
+            Err(err(format!("{} is already in use", m.path.display())))
+        };
+    }
+    // SAFETY: opening a shared library runs its initialisers; libmkl_rt's only set up MKL's
+    // dispatch tables. The symbols are looked up with the C signatures MKL documents and are
+    // kept valid by storing the library next to them for the life of the process.
+    let mkl = unsafe {
+        let lib = libloading::Library::new(path).map_err(|e| err(e.to_string()))?;
+        let set_threading = *lib
+            .get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Threading_Layer\0")
+            .map_err(|e| err(e.to_string()))?;
+        let set_interface = *lib
+            .get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Interface_Layer\0")
+            .map_err(|e| err(e.to_string()))?;
+        let sgemm = *lib.get::<Cblas<f32>>(b"cblas_sgemm\0").map_err(|e| err(e.to_string()))?;
+        let dgemm = *lib.get::<Cblas<f64>>(b"cblas_dgemm\0").map_err(|e| err(e.to_string()))?;
+        if set_interface(MKL_INTERFACE_LP64) < 0 || set_threading(MKL_THREADING_SEQUENTIAL) < 0 {
+            return Err(err("MKL refused the LP64 interface or the sequential layer".into()));
+        }
+        Mkl { path: path.to_path_buf(), sgemm, dgemm, _lib: lib }
+    };
+    match MKL.set(mkl) {
+        Ok(()) => Ok(()),
+        // Another thread won the race: fine if it opened the same library.
+        Err(_) => use_mkl(path),
+    }
+}
+
+/// Applies the environment variable `RLZ_BLAS`: unset, empty or `gemm` keeps the `gemm` crate;
+/// anything else is the path of `libmkl_rt.so` for [`use_mkl`]. Returns the backend in use,
+/// as [`cpu_backend`].
+///
+/// # Errors
+/// As [`use_mkl`].
+pub fn use_blas_from_env() -> Result<String> {
+    match std::env::var("RLZ_BLAS") {
+        Ok(v) if !v.is_empty() && v != "gemm" => use_mkl(Path::new(&v))?,
+        _ => {}
+    }
+    Ok(cpu_backend())
+}
+
+/// The CPU matrix-product backend in use: `"gemm"` or `"mkl:<path>"`.
+///
+/// ```
+/// // Nothing in this process called `use_mkl`.
+/// assert_eq!(rl_policy::ops::blas::cpu_backend(), "gemm");
+/// ```
+pub fn cpu_backend() -> String {
+    match MKL.get() {
+        Some(m) => format!("mkl:{}", m.path.display()),
+        None => "gemm".into(),
+    }
+}
+
+/// Element types of the products (f32, f64).
+pub(crate) trait Elem: WithDType + Copy + Send + Sync + 'static {
+    /// MKL's gemm for this type.
+    fn cblas(mkl: &Mkl) -> Cblas<Self>;
+}
+
+impl Elem for f32 {
+    fn cblas(mkl: &Mkl) -> Cblas<f32> {
+        mkl.sgemm
+    }
+}
+
+impl Elem for f64 {
+    fn cblas(mkl: &Mkl) -> Cblas<f64> {
+        mkl.dgemm
+    }
+}
+
+/// A strided matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat<T> {
+    ptr: *const T,
+    rs: usize,
+    cs: usize,
+}
+
+/// A raw pointer that may cross threads: each task writes a disjoint block of the output.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T);
+// SAFETY: the tasks given an `Out` write disjoint elements and the caller waits for all of them.
+unsafe impl<T> Send for Out<T> {}
+unsafe impl<T> Sync for Out<T> {}
+// SAFETY: operands are only read while the borrowed slices they point into are alive.
+unsafe impl<T> Send for Mat<T> {}
+unsafe impl<T> Sync for Mat<T> {}
+
+/// `c (m × n, row-major, row stride ldc) = a (m × k) · b (k × n)` on the calling thread.
+///
+/// # Safety
+/// `a` and `b` must address `m × k` and `k × n` valid elements and `c` `m` rows of `n` writable
+/// elements (`ldc >= n`) that nothing else accesses during the call.
+unsafe fn gemm_one<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<T>,
+    b: Mat<T>,
+    c: *mut T,
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if let Some(mkl) = MKL.get() {
+        // BLAS needs unit stride along one axis of each operand (any candle matmul layout has it).
+        let trans = |x: Mat<T>, cols: usize, rows: usize| -> Option<(c_int, usize)> {
+            if x.rs == 0 || x.cs == 0 {
+                None
+            } else if x.cs == 1 || cols <= 1 {
+                Some((NO_TRANS, x.rs.max(cols).max(1)))
+            } else if x.rs == 1 || rows <= 1 {
+                Some((TRANS, x.cs.max(rows).max(1)))
+            } else {
+                None
+            }
+        };
+        if let (Some((ta, lda)), Some((tb, ldb)), Ok(_)) =
+            (trans(a, k, m), trans(b, n, k), c_int::try_from(m.max(n).max(k).max(ldc)))
+        {
+            let f = T::cblas(mkl);
+            let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
+            // SAFETY: dimensions and leading dimensions describe the caller's valid buffers.
+            unsafe {
+                f(
+                    ROW_MAJOR,
+                    ta,
+                    tb,
+                    m as c_int,
+                    n as c_int,
+                    k as c_int,
+                    one,
+                    a.ptr,
+                    lda as c_int,
+                    b.ptr,
+                    ldb as c_int,
+                    zero,
+                    c,
+                    ldc as c_int,
+                );
+            }
+            return;
+        }
+    }
+    // SAFETY: as above; `read_dst = false` never reads the (uninitialised) output.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            false,
+            a.ptr,
+            a.cs as isize,
+            a.rs as isize,
+            b.ptr,
+            b.cs as isize,
+            b.rs as isize,
+            T::from_f64(0.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Rows (or columns) of the output in one block of a split product at least.
+const MIN_SPLIT: usize = 64;
+/// Blocks per thread of a split product.
+const BLOCKS_PER_THREAD: usize = 4;
+
+/// `c = a · b` (`m × n`, row-major, contiguous) using every rayon thread: the output rows (or
+/// columns, when there are few rows) are split into one block per thread.
+///
+/// # Safety
+/// As [`gemm_one`] with `ldc = n`.
+unsafe fn gemm_par<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c: *mut T) {
+    let threads = rayon::current_num_threads();
+    let flops = m.saturating_mul(n).saturating_mul(k);
+    if threads <= 1 || flops < 1 << 21 {
+        // SAFETY: forwarded from the caller.
+        return unsafe { gemm_one(m, n, k, a, b, c, n) };
+    }
+    if MKL.get().is_none() {
+        // The gemm crate has its own rayon parallelism (what candle uses).
+        // SAFETY: as `gemm_one`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c,
+                1,
+                n as isize,
+                false,
+                a.ptr,
+                a.cs as isize,
+                a.rs as isize,
+                b.ptr,
+                b.cs as isize,
+                b.rs as isize,
+                T::from_f64(0.0),
+                T::from_f64(1.0),
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        return;
+    }
+    let out = Out(c);
+    let by_rows = m >= n.min(MIN_SPLIT * threads);
+    let len = if by_rows { m } else { n };
+    // Several blocks per thread, so work stealing evens out a core that is slowed down (on a
+    // shared machine one half of a two-way split often finished far later than the other).
+    let block = len.div_ceil(threads * BLOCKS_PER_THREAD).max(MIN_SPLIT.min(len));
+    (0..len.div_ceil(block)).into_par_iter().for_each(|i| {
+        let (s, e) = (i * block, ((i + 1) * block).min(len));
+        let (out, a, b) = (out, a, b);
+        // SAFETY: block `i` of the output is written by this task only; the offsets stay inside
+        // the operands the caller guarantees.
+        unsafe {
+            if by_rows {
+                let a = Mat { ptr: a.ptr.add(s * a.rs), ..a };
+                gemm_one(e - s, n, k, a, b, out.0.add(s * n), n);
+            } else {
+                let b = Mat { ptr: b.ptr.add(s * b.cs), ..b };
+                gemm_one(m, e - s, k, a, b, out.0.add(s), n);
+            }
+        }
+    });
+}
+
+/// Strides of a matrix operand of a batched product: batch, row, column.
+#[derive(Clone, Copy, Debug)]
+struct Strides {
+    batch: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// The strides of `l` as `batch` matrices of `rows × cols` (leading dims collapse into one batch
+/// dim), or `None` when they do not collapse.
+fn strides(l: &Layout, rows: usize, cols: usize) -> Option<Strides> {
+    let (dims, st) = (l.dims(), l.stride());
+    let r = dims.len();
+    if r < 2 || dims[r - 2] != rows || dims[r - 1] != cols {
+        return None;
+    }
+    let (rs, cs) = (st[r - 2], st[r - 1]);
+    if r == 2 {
+        return Some(Strides { batch: 0, rs, cs });
+    }
+    // Batch dims of size 1 carry no stride; the others must be nested.
+    let mut bstride = None::<usize>;
+    let mut expect = None::<usize>;
+    for i in (0..r - 2).rev() {
+        if dims[i] == 1 {
+            continue;
+        }
+        if let Some(e) = expect
+            && st[i] != e
+        {
+            return None;
+        }
+        bstride.get_or_insert(st[i]);
+        expect = Some(st[i] * dims[i]);
+    }
+    Some(Strides { batch: bstride.unwrap_or(0), rs, cs })
+}
+
+/// `batch` products `(m × k) · (k × n)` of strided operands into a new contiguous
+/// `batch × m × n` vector: one product on all threads, several one per thread.
+fn batched<T: Elem>(
+    (batch, m, n, k): (usize, usize, usize, usize),
+    a: &[T],
+    sa: Strides,
+    b: &[T],
+    sb: Strides,
+) -> Vec<T> {
+    let len = batch * m * n;
+    if k == 0 || len == 0 {
+        // An empty sum: BLAS kernels may leave the output untouched.
+        return vec![T::from_f64(0.0); len];
+    }
+    let mut out = Vec::<T>::with_capacity(len);
+    let c = Out(out.as_mut_ptr());
+    let (pa, pb) = (
+        Mat { ptr: a.as_ptr(), rs: sa.rs, cs: sa.cs },
+        Mat { ptr: b.as_ptr(), rs: sb.rs, cs: sb.cs },
+    );
+    if batch == 1 {
+        // SAFETY: the caller checked that the layouts address elements inside `a` and `b`; the
+        // output has capacity for `m × n` elements.
+        unsafe { gemm_par(m, n, k, pa, pb, c.0) };
+    } else {
+        (0..batch).into_par_iter().for_each(|i| {
+            let (c, pa, pb) = (c, pa, pb);
+            // SAFETY: as above, item `i` writes only its own `m × n` block.
+            unsafe {
+                let a = Mat { ptr: pa.ptr.add(i * sa.batch), ..pa };
+                let b = Mat { ptr: pb.ptr.add(i * sb.batch), ..pb };
+                gemm_one(m, n, k, a, b, c.0.add(i * m * n), n);
+            }
+        });
+    }
+    // SAFETY: the products above wrote all `len` elements (`m, n, k > 0`).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The largest element offset `l` addresses, plus one.
+fn extent(l: &Layout) -> usize {
+    if l.shape().elem_count() == 0 {
+        return l.start_offset();
+    }
+    l.start_offset()
+        + l.dims().iter().zip(l.stride()).map(|(&d, &s)| (d - 1) * s).sum::<usize>()
+        + 1
+}
+
+/// candle's `BackendStorage::matmul` for CPU storages: `bmnk = (batch, m, n, k)`, operands of any
+/// matmul-compatible layout, contiguous `(batch·m, n)` result. f32/f64 run here, other dtypes
+/// (and layouts whose batch dims do not collapse) in candle.
+pub(crate) fn matmul_storage(
+    lhs: &CpuStorage,
+    l1: &Layout,
+    rhs: &CpuStorage,
+    l2: &Layout,
+    bmnk: (usize, usize, usize, usize),
+) -> candle_core::Result<CpuStorage> {
+    use candle_core::backend::BackendStorage;
+    let (_, m, n, k) = bmnk;
+    let typed = |sa: Strides, sb: Strides| -> candle_core::Result<Option<CpuStorage>> {
+        Ok(Some(match (lhs, rhs) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(run(bmnk, a, l1, sa, b, l2, sb)?)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(run(bmnk, a, l1, sa, b, l2, sb)?)
+            }
+            _ => return Ok(None),
+        }))
+    };
+    if let (Some(sa), Some(sb)) = (strides(l1, m, k), strides(l2, k, n))
+        && let Some(out) = typed(sa, sb)?
+    {
+        return Ok(out);
+    }
+    lhs.matmul(rhs, bmnk, l1, l2)
+}
+
+fn run<T: Elem>(
+    bmnk: (usize, usize, usize, usize),
+    a: &[T],
+    la: &Layout,
+    sa: Strides,
+    b: &[T],
+    lb: &Layout,
+    sb: Strides,
+) -> candle_core::Result<Vec<T>> {
+    if extent(la) > a.len() || extent(lb) > b.len() {
+        candle_core::bail!("rl-matmul: operand layouts exceed their storage");
+    }
+    Ok(batched(bmnk, &a[la.start_offset()..], sa, &b[lb.start_offset()..], sb))
+}
+
+/// `t`, or a contiguous copy when its batch dims do not collapse into one stride (a narrowed
+/// head axis), which no matmul kernel takes.
+pub(crate) fn operand(t: &Tensor) -> candle_core::Result<Tensor> {
+    let r = t.rank();
+    match r >= 2 && strides(t.layout(), t.dims()[r - 2], t.dims()[r - 1]).is_some() {
+        true => Ok(t.clone()),
+        false => t.contiguous(),
+    }
+}
+
+/// `a · b` of CPU tensors `a: (..., m, k)`, `b: (..., k, n)` with equal leading dims (or `b` of
+/// rank 2 when `a` is) without recording a graph node: f32/f64 run here, everything else in
+/// candle's `matmul`. The inputs need not be contiguous.
+pub(crate) fn mm(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let same_batch =
+        ra == rb && a.dims()[..ra.saturating_sub(2)] == b.dims()[..rb.saturating_sub(2)];
+    let real = matches!(a.dtype(), DType::F32 | DType::F64);
+    if !a.device().is_cpu() || ra < 2 || !same_batch || a.dtype() != b.dtype() || !real {
+        return a.matmul(b);
+    }
+    let (m, k) = (a.dims()[ra - 2], a.dims()[ra - 1]);
+    let (k2, n) = (b.dims()[rb - 2], b.dims()[rb - 1]);
+    if k != k2 {
+        return a.matmul(b);
+    }
+    let batch = a.dims()[..ra - 2].iter().product::<usize>();
+    let (a, b) = (&operand(a)?, &operand(b)?);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb) else {
+        return a.matmul(b);
+    };
+    let out = matmul_storage(sa, la, sb, lb, (batch, m, n, k))?;
+    let mut dims = a.dims().to_vec();
+    dims[ra - 1] = n;
+    let dev = a.device();
+    Ok(match out {
+        CpuStorage::F32(v) => Tensor::from_vec(v, dims, dev)?,
+        CpuStorage::F64(v) => Tensor::from_vec(v, dims, dev)?,
+        _ => a.matmul(b)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, IndexOp, Tensor, Var};
+
+    use super::*;
+
+    fn values(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+        let mut rng = rl_core::rng::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.next_f64() * 2.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.dims(), b.dims());
+        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
+        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Every operand layout the decoder produces (contiguous, transposed, narrowed, batched,
+    /// single rows, empty sums), single- and multi-threaded sizes, against candle's `matmul`.
+    #[test]
+    fn products_match_candle_for_every_layout() {
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
+            let mut cases: Vec<(Tensor, Tensor)> = Vec::new();
+            for (m, k, n) in [(3, 5, 4), (1, 7, 9), (9, 7, 1), (300, 96, 200), (130, 700, 64)] {
+                let a = values(&[m, k], 1, dtype);
+                let b = values(&[k, n], 2, dtype);
+                let at = values(&[k, m], 3, dtype).t().unwrap();
+                let bt = values(&[n, k], 4, dtype).t().unwrap();
+                cases.extend([(a.clone(), b.clone()), (at.clone(), b), (a, bt.clone()), (at, bt)]);
+            }
+            // Batched (B, G, R, K) · (B, G, K, d), with a transposed lhs as in the attention
+            // backward pass, and narrowed operands with offsets.
+            let p = values(&[2, 3, 6, 5], 5, dtype);
+            let v = values(&[2, 3, 5, 4], 6, dtype);
+            let q = values(&[2, 3, 6, 4], 7, dtype);
+            cases.push((p.clone(), v.clone()));
+            cases.push((p.transpose(2, 3).unwrap(), q));
+            cases.push((p.i((.., 1..3)).unwrap(), v.i((.., 1..3)).unwrap()));
+            let big = values(&[40, 30], 8, dtype);
+            cases.push((
+                big.narrow(0, 3, 20).unwrap(),
+                big.narrow(0, 1, 30).unwrap().narrow(1, 2, 9).unwrap(),
+            ));
+            // Empty sums and empty outputs.
+            cases.push((values(&[4, 0], 9, dtype), values(&[0, 3], 10, dtype)));
+            cases.push((values(&[0, 5], 9, dtype), values(&[5, 3], 10, dtype)));
+            for (i, (a, b)) in cases.iter().enumerate() {
+                let ours = mm(a, b).unwrap();
+                let reference = a.contiguous().unwrap().matmul(&b.contiguous().unwrap()).unwrap();
+                let d = if ours.elem_count() == 0 { 0.0 } else { max_diff(&ours, &reference) };
+                assert!(
+                    d <= tol,
+                    "case {i} ({dtype:?}): {:?}·{:?} differs by {d}",
+                    a.dims(),
+                    b.dims()
+                );
+                assert!(ours.is_contiguous());
+            }
+        }
+    }
+
+    /// The graph op's gradients equal candle's `matmul` backward.
+    #[test]
+    fn matmul_op_gradients_match_candle() {
+        let a = Var::from_tensor(&values(&[2, 3, 5, 4], 11, DType::F64)).unwrap();
+        let b = Var::from_tensor(&values(&[2, 3, 4, 6], 12, DType::F64)).unwrap();
+        let w = values(&[2, 3, 5, 6], 13, DType::F64);
+        let ours = (super::super::matmul(&a, &b).unwrap() * &w).unwrap().sum_all().unwrap();
+        let theirs = (a.matmul(&b).unwrap() * &w).unwrap().sum_all().unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-12);
+        let (g1, g2) = (ours.backward().unwrap(), theirs.backward().unwrap());
+        for v in [&a, &b] {
+            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(d < 1e-12, "gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn missing_library_is_a_typed_error() {
+        let err = use_mkl(Path::new("/nonexistent/libmkl_rt.so")).unwrap_err();
+        assert!(matches!(err, PolicyError::Blas { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/libmkl_rt.so"));
+        assert_eq!(cpu_backend(), "gemm");
+    }
+}
