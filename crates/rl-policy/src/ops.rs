@@ -12,7 +12,8 @@
 //! cuBLAS through candle there). On other devices and dtypes every function falls back to the
 //! same formula composed from candle ops that have backward passes, so results agree everywhere
 //! (tests compare both, values and gradients). The composed versions are public too
-//! (`*_composed`), as the reference formulas and for benchmarks.
+//! (`*_composed`), as the reference formulas and for benchmarks. The matrix products inside the
+//! ops run in [`blas`] on the CPU (the `gemm` crate, or Intel MKL when enabled).
 //!
 //! | function | input | output |
 //! |---|---|---|
@@ -20,6 +21,7 @@
 //! | [`split_heads`] | `x: (B, S, n·d)`, optional `cos, sin: (B, S, d/2)` | `(B, g, (n/g)·S, d)` |
 //! | [`merge_heads`] | `(B, g, (n/g)·S, d)` | `(B, S, n·d)` |
 //! | [`linear`] | `x: (..., in)`, `w: (out, in)`, `bias: (out)` | `(..., out)` |
+//! | [`matmul`] | `a: (..., m, k)`, `b: (..., k, n)` | `(..., m, n)` |
 //! | [`masked_softmax`] | `scores: (B, G, R, K)`, `mask: (B, 1, S, K)`, `R = r·S` | `(B, G, R, K)` |
 //! | [`attention_probs`] | `q: (B, G, R, d)`, `k: (B, G, K, d)`, `mask: (B, 1, S, K)` | `(B, G, R, K)` |
 //! | [`swiglu`] | `gate, up: (..., I)` | `(..., I)` |

@@ -196,8 +196,9 @@ unsafe fn gemm_one<T: Elem>(
                 None
             }
         };
-        if let (Some((ta, lda)), Some((tb, ldb)), Ok(_)) =
-            (trans(a, k, m), trans(b, n, k), c_int::try_from(m.max(n).max(k).max(ldc)))
+        let fits = |v: usize| c_int::try_from(v).is_ok();
+        if let (Some((ta, lda)), Some((tb, ldb))) = (trans(a, k, m), trans(b, n, k))
+            && [m, n, k, ldc, lda, ldb].into_iter().all(fits)
         {
             let f = T::cblas(mkl);
             let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
