@@ -10,7 +10,9 @@
 //! * `fwdbwd:8x256`: forward + backward of the mean log-prob of 8 responses of 256 tokens after
 //!   a 16-token prompt (the training path: `response_hidden` + `token_log_probs`);
 //! * `sample:16x128`: sampling 16 prompts of 16 tokens × 128 new tokens at temperature 1
-//!   (KV cache, no EOS stop).
+//!   (KV cache, no EOS stop);
+//! * `gemm:8x256`: only the matrix products of `fwdbwd:8x256` (same shapes, forward and
+//!   backward), through `rl_policy::ops::matmul`: the floor under forward + backward.
 //!
 //! Each iteration prints a `RESULT side=rl-zero ...` line, the last one `peak_rss_mb`;
 //! `scripts/bench/policy_vs_torch.py` measures the same workloads with PyTorch/transformers and
@@ -126,7 +128,48 @@ fn smollm2(spec: &str) {
                 report(iter, secs, r * c);
             }
         }
-        other => panic!("unknown workload `{other}` (fwdbwd or sample)"),
+        "gemm" => {
+            // The matrix products of `fwdbwd:RxC` alone, same shapes, through the same
+            // `ops::matmul` path (the `gemm` crate or MKL): the floor forward + backward stands on.
+            let cfg = model.config();
+            let (d, f, hd, v) =
+                (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.vocab_size);
+            let (nh, nkv, t) = (cfg.num_heads, cfg.num_kv_heads, c + 16);
+            let n = r * t;
+            let rnd =
+                |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &Device::Cpu).expect("randn");
+            let lin =
+                [(nh * hd, d), (nkv * hd, d), (nkv * hd, d), (d, nh * hd), (f, d), (f, d), (d, f)];
+            let lin: Vec<_> =
+                lin.iter().map(|&(o, i)| (rnd(&[n, i]), rnd(&[o, i]), rnd(&[n, o]))).collect();
+            let reps = nh / nkv;
+            let (q, k, vv) =
+                (rnd(&[r, nkv, reps * t, hd]), rnd(&[r, nkv, t, hd]), rnd(&[r, nkv, t, hd]));
+            let (p, gctx) = (rnd(&[r, nkv, reps * t, t]), rnd(&[r, nkv, reps * t, hd]));
+            let (hx, hw, hg) = (rnd(&[r * c, d]), rnd(&[v, d]), rnd(&[r * c, v]));
+            let mm = |a: &Tensor, b: &Tensor| rl_policy::ops::matmul(a, b).expect("matmul");
+            for iter in 0..iters {
+                let clock = std::time::Instant::now();
+                for _ in 0..cfg.num_layers {
+                    for (x, w, g) in &lin {
+                        mm(x, &w.t().expect("t"));
+                        mm(g, w);
+                        mm(&g.t().expect("t"), x);
+                    }
+                    mm(&q, &k.t().expect("t"));
+                    mm(&p, &vv);
+                    mm(&gctx, &vv.t().expect("t"));
+                    mm(&p.t().expect("t"), &gctx);
+                    mm(&p, &k);
+                    mm(&p.t().expect("t"), &q);
+                }
+                mm(&hx, &hw.t().expect("t"));
+                mm(&hg, &hw);
+                mm(&hg.t().expect("t"), &hx);
+                report(iter, clock.elapsed().as_secs_f64(), n);
+            }
+        }
+        other => panic!("unknown workload `{other}` (fwdbwd, sample or gemm)"),
     }
 }
 

@@ -5,7 +5,8 @@ SmolLM2-135M-Instruct in f32 (the GGUF dequantized by transformers, or an HF dir
   * fwdbwd:BxT  forward + backward of the mean log-prob of B responses of T tokens after a
                 16-token prompt (full-vocab log_softmax + gather, as rl-policy's token_log_probs);
   * sample:RxN  `generate` of N new tokens for R prompts of 16 tokens, temperature 1, no top-k /
-                top-p, no EOS stop (min_new_tokens = N), KV cache.
+                top-p, no EOS stop (min_new_tokens = N), KV cache;
+  * gemm:BxT    only the matrix products of fwdbwd:BxT (same shapes, random values).
 
 Prints `RESULT side=torch ...` lines (seconds, tokens/s, peak RSS) for scripts/bench/compare.sh.
 
@@ -76,8 +77,39 @@ def main():
                 secs = time.time() - clock
                 assert out.shape[1] == 16 + c, out.shape
                 report(it, secs, r * c)
+    elif what == "gemm":
+        # The matrix products of fwdbwd:RxC alone, as benches/policy.rs `gemm` (same shapes).
+        cfg = model.config
+        d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+        nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        hd = getattr(cfg, "head_dim", None) or d // nh
+        t = c + 16
+        n, reps = r * t, nh // nkv
+        lin = [(nh * hd, d), (nkv * hd, d), (nkv * hd, d), (d, nh * hd), (f, d), (f, d), (d, f)]
+        lin = [(torch.randn(n, i), torch.randn(o, i), torch.randn(n, o)) for o, i in lin]
+        q, k, vv = torch.randn(r, nkv, reps * t, hd), torch.randn(r, nkv, t, hd), torch.randn(r, nkv, t, hd)
+        p, gctx = torch.randn(r, nkv, reps * t, t), torch.randn(r, nkv, reps * t, hd)
+        hx, hw, hg = torch.randn(r * c, d), torch.randn(v, d), torch.randn(r * c, v)
+        with torch.no_grad():
+            for it in range(iters):
+                clock = time.time()
+                for _ in range(cfg.num_hidden_layers):
+                    for x, w, g in lin:
+                        torch.nn.functional.linear(x, w)
+                        g @ w
+                        g.t() @ x
+                    q @ k.transpose(-1, -2)
+                    p @ vv
+                    gctx @ vv.transpose(-1, -2)
+                    p.transpose(-1, -2) @ gctx
+                    p @ k
+                    p.transpose(-1, -2) @ q
+                hx @ hw.t()
+                hg @ hw
+                hg.t() @ hx
+                report(it, time.time() - clock, n)
     else:
-        raise SystemExit(f"unknown workload {what!r} (fwdbwd or sample)")
+        raise SystemExit(f"unknown workload {what!r} (fwdbwd, sample or gemm)")
 
 
 if __name__ == "__main__":

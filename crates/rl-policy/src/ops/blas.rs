@@ -134,11 +134,57 @@ pub fn cpu_backend() -> String {
 pub(crate) trait Elem: WithDType + Copy + Send + Sync + 'static {
     /// MKL's gemm for this type.
     fn cblas(mkl: &Mkl) -> Cblas<Self>;
+
+    /// `true` when [`Elem::dots`] has a kernel for this type.
+    const DOTS: bool = false;
+
+    /// `c[i·ldc + j] = x_i · w_j` (dot products of length `k`) for `m` rows `x_i` at
+    /// `x + i·x_rs` and the `js` rows `w_j` at `w + j·w_rs`, all unit-stride (a no-op unless
+    /// [`Elem::DOTS`]).
+    ///
+    /// # Safety
+    /// The pointers must address the rows described, `c` `m` rows of `ldc >= js` elements.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dots(
+        _m: usize,
+        _js: usize,
+        _k: usize,
+        _x: *const Self,
+        _x_rs: usize,
+        _w: *const Self,
+        _w_rs: usize,
+        _c: *mut Self,
+        _ldc: usize,
+    ) {
+    }
 }
 
 impl Elem for f32 {
+    const DOTS: bool = true;
+
     fn cblas(mkl: &Mkl) -> Cblas<f32> {
         mkl.sgemm
+    }
+
+    unsafe fn dots(
+        m: usize,
+        js: usize,
+        k: usize,
+        x: *const f32,
+        x_rs: usize,
+        w: *const f32,
+        w_rs: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY: forwarded from the caller; the AVX-512 variant runs only where it is present.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return dots_avx512(m, js, k, x, x_rs, w, w_rs, c, ldc);
+            }
+            dots_f32(m, js, k, x, x_rs, w, w_rs, c, ldc);
+        }
     }
 }
 
@@ -146,6 +192,160 @@ impl Elem for f64 {
     fn cblas(mkl: &Mkl) -> Cblas<f64> {
         mkl.dgemm
     }
+}
+
+/// The dot products of `R` rows `x[r]` with one row `w` (all of `w`'s length): 16-wide partial
+/// sums per row, so each chunk of `w` is loaded once for `R` independent FMA chains and the loop
+/// vectorizes without reassociation.
+#[inline(always)]
+fn dots_rows<const R: usize>(x: [&[f32]; R], w: &[f32]) -> [f32; R] {
+    let mut acc = [[0f32; 16]; R];
+    let body = w.len() / 16 * 16;
+    for c in (0..body).step_by(16) {
+        let wc: &[f32; 16] = w[c..c + 16].try_into().expect("16 elements");
+        for (acc, x) in acc.iter_mut().zip(&x) {
+            let xc: &[f32; 16] = x[c..c + 16].try_into().expect("16 elements");
+            for l in 0..16 {
+                acc[l] += xc[l] * wc[l];
+            }
+        }
+    }
+    let mut out = [0f32; R];
+    for ((o, acc), x) in out.iter_mut().zip(&acc).zip(&x) {
+        let tail: f32 = x[body..].iter().zip(&w[body..]).map(|(a, b)| a * b).sum();
+        *o = acc.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
+/// See [`Elem::dots`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dots_f32(
+    m: usize,
+    js: usize,
+    k: usize,
+    x: *const f32,
+    x_rs: usize,
+    w: *const f32,
+    w_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the caller guarantees the rows and the output.
+    let row = |i: usize| unsafe { std::slice::from_raw_parts(x.add(i * x_rs), k) };
+    for j in 0..js {
+        // SAFETY: as above.
+        let wj = unsafe { std::slice::from_raw_parts(w.add(j * w_rs), k) };
+        let mut i = 0;
+        while i + 8 <= m {
+            let d = dots_rows::<8>(std::array::from_fn(|r| row(i + r)), wj);
+            // SAFETY: as above.
+            d.iter().enumerate().for_each(|(r, &v)| unsafe { *c.add((i + r) * ldc + j) = v });
+            i += 8;
+        }
+        for i in i..m {
+            // SAFETY: as above.
+            unsafe { *c.add(i * ldc + j) = dots_rows::<1>([row(i)], wj)[0] };
+        }
+    }
+}
+
+/// [`dots_f32`] with AVX-512 intrinsics: eight rows of `x` per pass over a row of `w`, so each
+/// 16-wide chunk of `w` is loaded once for eight independent FMA chains.
+///
+/// # Safety
+/// As [`Elem::dots`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_avx512(
+    m: usize,
+    js: usize,
+    k: usize,
+    x: *const f32,
+    x_rs: usize,
+    w: *const f32,
+    w_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+    };
+    /// Rows `i..i + R` of `x` against row `wj`.
+    #[inline(always)]
+    unsafe fn block<const R: usize>(
+        i: usize,
+        k: usize,
+        x: *const f32,
+        x_rs: usize,
+        wj: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let body = k / 16 * 16;
+        // SAFETY: the caller guarantees rows `i..i + R` of `x`, `k` elements of `wj` and the
+        // output elements; AVX-512F is enabled by the enclosing function.
+        unsafe {
+            let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
+            let mut kk = 0;
+            while kk < body {
+                let wv = _mm512_loadu_ps(wj.add(kk));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_loadu_ps(x.add((i + r) * x_rs + kk)), wv, *acc);
+                }
+                kk += 16;
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let mut v = _mm512_reduce_add_ps(*acc);
+                for t in body..k {
+                    v += *x.add((i + r) * x_rs + t) * *wj.add(t);
+                }
+                *c.add((i + r) * ldc) = v;
+            }
+        }
+    }
+    for j in 0..js {
+        // SAFETY: forwarded from the caller: row `j` of `w` and column `j` of the output.
+        unsafe {
+            let (wj, cj) = (w.add(j * w_rs), c.add(j));
+            let mut i = 0;
+            while i + 8 <= m {
+                block::<8>(i, k, x, x_rs, wj, cj, ldc);
+                i += 8;
+            }
+            while i < m {
+                block::<1>(i, k, x, x_rs, wj, cj, ldc);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Output rows at most for which [`skinny`] streams the weights instead of calling gemm.
+const SKINNY_ROWS: usize = 32;
+
+/// `c = a · b` for few rows of `a` (decoding: one token per sequence) where `b = wᵀ` of a
+/// row-major `w`: every output element is a dot product of two unit-stride rows, so each weight
+/// row is read once from memory, where gemm would first copy (pack) all of `b`. Column blocks run
+/// on all threads. `false` (nothing written) when it does not apply: layout, dtype, MKL in use.
+///
+/// # Safety
+/// As [`gemm_one`] with `ldc = n`.
+unsafe fn skinny<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c: *mut T) -> bool {
+    if !T::DOTS || m > SKINNY_ROWS || a.cs != 1 || b.rs != 1 || MKL.get().is_some() {
+        return false;
+    }
+    let out = Out(c);
+    let block = 64;
+    (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
+        let (out, a, b) = (out, a, b);
+        let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
+        // SAFETY: block `bi` writes only its own output columns; rows stay inside the operands.
+        unsafe { T::dots(m, j1 - j0, k, a.ptr, a.rs, b.ptr.add(j0 * b.cs), b.cs, out.0.add(j0), n) }
+    });
+    true
 }
 
 /// A strided matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
@@ -261,6 +461,10 @@ const BLOCKS_PER_THREAD: usize = 4;
 /// # Safety
 /// As [`gemm_one`] with `ldc = n`.
 unsafe fn gemm_par<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c: *mut T) {
+    // SAFETY: forwarded from the caller.
+    if unsafe { skinny(m, n, k, a, b, c) } {
+        return;
+    }
     let threads = rayon::current_num_threads();
     let flops = m.saturating_mul(n).saturating_mul(k);
     if threads <= 1 || flops < 1 << 21 {
@@ -522,7 +726,10 @@ mod tests {
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
             let mut cases: Vec<(Tensor, Tensor)> = Vec::new();
-            for (m, k, n) in [(3, 5, 4), (1, 7, 9), (9, 7, 1), (300, 96, 200), (130, 700, 64)] {
+            // Few rows (the streaming decode kernel, with and without a 16-wide remainder) and many.
+            for (m, k, n) in
+                [(3, 5, 4), (1, 7, 9), (9, 7, 1), (16, 600, 300), (300, 96, 200), (130, 700, 64)]
+            {
                 let a = values(&[m, k], 1, dtype);
                 let b = values(&[k, n], 2, dtype);
                 let at = values(&[k, m], 3, dtype).t().unwrap();
