@@ -424,7 +424,28 @@ unsafe fn gemm_one<T: Elem>(
             return;
         }
     }
-    // SAFETY: as above; `read_dst = false` never reads the (uninitialised) output.
+    // SAFETY: as above.
+    unsafe { gemm_crate(m, n, k, a, b, c, ldc, gemm::Parallelism::None) }
+}
+
+/// [`gemm_one`] in the `gemm` crate with the given parallelism.
+///
+/// # Safety
+/// As [`gemm_one`]; `read_dst = false` never reads the (uninitialised) output.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<T>,
+    b: Mat<T>,
+    c: *mut T,
+    ldc: usize,
+    par: gemm::Parallelism,
+) {
+    let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
+    let (ars, acs, brs, bcs) = (a.rs as isize, a.cs as isize, b.rs as isize, b.cs as isize);
+    // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
             m,
@@ -435,17 +456,17 @@ unsafe fn gemm_one<T: Elem>(
             ldc as isize,
             false,
             a.ptr,
-            a.cs as isize,
-            a.rs as isize,
+            acs,
+            ars,
             b.ptr,
-            b.cs as isize,
-            b.rs as isize,
-            T::from_f64(0.0),
-            T::from_f64(1.0),
+            bcs,
+            brs,
+            zero,
+            one,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }
@@ -455,8 +476,9 @@ const MIN_SPLIT: usize = 64;
 /// Blocks per thread of a split product.
 const BLOCKS_PER_THREAD: usize = 4;
 
-/// `c = a · b` (`m × n`, row-major, contiguous) using every rayon thread: the output rows (or
-/// columns, when there are few rows) are split into one block per thread.
+/// `c = a · b` (`m × n`, row-major, contiguous) using every rayon thread: few rows stream the
+/// weights ([`skinny`]), the `gemm` crate parallelises itself, and MKL's sequential products
+/// run on blocks of output rows (or columns, when there are few rows), several per thread.
 ///
 /// # Safety
 /// As [`gemm_one`] with `ldc = n`.
@@ -474,30 +496,7 @@ unsafe fn gemm_par<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, 
     if MKL.get().is_none() {
         // The gemm crate has its own rayon parallelism (what candle uses).
         // SAFETY: as `gemm_one`.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c,
-                1,
-                n as isize,
-                false,
-                a.ptr,
-                a.cs as isize,
-                a.rs as isize,
-                b.ptr,
-                b.cs as isize,
-                b.rs as isize,
-                T::from_f64(0.0),
-                T::from_f64(1.0),
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(threads),
-            );
-        }
-        return;
+        return unsafe { gemm_crate(m, n, k, a, b, c, n, gemm::Parallelism::Rayon(threads)) };
     }
     let out = Out(c);
     let by_rows = m >= n.min(MIN_SPLIT * threads);
