@@ -192,9 +192,9 @@ fn merge_heads(x: &Tensor, heads: usize, mode: Mode) -> Result<Tensor> {
     }
 }
 
-/// `x · wᵀ + bias` of a [`Linear`] layer (both modes: [`crate::ops::linear`] records no graph
+/// `x · wᵀ + bias` of a [`Linear`] layer, in both modes ([`crate::ops::linear`] records no graph
 /// node for detached weights).
-fn linear(lin: &Linear, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     crate::ops::linear(x, lin.weight(), lin.bias())
 }
 
@@ -346,7 +346,7 @@ impl Transformer {
             // `n` heads of `lin(h)` in `groups`, after the optional per-head norm (Qwen3)
             let heads =
                 |lin: &Linear, n: usize, groups: usize, norm: &Option<Tensor>, rot: bool| {
-                    let t = linear(lin, &h, mode)?;
+                    let t = linear(lin, &h)?;
                     let t = match norm {
                         Some(w) => rms_norm(&t.reshape((b, s, n, hd))?, w, eps, mode)?,
                         None => t,
@@ -367,21 +367,21 @@ impl Transformer {
             }
             let probs = attention_probs(&q, &k, &layout.mask, scale, mode)?;
             let attn = merge_heads(&crate::ops::matmul(&probs, &v)?, nh, mode)?;
-            x = (x + linear(&layer.o, &attn, mode)?)?;
+            x = (x + linear(&layer.o, &attn)?)?;
             let h = rms_norm(&x, &layer.post_norm, eps, mode)?;
-            let (gate, up) = (linear(&layer.gate, &h, mode)?, linear(&layer.up, &h, mode)?);
+            let (gate, up) = (linear(&layer.gate, &h)?, linear(&layer.up, &h)?);
             let act = match mode {
                 Mode::Diff => crate::ops::swiglu(&gate, &up)?,
                 Mode::Fused => (candle_nn::ops::silu(&gate)? * up)?,
             };
-            x = (x + linear(&layer.down, &act, mode)?)?;
+            x = (x + linear(&layer.down, &act)?)?;
         }
         rms_norm(&x, &self.norm, eps, mode)
     }
 
     /// Logits `(..., V)` of hidden states `(..., H)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear(&self.lm_head, hidden, Mode::Diff)
+        linear(&self.lm_head, hidden)
     }
 
     /// Log-probs of `targets: (N)` and entropies, both `(N)`, of the logits of hidden states
