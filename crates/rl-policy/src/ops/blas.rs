@@ -138,25 +138,29 @@ pub(crate) trait Elem: WithDType + Copy + Send + Sync + 'static {
     /// `true` when [`Elem::dots`] has a kernel for this type.
     const DOTS: bool = false;
 
-    /// `c[i·ldc + j] = x_i · w_j` (dot products of length `k`) for `m` rows `x_i` at
-    /// `x + i·x_rs` and the `js` rows `w_j` at `w + j·w_rs`, all unit-stride (a no-op unless
-    /// [`Elem::DOTS`]).
+    /// The dot products `p` describes (a no-op unless [`Elem::DOTS`]).
     ///
     /// # Safety
-    /// The pointers must address the rows described, `c` `m` rows of `ldc >= js` elements.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dots(
-        _m: usize,
-        _js: usize,
-        _k: usize,
-        _x: *const Self,
-        _x_rs: usize,
-        _w: *const Self,
-        _w_rs: usize,
-        _c: *mut Self,
-        _ldc: usize,
-    ) {
-    }
+    /// As [`Dots`].
+    unsafe fn dots(_p: Dots<Self>) {}
+}
+
+/// `c[i·ldc + j] = x_i · w_j` (dot products of length `k`) for the `m` rows `x_i` at
+/// `x + i·x_rs` and the `js` rows `w_j` at `w + j·w_rs`, all unit-stride.
+///
+/// Safety contract of the kernels taking it: the pointers address the rows described and `c`
+/// `m` rows of `ldc >= js` writable elements that nothing else accesses meanwhile.
+#[derive(Clone, Copy)]
+pub(crate) struct Dots<T> {
+    m: usize,
+    js: usize,
+    k: usize,
+    x: *const T,
+    x_rs: usize,
+    w: *const T,
+    w_rs: usize,
+    c: *mut T,
+    ldc: usize,
 }
 
 impl Elem for f32 {
@@ -166,24 +170,14 @@ impl Elem for f32 {
         mkl.sgemm
     }
 
-    unsafe fn dots(
-        m: usize,
-        js: usize,
-        k: usize,
-        x: *const f32,
-        x_rs: usize,
-        w: *const f32,
-        w_rs: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn dots(p: Dots<f32>) {
         // SAFETY: forwarded from the caller; the AVX-512 variant runs only where it is present.
         unsafe {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return dots_avx512(m, js, k, x, x_rs, w, w_rs, c, ldc);
+                return dots_avx512(p);
             }
-            dots_f32(m, js, k, x, x_rs, w, w_rs, c, ldc);
+            dots_f32(p);
         }
     }
 }
@@ -218,20 +212,13 @@ fn dots_rows<const R: usize>(x: [&[f32]; R], w: &[f32]) -> [f32; R] {
     out
 }
 
-/// See [`Elem::dots`].
-#[allow(clippy::too_many_arguments)]
+/// [`Dots`] in portable code.
+///
+/// # Safety
+/// As [`Dots`].
 #[inline(always)]
-unsafe fn dots_f32(
-    m: usize,
-    js: usize,
-    k: usize,
-    x: *const f32,
-    x_rs: usize,
-    w: *const f32,
-    w_rs: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn dots_f32(p: Dots<f32>) {
+    let Dots { m, js, k, x, x_rs, w, w_rs, c, ldc } = p;
     // SAFETY: the caller guarantees the rows and the output.
     let row = |i: usize| unsafe { std::slice::from_raw_parts(x.add(i * x_rs), k) };
     for j in 0..js {
@@ -251,25 +238,15 @@ unsafe fn dots_f32(
     }
 }
 
-/// [`dots_f32`] with AVX-512 intrinsics: eight rows of `x` per pass over a row of `w`, so each
+/// [`Dots`] with AVX-512 intrinsics: eight rows of `x` per pass over a row of `w`, so each
 /// 16-wide chunk of `w` is loaded once for eight independent FMA chains.
 ///
 /// # Safety
-/// As [`Elem::dots`], on a CPU with AVX-512F.
+/// As [`Dots`], on a CPU with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dots_avx512(
-    m: usize,
-    js: usize,
-    k: usize,
-    x: *const f32,
-    x_rs: usize,
-    w: *const f32,
-    w_rs: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn dots_avx512(p: Dots<f32>) {
+    let Dots { m, js, k, x, x_rs, w, w_rs, c, ldc } = p;
     use std::arch::x86_64::{
         __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
     };
@@ -343,7 +320,10 @@ unsafe fn skinny<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c:
         let (out, a, b) = (out, a, b);
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         // SAFETY: block `bi` writes only its own output columns; rows stay inside the operands.
-        unsafe { T::dots(m, j1 - j0, k, a.ptr, a.rs, b.ptr.add(j0 * b.cs), b.cs, out.0.add(j0), n) }
+        unsafe {
+            let (w, c) = (b.ptr.add(j0 * b.cs), out.0.add(j0));
+            T::dots(Dots { m, js: j1 - j0, k, x: a.ptr, x_rs: a.rs, w, w_rs: b.cs, c, ldc: n });
+        }
     });
     true
 }
