@@ -45,22 +45,90 @@ struct Layer {
     down: Linear,
 }
 
-/// Per-layer key/value cache for incremental decoding: `(B, n_kv_heads, K, head_dim)` per layer,
-/// keys stored after the rotary embedding.
-#[derive(Clone, Debug, Default)]
+/// Per-layer key/value cache for incremental decoding: `(B, n_kv_heads, K, head_dim)` keys
+/// (after the rotary embedding) and values per layer.
+///
+/// Untracked keys and values (sampling with detached weights) are written in place into
+/// preallocated `(B, n_kv_heads, capacity, head_dim)` buffers, so a decoding step copies only its
+/// own new positions, not the whole cache; a full buffer grows to at least twice its capacity.
+/// Keys and values that carry an autograd graph are concatenated instead, keeping the graph.
+/// Not `Clone`: two caches must never share buffers that both write into.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+    capacity: usize,
+}
+
+/// One layer's buffers and how many positions of them are filled.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `k, v: (B, g, S, d)`; returns views of all `len + S` cached positions.
+    fn append(
+        slot: &mut Option<Self>,
+        k: &Tensor,
+        v: &Tensor,
+        capacity: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let s = k.dim(2)?;
+        let len = slot.as_ref().map_or(0, |e| e.len);
+        let need = len + s;
+        let tracked = k.track_op() || v.track_op();
+        match slot {
+            Some(e) if !tracked && !e.k.track_op() && need <= e.k.dim(2)? => {
+                e.k.slice_set(&k.contiguous()?, 2, len)?;
+                e.v.slice_set(&v.contiguous()?, 2, len)?;
+                e.len = need;
+            }
+            _ => {
+                // A new buffer: the filled prefix, the new positions and (untracked) free room.
+                let room = if tracked {
+                    0
+                } else {
+                    let old = slot.as_ref().map_or(0, |e| e.k.dim(2).unwrap_or(0));
+                    capacity.max(2 * old).max(need) - need
+                };
+                let grow = |old: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
+                    let mut parts = Vec::with_capacity(3);
+                    if let Some(old) = old {
+                        parts.push(old.narrow(2, 0, len)?);
+                    }
+                    parts.push(new.clone());
+                    if room > 0 {
+                        let (b, g, _, d) = new.dims4()?;
+                        parts.push(Tensor::zeros((b, g, room, d), new.dtype(), new.device())?);
+                    }
+                    Ok(Tensor::cat(&parts, 2)?)
+                };
+                let (ok, ov) = (slot.as_ref().map(|e| &e.k), slot.as_ref().map(|e| &e.v));
+                *slot = Some(Self { k: grow(ok, k)?, v: grow(ov, v)?, len: need });
+            }
+        }
+        let e = slot.as_ref().expect("filled above");
+        Ok((e.k.narrow(2, 0, need)?, e.v.narrow(2, 0, need)?))
+    }
 }
 
 impl KvCache {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers] }
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// An empty cache for `num_layers` layers whose buffers hold `positions` positions before
+    /// they first grow (prompt length + `max_new_tokens` when sampling).
+    pub fn with_capacity(num_layers: usize, positions: usize) -> Self {
+        Self { layers: (0..num_layers).map(|_| None).collect(), capacity: positions }
     }
 
     /// Number of cached positions `K` (0 when empty).
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |e| e.len)
     }
 
     /// Keeps only the batch rows `rows` (in that order) of every layer's keys and values.
@@ -68,10 +136,10 @@ impl KvCache {
     /// # Errors
     /// A row index out of range.
     pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let idx = Tensor::from_iter(rows.iter().map(|&r| r as u32), k.device())?;
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
+        for e in self.layers.iter_mut().flatten() {
+            let idx = Tensor::from_iter(rows.iter().map(|&r| r as u32), e.k.device())?;
+            e.k = e.k.index_select(&idx, 0)?;
+            e.v = e.v.index_select(&idx, 0)?;
         }
         Ok(())
     }
@@ -335,7 +403,7 @@ impl Transformer {
         if let Some(c) = cache.as_mut()
             && c.layers.len() != self.layers.len()
         {
-            c.layers = vec![None; self.layers.len()];
+            c.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let (cos, sin) = self.rotary(&layout.positions)?;
         let mut x = self.embed.forward(ids)?;
@@ -359,11 +427,7 @@ impl Transformer {
             let mut k = heads(&layer.k, nkv, nkv, &layer.k_norm, true)?;
             let mut v = heads(&layer.v, nkv, nkv, &None, false)?;
             if let Some(c) = cache.as_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                c.layers[li] = Some((k.clone(), v.clone()));
+                (k, v) = LayerKv::append(&mut c.layers[li], &k, &v, c.capacity)?;
             }
             let probs = attention_probs(&q, &k, &layout.mask, scale, mode)?;
             let attn = merge_heads(&crate::ops::matmul(&probs, &v)?, nh, mode)?;

@@ -13,6 +13,7 @@
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use rl_core::{FinishReason, SamplingConfig};
 
 use crate::model::{AttentionLayout, KvCache, Mode, Transformer};
@@ -37,20 +38,77 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
+/// Elements per block of the vectorized passes over a row of logits (partial sums in f32 within
+/// a block, in f64 across blocks).
+const BLOCK: usize = 256;
+
+/// `Σ e^(scale·(l - max))` of a row (its `max` given) with the kernels' vectorized f32
+/// exponential, summed per block in f32 and across blocks in f64; `exps` (when given) receives
+/// every term.
+fn sum_exp(logits: &[f32], max: f32, scale: f32, mut exps: Option<&mut Vec<f32>>) -> f64 {
+    if let Some(e) = exps.as_deref_mut() {
+        e.clear();
+        e.resize(logits.len(), 0.0);
+    }
+    let mut total = 0f64;
+    for (b, chunk) in logits.chunks(BLOCK).enumerate() {
+        let mut part = [0f32; BLOCK];
+        for (p, &l) in part.iter_mut().zip(chunk) {
+            *p = crate::ops::exp_f32((l - max) * scale);
+        }
+        total += part[..chunk.len()].iter().sum::<f32>() as f64;
+        if let Some(e) = exps.as_deref_mut() {
+            e[b * BLOCK..b * BLOCK + chunk.len()].copy_from_slice(&part[..chunk.len()]);
+        }
+    }
+    total
+}
+
+/// The largest logit of a row.
+fn max_logit(logits: &[f32]) -> f32 {
+    logits.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `log softmax(logits)[tok]` at temperature 1 (the recorded log-prob of a chosen token).
+fn token_log_prob(logits: &[f32], tok: u32) -> f32 {
+    let max = max_logit(logits);
+    let lse = sum_exp(logits, max, 1.0, None).ln() + max as f64;
+    (logits[tok as usize] as f64 - lse) as f32
+}
+
+/// The first maximal logit.
+fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+        .0 as u32
+}
+
 /// Chooses a token from one row of logits (see the module docs for the order of the filters).
+/// Draws one uniform number from `rng` unless the temperature is 0 (greedy).
 pub fn choose_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0usize, f32::NEG_INFINITY),
-                |best, (i, &l)| if l > best.1 { (i, l) } else { best },
-            )
-            .0 as u32
-    };
+    let u = if cfg.temperature == 0.0 { 0.0 } else { rng.random::<f64>() };
+    choose_with(logits, cfg, u)
+}
+
+/// [`choose_token`] with its uniform draw `u` in `[0, 1)` given (ignored when greedy), so rows
+/// can be chosen in parallel from draws taken in row order.
+fn choose_with(logits: &[f32], cfg: &SamplingConfig, u: f64) -> u32 {
     if cfg.temperature == 0.0 {
-        return argmax();
+        return argmax(logits);
+    }
+    let filtered =
+        cfg.top_k.is_some_and(|k| k < logits.len()) || cfg.top_p < 1.0 || cfg.min_p > 0.0;
+    if !filtered {
+        // Plain softmax sampling: one vectorized pass for the weights, one scan for the draw.
+        let max = max_logit(logits);
+        let mut weights = Vec::new();
+        let total = sum_exp(logits, max, 1.0 / cfg.temperature, Some(&mut weights));
+        if !(total > 0.0 && total.is_finite()) {
+            return argmax(logits);
+        }
+        return draw(&weights, u * total);
     }
     let scaled: Vec<f32> = logits.iter().map(|&l| l / cfg.temperature).collect();
     let mut probs: Vec<f64> = log_softmax(&scaled).into_iter().map(f64::exp).collect();
@@ -81,19 +139,24 @@ pub fn choose_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u
     }
     let total: f64 = probs.iter().sum();
     if !(total > 0.0 && total.is_finite()) {
-        return argmax();
+        return argmax(logits);
     }
-    let mut u = rng.random::<f64>() * total;
-    for (i, &p) in probs.iter().enumerate() {
-        if p > 0.0 {
-            if u < p {
+    draw(&probs, u * total)
+}
+
+/// The token whose cumulative weight (`weights` in token order) first exceeds `target`.
+fn draw<T: Copy + Into<f64>>(weights: &[T], mut target: f64) -> u32 {
+    for (i, &w) in weights.iter().enumerate() {
+        let w = w.into();
+        if w > 0.0 {
+            if target < w {
                 return i as u32;
             }
-            u -= p;
+            target -= w;
         }
     }
     // Rounding left a sliver of mass: the last token with non-zero probability.
-    probs.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32
+    weights.iter().rposition(|&w| w.into() > 0.0).unwrap_or(0) as u32
 }
 
 /// `stop(response_ids)`: `true` when the response (decoded) contains a stop string.
@@ -157,7 +220,7 @@ pub fn generate(
         .flat_map(|x| std::iter::repeat_n(pad_id, p - x.len()).chain(x.iter().copied()))
         .collect();
     let dev = model.device();
-    let mut cache = KvCache::new(model.config().num_layers);
+    let mut cache = KvCache::with_capacity(model.config().num_layers, p + cfg.max_new_tokens);
     let mut input = Tensor::from_vec(ids, (r, p), dev)?;
     let mut out = Generation {
         tokens: vec![Vec::new(); r],
@@ -177,7 +240,6 @@ pub fn generate(
             .logits(&hidden.narrow(1, s - 1, 1)?.squeeze(1)?)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
-        let mut next = Vec::with_capacity(alive.len());
         for (&row, logits) in alive.iter().zip(&logits) {
             if let Some(bad) = logits.iter().find(|x| !x.is_finite()) {
                 return Err(PolicyError::input(
@@ -185,10 +247,25 @@ pub fn generate(
                     format!("non-finite logit {bad} in row {row}"),
                 ));
             }
-            let tok = choose_token(logits, cfg, &mut rng);
-            let lp = log_softmax(logits)[tok as usize];
+        }
+        // One draw per row in row order (as `choose_token` would take them), then the rows'
+        // softmax passes in parallel.
+        let draws: Vec<f64> = alive
+            .iter()
+            .map(|_| if cfg.temperature == 0.0 { 0.0 } else { rng.random::<f64>() })
+            .collect();
+        let chosen: Vec<(u32, f32)> = logits
+            .par_iter()
+            .zip(&draws)
+            .map(|(logits, &u)| {
+                let tok = choose_with(logits, cfg, u);
+                (tok, token_log_prob(logits, tok))
+            })
+            .collect();
+        let mut next = Vec::with_capacity(alive.len());
+        for (&row, &(tok, lp)) in alive.iter().zip(&chosen) {
             out.tokens[row].push(tok);
-            out.log_probs[row].push(lp as f32);
+            out.log_probs[row].push(lp);
             if rules.eos_ids.contains(&tok) {
                 out.finish[row] = FinishReason::Eos;
                 active[row] = false;

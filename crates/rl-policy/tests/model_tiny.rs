@@ -214,24 +214,32 @@ fn kv_cache_steps_equal_full_forward() -> R {
         let model = tiny(arch, true, DType::F32);
         let m = model.detached()?;
         let full = m.forward(&Tensor::new(&ids, &d)?, &valid, mode)?;
-        let mut cache = KvCache::new(2);
-        let prefix = 4;
-        let first = Tensor::new(&ids, &d)?.narrow(1, 0, prefix)?;
-        let vp: Vec<Vec<bool>> = valid.iter().map(|r| r[..prefix].to_vec()).collect();
-        let layout = AttentionLayout::new(&vp, prefix, m.dtype(), &d)?;
-        let mut outs =
-            vec![m.logits(&m.hidden_states(&first, &layout, Some(&mut cache), mode)?)?];
-        for s in prefix..7 {
-            let step = Tensor::new(&ids, &d)?.narrow(1, s, 1)?;
-            let vs: Vec<Vec<bool>> = valid.iter().map(|r| r[..=s].to_vec()).collect();
-            let layout = AttentionLayout::new(&vs, 1, m.dtype(), &d)?;
-            outs.push(m.logits(&m.hidden_states(&step, &layout, Some(&mut cache), mode)?)?);
+        // No capacity (every append grows the buffers), an exact one (in-place appends) and
+        // the trainable weights (keys with a graph are concatenated).
+        for (mut cache, trainable) in [
+            (KvCache::new(2), false),
+            (KvCache::with_capacity(2, 7), false),
+            (KvCache::new(2), true),
+        ] {
+            let m = if trainable { model.trainable()? } else { model.detached()? };
+            let prefix = 4;
+            let first = Tensor::new(&ids, &d)?.narrow(1, 0, prefix)?;
+            let vp: Vec<Vec<bool>> = valid.iter().map(|r| r[..prefix].to_vec()).collect();
+            let layout = AttentionLayout::new(&vp, prefix, m.dtype(), &d)?;
+            let mut outs =
+                vec![m.logits(&m.hidden_states(&first, &layout, Some(&mut cache), mode)?)?];
+            for s in prefix..7 {
+                let step = Tensor::new(&ids, &d)?.narrow(1, s, 1)?;
+                let vs: Vec<Vec<bool>> = valid.iter().map(|r| r[..=s].to_vec()).collect();
+                let layout = AttentionLayout::new(&vs, 1, m.dtype(), &d)?;
+                outs.push(m.logits(&m.hidden_states(&step, &layout, Some(&mut cache), mode)?)?);
+            }
+            assert_eq!(cache.len(), 7);
+            // Pad queries (row 0, position 0) attend to nothing real: their output is arbitrary.
+            let inc = Tensor::cat(&outs, 1)?.narrow(1, 1, 6)?;
+            let delta = (inc - full.narrow(1, 1, 6)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            worst = worst.max(delta);
         }
-        assert_eq!(cache.len(), 7);
-        // Pad queries (row 0, position 0) attend to nothing real: their output is arbitrary.
-        let inc = Tensor::cat(&outs, 1)?.narrow(1, 1, 6)?;
-        let delta = (inc - full.narrow(1, 1, 6)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        worst = worst.max(delta);
     }
     assert!(worst < 1e-5, "{worst}");
     Ok(())
