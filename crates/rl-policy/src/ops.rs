@@ -39,9 +39,11 @@ use crate::Result;
 pub mod blas;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod sink;
 /// The device backends a [`Kernel`] must also implement: CUDA with the `cuda` feature.
 #[cfg(feature = "cuda")]
 use cuda::CudaKernel as Backends;
+pub use sink::GradSink;
 #[cfg(not(feature = "cuda"))]
 trait Backends {}
 #[cfg(not(feature = "cuda"))]
@@ -582,7 +584,10 @@ pub fn merge_heads_composed(x: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// `x: (..., in) · wᵀ` with `w: (out, in)`, one graph node (candle's `Linear` records a
 /// transpose and two reshapes, each costing full-size gradient passes in the backward).
-struct LinearOp;
+/// `sink`: where `w`'s gradient accumulates when a [`GradSink`] holds it.
+struct LinearOp {
+    sink: Option<std::sync::Arc<sink::Slot>>,
+}
 
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
@@ -625,7 +630,7 @@ impl CustomOp2 for LinearOp {
         let x2 = x.detach().reshape(((), inp))?;
         let dx = blas::mm(&g, &w.detach())?.reshape(x.shape())?;
         let dw = blas::mm(&g.t()?, &x2)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((Some(dx), sunk(&self.sink, dw)?))
     }
 }
 
@@ -637,7 +642,7 @@ impl CustomOp2 for LinearOp {
 /// Shape or dtype mismatches.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let y = if x.device().is_cpu() && fused_available(x) && x.dtype() == w.dtype() {
-        x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)?
+        x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp { sink: sink::slot(w) })?
     } else {
         candle_nn::Module::forward(&candle_nn::Linear::new(w.clone(), None), x)?
     };
@@ -645,6 +650,17 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// A weight gradient for candle: `None` when `sink` took it.
+fn sunk(
+    sink: &Option<std::sync::Arc<sink::Slot>>,
+    grad: Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    match sink {
+        Some(slot) => slot.add(grad),
+        None => Ok(Some(grad)),
+    }
 }
 
 /// `a · b` of batched matrices as one graph node whose forward and backward products run in
@@ -1142,6 +1158,8 @@ struct HeadLogProb {
     chunks: Vec<(Tensor, Tensor)>,
     /// `(N, 2)` result.
     out: Tensor,
+    /// Where `w`'s gradient accumulates when a [`GradSink`] holds it.
+    sink: Option<std::sync::Arc<sink::Slot>>,
 }
 
 impl HeadLogProb {
@@ -1215,7 +1233,7 @@ impl CustomOp2 for HeadLogProb {
             Some(dw) => dw,
             None => w.zeros_like()?,
         };
-        Ok((Some(Tensor::cat(&dx, 0)?), Some(dw)))
+        Ok((Some(Tensor::cat(&dx, 0)?), sunk(&self.sink, dw)?))
     }
 }
 
@@ -1263,7 +1281,7 @@ pub fn head_log_prob_entropy(
     if !keep {
         return Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?));
     }
-    let res = x.apply_op2(w, HeadLogProb { chunks, out })?;
+    let res = x.apply_op2(w, HeadLogProb { chunks, out, sink: sink::slot(w) })?;
     Ok((res.narrow(1, 0, 1)?.squeeze(1)?, res.narrow(1, 1, 1)?.squeeze(1)?))
 }
 

@@ -30,6 +30,7 @@ use rl_core::{
     PolicyLoss, PolicyLossInput, Prompt, RewardFn, Rewards, RolloutBatch, SamplingConfig,
     ValueLoss, ValueLossInput,
 };
+use rl_policy::ops::GradSink;
 
 use crate::checkpoint::{self, Checkpointable, TrainerState};
 use crate::config::{Shortfall, TrainerConfig};
@@ -572,8 +573,12 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
     ) -> Result<()> {
         let counts = GlobalCounts::from_batch(&mini.response_mask, &mini.group_ids)?;
         let actor_vars = self.actor_optim.vars().to_vec();
-        let mut actor = Accum::new(!actor_frozen);
-        let mut critic = Accum::new(self.critic.is_some());
+        let critic_vars = self.critic.as_ref().map(|c| c.optim.vars().to_vec()).unwrap_or_default();
+        // In-place accumulation needs each weight's gradients to belong to one optimizer.
+        let ids: std::collections::HashSet<_> = actor_vars.iter().map(|v| v.id()).collect();
+        let disjoint = critic_vars.iter().all(|v| !ids.contains(&v.id()));
+        let mut actor = Accum::new(!actor_frozen, disjoint.then_some(&actor_vars[..]))?;
+        let mut critic = Accum::new(self.critic.is_some(), disjoint.then_some(&critic_vars[..]))?;
         let t = Instant::now();
         let n = mini.len();
         for start in (0..n).step_by(self.config.micro_batch_size) {
@@ -819,6 +824,10 @@ fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
 struct Accum {
     enabled: bool,
     grads: GradStore,
+    /// Running sums of the matrix weights' gradients, accumulated in place by the backward
+    /// passes (so a micro-batch's backward never holds a second full set of them); drained into
+    /// `grads` before clipping.
+    sink: Option<GradSink>,
     loss: f64,
     /// Each micro-batch's metrics with its number of valid tokens.
     metrics: Vec<(Metrics, f64)>,
@@ -826,8 +835,23 @@ struct Accum {
 }
 
 impl Accum {
-    fn new(enabled: bool) -> Self {
-        Self { enabled, grads: GradStore::default(), loss: 0.0, metrics: Vec::new(), failure: None }
+    /// `sink`: the vars whose gradients accumulate in place (`None`: all through `grads`).
+    fn new(enabled: bool, sink: Option<&[Var]>) -> Result<Self> {
+        let sink = match sink {
+            Some(vars) if enabled => Some(
+                GradSink::new(vars)
+                    .map_err(|e| TrainerError::config("grad sink", e.to_string()))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            enabled,
+            grads: GradStore::default(),
+            sink,
+            loss: 0.0,
+            metrics: Vec::new(),
+            failure: None,
+        })
     }
 
     fn active(&self) -> bool {
@@ -901,6 +925,10 @@ fn apply(
 ) -> Result<Option<Update>> {
     if acc.failure.is_some() {
         return Ok(None);
+    }
+    if let Some(sink) = &acc.sink {
+        sink.drain_into(&mut acc.grads)
+            .map_err(|e| TrainerError::config("grad sink", e.to_string()))?;
     }
     let vars = optim.vars().to_vec();
     let report = clip_grad_norm(&mut acc.grads, &vars, cfg.max_grad_norm)?;
