@@ -173,3 +173,27 @@ fn micro_batching_does_not_change_the_lm_update() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// With one actor update per batch the update's own forward supplies the old log-probs: the
+/// PPO ratio is exactly 1 and the sampler/trainer mismatch is still reported. With two
+/// mini-batches the old log-probs are recomputed before the first update, and the second
+/// mini-batch's ratio moves away from 1.
+#[test]
+fn one_update_per_batch_uses_its_own_forward_as_old_log_probs() -> anyhow::Result<()> {
+    let ps = prompts();
+    for (mini, on_policy) in [(None, true), (Some(4), false)] {
+        let (model, tok) = tiny();
+        let mut recipe = Recipe::dr_grpo();
+        recipe.trainer = small(recipe.trainer, 1e-3);
+        recipe.trainer.mini_batch_groups = mini;
+        recipe.trainer.shuffle = false;
+        recipe.algorithm = AlgorithmConfig::dr_grpo(16);
+        let mut t = recipe.grpo(policy(model, tok), OrzReward::default())?;
+        let m = t.step(&ps)?.metrics;
+        let ratio = m.get("actor/ratio_mean").expect("ratio");
+        let diff = m.get("rollout/log_prob_abs_diff").expect("sampler/trainer mismatch");
+        assert!(diff < 1e-4, "mini {mini:?}: mismatch {diff}");
+        assert_eq!(ratio == 1.0, on_policy, "mini {mini:?}: ratio mean {ratio}");
+    }
+    Ok(())
+}

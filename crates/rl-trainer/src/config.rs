@@ -122,7 +122,11 @@ pub struct TrainerConfig {
     /// Recompute `old_log_probs` with the training forward (`Policy::log_probs`, detached) after
     /// generation instead of using the sampler's log-probs, as verl and Open-Reasoner-Zero do:
     /// it removes the sampler/trainer numerical mismatch from the PPO ratio (one extra forward
-    /// pass per step). The mismatch is reported as `rollout/log_prob_abs_diff`.
+    /// pass per step). The mismatch is reported as `rollout/log_prob_abs_diff`. When the batch
+    /// gets exactly one actor update (`ppo_epochs` 1, one mini-batch), the policy that pass would
+    /// run is the one the update itself runs: the update's own detached log-probs are then the
+    /// old log-probs (ratio exactly 1, as TRL when generation and optimizer steps align) and the
+    /// extra pass is skipped; the mismatch is then measured in the update's forward.
     pub recompute_old_log_probs: bool,
     /// Entropy bonus: `loss −= entropy_coef · token-mean(H)` (verl `entropy_coeff` 0).
     pub entropy_coef: f64,

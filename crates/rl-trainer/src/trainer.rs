@@ -7,7 +7,8 @@
 //!    rewards are all equal and generate again until the batch holds as many groups as prompts
 //!    were asked for;
 //! 3. **prepare**: old log-probs recomputed by the training forward (unless
-//!    `recompute_old_log_probs = false`), reference log-probs (if a reference policy is set),
+//!    `recompute_old_log_probs = false`, or the batch gets exactly one actor update, whose own
+//!    forward then supplies them), reference log-probs (if a reference policy is set),
 //!    critic values (PPO), advantages (`AdvantageEstimator::estimate`);
 //! 4. **update**, `ppo_epochs` times: shuffle the groups (seeded by `(seed, step, epoch)`), split
 //!    them into mini-batches of `mini_batch_groups` groups; for each mini-batch compute its
@@ -171,6 +172,9 @@ pub struct Trainer<P: Policy, C: Critic = NoCritic> {
     config: TrainerConfig,
     state: TrainerState,
     log: Option<MetricsLog>,
+    /// This step's batch gets exactly one actor update, whose own forward pass supplies the old
+    /// log-probs (see [`TrainerConfig::recompute_old_log_probs`]).
+    on_policy: bool,
 }
 
 impl<P: Policy, C: Critic> std::fmt::Debug for Trainer<P, C> {
@@ -260,6 +264,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             config,
             state: TrainerState::default(),
             log,
+            on_policy: false,
         })
     }
 
@@ -323,7 +328,14 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
 
         let t = Instant::now();
         let micro = self.config.micro_batch_size;
-        if self.config.recompute_old_log_probs {
+        // One actor update per batch: the policy a recompute would run is the one the update's
+        // own forward runs, so its detached log-probs are the old ones (ratio exactly 1) and the
+        // extra forward pass is skipped, as TRL does when generation and optimizer steps align.
+        let groups = Groups::new(&batch.group_ids)?.len();
+        self.on_policy = self.config.recompute_old_log_probs
+            && self.config.ppo_epochs == 1
+            && self.config.mini_batch_groups.is_none_or(|g| g >= groups);
+        if self.config.recompute_old_log_probs && !self.on_policy {
             let policy = &self.policy;
             let lp =
                 by_micro_batch(&batch, micro, |mb| Ok(policy.log_probs(mb, false)?.log_probs))?;
@@ -352,6 +364,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         metrics.insert("time/prepare_s", t.elapsed().as_secs_f64());
 
         self.update(&batch, &adv.advantages, &adv.returns, &mut metrics)?;
+        if let (true, Some(diff)) = (self.on_policy, metrics.get("actor/log_prob_abs_diff")) {
+            metrics.insert("rollout/log_prob_abs_diff", diff);
+        }
 
         self.state.step += 1;
         self.state.data = source.position();
@@ -646,12 +661,19 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let with_entropy =
             self.config.entropy_coef != 0.0 || self.terms.iter().any(|t| t.needs_entropy());
         let lp = self.policy.log_probs(micro, with_entropy)?;
-        let mut input =
-            PolicyLossInput::new(&lp.log_probs, &micro.old_log_probs, adv, &micro.response_mask);
+        let current = lp.log_probs.detach();
+        let old = if self.on_policy { &current } else { &micro.old_log_probs };
+        let mut input = PolicyLossInput::new(&lp.log_probs, old, adv, &micro.response_mask);
         input.group_ids = Some(&micro.group_ids);
         input.counts = Some(counts);
         let LossOutput { mut loss, mut metrics } = self.policy_loss.compute(&input)?;
         metrics.insert("pg_loss", scalar(&loss)?);
+        if self.on_policy {
+            // The sampler/trainer mismatch a recompute would have reported.
+            let diff = current.sub(&micro.old_log_probs)?.abs()?;
+            let diff = rl_core::masked::masked_mean(&diff, &micro.response_mask, None)?;
+            metrics.insert("log_prob_abs_diff", scalar(&diff)?);
+        }
         if let (Some(h), true) = (&lp.entropy, self.config.entropy_coef != 0.0) {
             let tokens = counts.tokens.unwrap_or(1.0).max(1.0);
             let sum = rl_core::masked::masked_sum(h, &micro.response_mask, None)?;
@@ -665,7 +687,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             let out = term.compute(&TermInput {
                 log_probs: &lp.log_probs,
                 entropy: lp.entropy.as_ref(),
-                old_log_probs: &micro.old_log_probs,
+                old_log_probs: old,
                 ref_log_probs: micro.ref_log_probs.as_ref(),
                 response_mask: &micro.response_mask,
                 group_ids: &micro.group_ids,
