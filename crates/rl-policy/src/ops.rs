@@ -13,7 +13,9 @@
 //! same formula composed from candle ops that have backward passes, so results agree everywhere
 //! (tests compare both, values and gradients). The composed versions are public too
 //! (`*_composed`), as the reference formulas and for benchmarks. The matrix products inside the
-//! ops run in [`blas`] on the CPU (the `gemm` crate, or Intel MKL when enabled).
+//! ops run in [`blas`] on the CPU (the `gemm` crate, or Intel MKL when enabled). A [`GradSink`]
+//! makes [`linear`] and [`head_log_prob_entropy`] accumulate weight gradients in place across
+//! backward passes (gradient accumulation without a second full set of gradients).
 //!
 //! | function | input | output |
 //! |---|---|---|

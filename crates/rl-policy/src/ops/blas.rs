@@ -5,7 +5,9 @@
 //! and backward, the attention products, the output projection of
 //! [`head_log_prob_entropy`](super::head_log_prob_entropy)) goes through this module. Unlike
 //! candle's `matmul` it writes into an uninitialised output (no zero-filling pass) and runs
-//! batched products one batch item per thread.
+//! batched products one batch item per thread. Products of at most 32 rows against a transposed
+//! row-major weight (decoding: one token per sequence) skip gemm's packing copy of the weight and
+//! run in a streaming dot-product kernel (AVX-512 tiles with prefetch, portable fallback).
 //!
 //! With [`use_mkl`] (or `RLZ_BLAS=/path/to/libmkl_rt.so` and [`use_blas_from_env`]) the products
 //! run in MKL's `cblas_sgemm` / `cblas_dgemm` instead, the same library PyTorch's CPU build uses.
