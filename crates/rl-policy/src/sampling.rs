@@ -33,7 +33,7 @@ pub struct Generation {
 
 /// Log-softmax of one row, in f64 for accuracy.
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let max = max_logit(logits) as f64;
     let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
     logits.iter().map(|&l| l as f64 - lse).collect()
 }

@@ -63,8 +63,15 @@ pub(crate) fn slot(w: &Tensor) -> Option<Arc<Slot>> {
     slots().get(&w.id()).cloned()
 }
 
-/// Weights whose matrix-product gradients accumulate in place (see the [module docs](self)).
-/// Dropping the sink releases the weights and discards sums not yet drained.
+/// Weights whose matrix-product gradients accumulate in place, as PyTorch accumulates into
+/// `param.grad`: while a sink holds a weight, the backward passes of
+/// [`linear`](super::linear) and [`head_log_prob_entropy`](super::head_log_prob_entropy) add its
+/// gradient into the sink's running sum instead of returning it to candle's [`GradStore`], so
+/// gradient accumulation over micro-batches never holds a second full set of gradients.
+/// Gradients of other ops (embedding lookups, norms, biases) still go through the `GradStore`.
+/// The ops look a weight up when the forward pass records them; a backward pass run after the
+/// sink was dropped returns its gradients to candle as usual. Dropping the sink releases the
+/// weights and discards sums not yet drained.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor, Var};
