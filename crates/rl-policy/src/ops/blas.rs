@@ -344,7 +344,7 @@ const SKINNY_ROWS: usize = 32;
 /// on all threads. `false` (nothing written) when it does not apply: layout, dtype, MKL in use.
 ///
 /// # Safety
-/// As [`gemm_one`] with `ldc = n`.
+/// As [`Product`] with `ldc = n`.
 unsafe fn skinny<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c: *mut T) -> bool {
     if !T::DOTS || m > SKINNY_ROWS || a.cs != 1 || b.rs != 1 || MKL.get().is_some() {
         return false;
@@ -381,12 +381,13 @@ unsafe impl<T> Sync for Out<T> {}
 unsafe impl<T> Send for Mat<T> {}
 unsafe impl<T> Sync for Mat<T> {}
 
-/// `c (m × n, row-major, row stride ldc) = a (m × k) · b (k × n)` on the calling thread.
+/// One product `c (m × n, row-major, row stride ldc) = a (m × k) · b (k × n)`.
 ///
-/// # Safety
-/// `a` and `b` must address `m × k` and `k × n` valid elements and `c` `m` rows of `n` writable
-/// elements (`ldc >= n`) that nothing else accesses during the call.
-unsafe fn gemm_one<T: Elem>(
+/// Safety contract of the functions taking it: `a` and `b` address `m × k` and `k × n` valid
+/// elements and `c` `m` rows of `n` writable elements (`ldc >= n`) that nothing else accesses
+/// during the call.
+#[derive(Clone, Copy)]
+struct Product<T> {
     m: usize,
     n: usize,
     k: usize,
@@ -394,7 +395,14 @@ unsafe fn gemm_one<T: Elem>(
     b: Mat<T>,
     c: *mut T,
     ldc: usize,
-) {
+}
+
+/// `p` on the calling thread.
+///
+/// # Safety
+/// As [`Product`].
+unsafe fn gemm_one<T: Elem>(p: Product<T>) {
+    let Product { m, n, k, a, b, c, ldc } = p;
     if m == 0 || n == 0 {
         return;
     }
@@ -440,24 +448,15 @@ unsafe fn gemm_one<T: Elem>(
         }
     }
     // SAFETY: as above.
-    unsafe { gemm_crate(m, n, k, a, b, c, ldc, gemm::Parallelism::None) }
+    unsafe { gemm_crate(p, gemm::Parallelism::None) }
 }
 
-/// [`gemm_one`] in the `gemm` crate with the given parallelism.
+/// [`Product`] `p` in the `gemm` crate with the given parallelism.
 ///
 /// # Safety
-/// As [`gemm_one`]; `read_dst = false` never reads the (uninitialised) output.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_crate<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat<T>,
-    b: Mat<T>,
-    c: *mut T,
-    ldc: usize,
-    par: gemm::Parallelism,
-) {
+/// As [`Product`]; `read_dst = false` never reads the (uninitialised) output.
+unsafe fn gemm_crate<T: Elem>(p: Product<T>, par: gemm::Parallelism) {
+    let Product { m, n, k, a, b, c, ldc } = p;
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
     let (ars, acs, brs, bcs) = (a.rs as isize, a.cs as isize, b.rs as isize, b.cs as isize);
     // SAFETY: forwarded from the caller.
@@ -496,7 +495,7 @@ const BLOCKS_PER_THREAD: usize = 4;
 /// run on blocks of output rows (or columns, when there are few rows), several per thread.
 ///
 /// # Safety
-/// As [`gemm_one`] with `ldc = n`.
+/// As [`Product`] with `ldc = n`.
 unsafe fn gemm_par<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c: *mut T) {
     // SAFETY: forwarded from the caller.
     if unsafe { skinny(m, n, k, a, b, c) } {
@@ -506,12 +505,13 @@ unsafe fn gemm_par<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, 
     let flops = m.saturating_mul(n).saturating_mul(k);
     if threads <= 1 || flops < 1 << 21 {
         // SAFETY: forwarded from the caller.
-        return unsafe { gemm_one(m, n, k, a, b, c, n) };
+        return unsafe { gemm_one(Product { m, n, k, a, b, c, ldc: n }) };
     }
     if MKL.get().is_none() {
         // The gemm crate has its own rayon parallelism (what candle uses).
-        // SAFETY: as `gemm_one`.
-        return unsafe { gemm_crate(m, n, k, a, b, c, n, gemm::Parallelism::Rayon(threads)) };
+        let p = Product { m, n, k, a, b, c, ldc: n };
+        // SAFETY: forwarded from the caller.
+        return unsafe { gemm_crate(p, gemm::Parallelism::Rayon(threads)) };
     }
     let out = Out(c);
     let by_rows = m >= n.min(MIN_SPLIT * threads);
@@ -527,10 +527,10 @@ unsafe fn gemm_par<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, 
         unsafe {
             if by_rows {
                 let a = Mat { ptr: a.ptr.add(s * a.rs), ..a };
-                gemm_one(e - s, n, k, a, b, out.0.add(s * n), n);
+                gemm_one(Product { m: e - s, n, k, a, b, c: out.0.add(s * n), ldc: n });
             } else {
                 let b = Mat { ptr: b.ptr.add(s * b.cs), ..b };
-                gemm_one(m, e - s, k, a, b, out.0.add(s), n);
+                gemm_one(Product { m, n: e - s, k, a, b, c: out.0.add(s), ldc: n });
             }
         }
     });
@@ -605,7 +605,7 @@ fn batched<T: Elem>(
             unsafe {
                 let a = Mat { ptr: pa.ptr.add(i * sa.batch), ..pa };
                 let b = Mat { ptr: pb.ptr.add(i * sb.batch), ..pb };
-                gemm_one(m, n, k, a, b, c.0.add(i * m * n), n);
+                gemm_one(Product { m, n, k, a, b, c: c.0.add(i * m * n), ldc: n });
             }
         });
     }
