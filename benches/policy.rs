@@ -68,6 +68,7 @@ fn smollm2(spec: &str) {
     let iters: usize = parts.next().map_or(2, |s| s.parse().expect("iterations"));
     // As the examples and the CLI do; `RLZ_RETAIN_MEMORY=0` measures glibc's default behaviour.
     let retain = rl_policy::alloc::retain_freed_memory();
+    let joined = rl_policy::threads::join_global_pool();
     // `RLZ_BLAS=<libmkl_rt.so>` runs the CPU matrix products in MKL (scripts/setup_mkl.sh).
     let blas = rl_policy::ops::blas::use_blas_from_env().expect("RLZ_BLAS");
     let (side, blas) = if blas == "gemm" { ("rl-zero", "gemm") } else { ("rl-zero-mkl", "mkl") };
@@ -79,10 +80,11 @@ fn smollm2(spec: &str) {
     let report = |iter: usize, secs: f64, tokens: usize| {
         println!(
             "RESULT side={side} what={what} shape={r}x{c} threads={threads} iter={iter} \
-             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={} blas={blas}",
+             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={} joined={} blas={blas}",
             tokens as f64 / secs,
             peak_rss_mb(),
-            u8::from(retain)
+            u8::from(retain),
+            u8::from(joined)
         );
     };
     match what.as_str() {

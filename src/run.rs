@@ -39,13 +39,16 @@ pub fn tiny_model_dir() -> PathBuf {
     workspace_root().join("assets/tiny-arith")
 }
 
-/// The embedded model is so small that candle's spinning thread pool costs more than it gains
-/// (measured: a training step takes 2× longer with 2 threads than with 1 on a 2-core machine).
-/// When `model` is `None` (the embedded model) and the user set neither `RAYON_NUM_THREADS` nor
-/// `CANDLE_NUM_THREADS`, sets `RAYON_NUM_THREADS=1`.
+/// Sets up the CPU threads of a run: pins the thread count for the embedded model, then makes the
+/// calling thread worker 0 of rayon's global pool ([`rl_policy::threads::join_global_pool`]).
 ///
-/// Call it first thing in `main`, before any other thread exists.
-pub fn pin_threads_for_tiny_model(model: Option<&str>) {
+/// The embedded model is so small that a second thread costs more than it gains (measured: a
+/// training step takes 2× longer with 2 threads than with 1 on a 2-core machine). When `model`
+/// is `None` (the embedded model) and the user set neither `RAYON_NUM_THREADS` nor
+/// `CANDLE_NUM_THREADS`, this sets `RAYON_NUM_THREADS=1` before the pool is built.
+///
+/// Call it first thing in `main`, before any other thread exists and before any parallel work.
+pub fn init_threads(model: Option<&str>) {
     let unset = |k| std::env::var_os(k).is_none();
     if model.is_none() && unset("RAYON_NUM_THREADS") && unset("CANDLE_NUM_THREADS") {
         // SAFETY: documented to be called first thing in `main`, before any other thread
@@ -55,6 +58,7 @@ pub fn pin_threads_for_tiny_model(model: Option<&str>) {
             std::env::set_var("RAYON_NUM_THREADS", "1");
         }
     }
+    rl_policy::threads::join_global_pool();
 }
 
 /// A loaded model, and how its prompts must be written.

@@ -129,7 +129,7 @@ fn train(args: &TrainArgs) -> Result<()> {
     if let Some(o) = &args.out {
         file.run.out = o.clone();
     }
-    run::pin_threads_for_tiny_model(file.run.model.as_deref());
+    run::init_threads(file.run.model.as_deref());
     let out = run::train(&file, args.resume, &mut |line| println!("{line}"))?;
     println!("held-out greedy accuracy curve (step: accuracy):");
     for p in &out.curve {
@@ -146,9 +146,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(n) = args.prompts {
         file.run.eval_prompts = n;
     }
-    if args.model.is_none() {
-        run::pin_threads_for_tiny_model(file.run.model.as_deref());
-    }
+    run::init_threads(args.model.as_deref().or(file.run.model.as_deref()));
     let r = run::eval(&file, args.model.as_deref())?;
     println!(
         "greedy accuracy {:.3} (mean reward {:.3}, {} held-out prompts)",
@@ -158,6 +156,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
 }
 
 fn score(args: &ScoreArgs) -> Result<()> {
+    rl_zero::policy::threads::join_global_pool();
     let reward: Option<BuiltinReward> = args
         .reward
         .as_deref()

@@ -39,6 +39,7 @@ pub mod policy;
 pub mod sampling;
 pub mod template;
 pub mod testing_assets;
+pub mod threads;
 pub mod tokenizer;
 mod weights;
 
