@@ -431,14 +431,16 @@ impl Transformer {
             }
             let probs = attention_probs(&q, &k, &layout.mask, scale, mode)?;
             let attn = merge_heads(&crate::ops::matmul(&probs, &v)?, nh, mode)?;
-            x = (x + linear(&layer.o, &attn)?)?;
+            // The fused projections keep no extra activations in the graph (see their docs).
+            x = crate::ops::linear_add(&attn, layer.o.weight(), layer.o.bias(), &x)?;
             let h = rms_norm(&x, &layer.post_norm, eps, mode)?;
             let (gate, up) = (linear(&layer.gate, &h)?, linear(&layer.up, &h)?);
-            let act = match mode {
-                Mode::Diff => crate::ops::swiglu(&gate, &up)?,
-                Mode::Fused => (candle_nn::ops::silu(&gate)? * up)?,
+            let (down, bias) = (layer.down.weight(), layer.down.bias());
+            let mlp = match mode {
+                Mode::Diff => crate::ops::swiglu_linear(&gate, &up, down, bias)?,
+                Mode::Fused => linear(&layer.down, &(candle_nn::ops::silu(&gate)? * up)?)?,
             };
-            x = (x + linear(&layer.down, &act)?)?;
+            x = (x + mlp)?;
         }
         rms_norm(&x, &self.norm, eps, mode)
     }

@@ -591,6 +591,43 @@ struct LinearOp {
     sink: Option<std::sync::Arc<sink::Slot>>,
 }
 
+/// `x · wᵀ` on the CPU: `x: (..., in)` and `w: (out, in)`, both contiguous.
+fn linear_fwd(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (out, inp) = l2.shape().dims2()?;
+    let dims = l1.dims();
+    if dims.last() != Some(&inp) || !l1.is_contiguous() || !l2.is_contiguous() {
+        candle_core::bail!("rl-linear: x {dims:?} and w {:?} (contiguous) do not fit", l2.dims());
+    }
+    let m = l1.shape().elem_count() / inp.max(1);
+    let lhs = Layout::contiguous_with_offset((m, inp), l1.start_offset());
+    let rhs = Layout::contiguous_with_offset((out, inp), l2.start_offset()).transpose(0, 1)?;
+    let y = blas::matmul_storage(s1, &lhs, s2, &rhs, (1, m, out, inp))?;
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = out;
+    Ok((y, Shape::from(shape)))
+}
+
+/// Gradients `(∂x, ∂w)` of `x · wᵀ` for the output gradient `grad`; `∂w` is `None` when `sink`
+/// took it.
+fn linear_grads(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    sink: &Option<std::sync::Arc<sink::Slot>>,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let (out, inp) = w.dims2()?;
+    let g = grad.contiguous()?.reshape(((), out))?;
+    let x2 = x.detach().reshape(((), inp))?;
+    let dx = blas::mm(&g, &w.detach())?.reshape(x.shape())?;
+    let dw = blas::mm(&g.t()?, &x2)?;
+    Ok((dx, sunk(sink, dw)?))
+}
+
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "rl-linear"
@@ -603,21 +640,7 @@ impl CustomOp2 for LinearOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (out, inp) = l2.shape().dims2()?;
-        let dims = l1.dims();
-        if dims.last() != Some(&inp) || !l1.is_contiguous() || !l2.is_contiguous() {
-            candle_core::bail!(
-                "rl-linear: x {dims:?} and w {:?} (contiguous) do not fit",
-                l2.dims()
-            );
-        }
-        let m = l1.shape().elem_count() / inp.max(1);
-        let lhs = Layout::contiguous_with_offset((m, inp), l1.start_offset());
-        let rhs = Layout::contiguous_with_offset((out, inp), l2.start_offset()).transpose(0, 1)?;
-        let y = blas::matmul_storage(s1, &lhs, s2, &rhs, (1, m, out, inp))?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank >= 1") = out;
-        Ok((y, Shape::from(shape)))
+        linear_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -627,12 +650,104 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (out, inp) = w.dims2()?;
-        let g = grad.contiguous()?.reshape(((), out))?;
-        let x2 = x.detach().reshape(((), inp))?;
-        let dx = blas::mm(&g, &w.detach())?.reshape(x.shape())?;
-        let dw = blas::mm(&g.t()?, &x2)?;
-        Ok((Some(dx), sunk(&self.sink, dw)?))
+        let (dx, dw) = linear_grads(x, w, grad, &self.sink)?;
+        Ok((Some(dx), dw))
+    }
+}
+
+/// `(x, w, r)` → `r + x · wᵀ` (a projection into the residual stream) as one graph node, so the
+/// graph keeps no separate projection output alive until the backward pass: 576 floats per
+/// token and layer of SmolLM2 that the residual add would otherwise hold.
+struct LinearAddOp {
+    sink: Option<std::sync::Arc<sink::Slot>>,
+}
+
+impl CustomOp3 for LinearAddOp {
+    fn name(&self) -> &'static str {
+        "rl-linear-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (mut y, shape) = linear_fwd(s1, l1, s2, l2)?;
+        if l3.dims() != shape.dims() {
+            candle_core::bail!("rl-linear-add: residual {:?} vs output {shape:?}", l3.dims());
+        }
+        match &mut y {
+            CpuStorage::F32(y) => add_into(y, slice::<f32>(s3, l3, "rl-linear-add")?),
+            CpuStorage::F64(y) => add_into(y, slice::<f64>(s3, l3, "rl-linear-add")?),
+            _ => candle_core::bail!("rl-linear-add: f32 or f64 only"),
+        }
+        Ok((y, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = linear_grads(x, w, grad, &self.sink)?;
+        Ok((Some(dx), dw, Some(grad.clone())))
+    }
+}
+
+/// `y += r` (same lengths), in parallel blocks.
+fn add_into<T: Real>(y: &mut [T], r: &[T]) {
+    y.par_chunks_mut(ELEMS).zip(r.par_chunks(ELEMS)).for_each(|(y, r)| {
+        y.iter_mut().zip(r).for_each(|(y, &r)| *y += r);
+    });
+}
+
+/// `(gate, up, w)` → `swiglu(gate, up) · wᵀ` (the Llama MLP's activation and down projection)
+/// as one graph node. The activation is not kept: the backward pass recomputes it from `gate`
+/// and `up` (which the graph holds anyway), so a micro-batch's graph holds `I` fewer floats per
+/// token and layer (1536 for SmolLM2) for one more elementwise pass.
+struct SwigluLinearOp {
+    sink: Option<std::sync::Arc<sink::Slot>>,
+}
+
+impl CustomOp3 for SwigluLinearOp {
+    fn name(&self) -> &'static str {
+        "rl-swiglu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (act, shape) = run_kernel(&Swiglu, &[(s1, l1), (s2, l2)])?;
+        linear_fwd(&act, &Layout::contiguous(shape), s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gate, up) = (gate.detach(), up.detach());
+        let act = gate.apply_op2_no_bwd(&up, &Op(Swiglu))?;
+        let (dact, dw) = linear_grads(&act, w, grad, &self.sink)?;
+        drop(act);
+        let mut g = Swiglu.grads(&[&gate, &up], &gate, &dact)?;
+        Ok((nth(&mut g, 0), nth(&mut g, 1), dw))
     }
 }
 
@@ -652,6 +767,46 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// `r + x · wᵀ (+ bias)`: [`linear`] followed by a residual add, `r` of the output's shape. On
+/// the CPU (no bias) one graph node that keeps no projection output for the backward pass;
+/// elsewhere `linear(x, w, bias) + r`. Same values (bit for bit) and gradients.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn linear_add(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, r: &Tensor) -> Result<Tensor> {
+    if bias.is_none() && x.device().is_cpu() && fused_available(x) && same_dtype(&[x, w, r]) {
+        let op = LinearAddOp { sink: sink::slot(w) };
+        return Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &r.contiguous()?, op)?);
+    }
+    Ok((r + linear(x, w, bias)?)?)
+}
+
+/// `swiglu(gate, up) · wᵀ (+ bias)`: [`swiglu`] followed by [`linear`]. On the CPU (no bias,
+/// same shapes) one graph node that recomputes the activation in its backward pass instead of
+/// keeping it; elsewhere `linear(&swiglu(gate, up)?, w, bias)`. Same values (bit for bit) and
+/// gradients.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn swiglu_linear(
+    gate: &Tensor,
+    up: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let fits = gate.dims() == up.dims() && same_dtype(&[gate, up, w]);
+    if bias.is_none() && gate.device().is_cpu() && fused_available(gate) && fits {
+        let op = SwigluLinearOp { sink: sink::slot(w) };
+        return Ok(gate.contiguous()?.apply_op3(&up.contiguous()?, &w.contiguous()?, op)?);
+    }
+    linear(&swiglu(gate, up)?, w, bias)
+}
+
+/// `true` when every tensor has the dtype of the first.
+fn same_dtype(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == ts[0].dtype())
 }
 
 /// A weight gradient for candle: `None` when `sink` took it.
@@ -1154,10 +1309,15 @@ pub fn log_prob_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Te
 /// [`head_log_prob_entropy`] on detached inputs. The op keeps the logits chunk by chunk (the
 /// backward pass needs them) outside the autograd graph, so the backward pass builds one
 /// chunk-sized logits gradient at a time and never an `(N, V)` one, and the graph holds no
-/// `(N, V)` node whose gradient candle would zero-fill and accumulate.
+/// `(N, V)` node whose gradient candle would zero-fill and accumulate. The backward pass releases
+/// each chunk's logits as soon as it has used them (the head is the first node a backward pass
+/// reaches, so the logits do not stay alive beside the gradients of every layer below); a
+/// second backward pass through the same graph recomputes them.
 struct HeadLogProb {
-    /// `(rows, V)` logits of consecutive row chunks, and their `(rows)` targets.
-    chunks: Vec<(Tensor, Tensor)>,
+    /// `(rows)` targets of consecutive row chunks.
+    targets: Vec<Tensor>,
+    /// The `(rows, V)` logits of each chunk, until a backward pass takes them.
+    logits: std::sync::Mutex<Vec<Tensor>>,
     /// `(N, 2)` result.
     out: Tensor,
     /// Where `w`'s gradient accumulates when a [`GradSink`] holds it.
@@ -1217,14 +1377,24 @@ impl CustomOp2 for HeadLogProb {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, grad) = (x.detach(), w.detach(), grad.contiguous()?);
+        let kept = std::mem::take(&mut *self.logits.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept = kept.into_iter();
         let (mut dx, mut dw, mut start) = (Vec::new(), None::<Tensor>, 0);
-        for (logits, targets) in &self.chunks {
-            let rows = logits.dim(0)?;
+        for targets in &self.targets {
+            let rows = targets.dim(0)?;
+            let xs = x.narrow(0, start, rows)?;
+            let logits = match kept.next() {
+                Some(logits) => logits,
+                None => {
+                    linear(&xs, &w, None).map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                }
+            };
             let res = self.out.narrow(0, start, rows)?;
             let op = Op(LogProbEntropyBwd { targets: targets.clone() });
             let g = logits.apply_op3_no_bwd(&res, &grad.narrow(0, start, rows)?, &op)?;
+            drop(logits);
             dx.push(blas::mm(&g, &w)?);
-            let part = blas::mm(&g.t()?, &x.narrow(0, start, rows)?)?;
+            let part = blas::mm(&g.t()?, &xs)?;
             dw = Some(match dw {
                 Some(acc) => (acc + part)?,
                 None => part,
@@ -1268,14 +1438,16 @@ pub fn head_log_prob_entropy(
     // chunk's logits are dropped as soon as they are reduced.
     let keep = x.track_op() || w.track_op();
     let chunk_rows = chunk_rows.max(1);
-    let (mut chunks, mut outs, mut start) = (Vec::new(), Vec::new(), 0);
+    let (mut logits_kept, mut chunk_targets, mut outs, mut start) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
     while start < n {
         let rows = chunk_rows.min(n - start);
         let logits = linear(&xd.narrow(0, start, rows)?, &wd, None)?;
         let t = targets.narrow(0, start, rows)?;
         outs.push(logits.apply_op1_no_bwd(&Op(LogProbEntropy { targets: t.clone() }))?);
         if keep {
-            chunks.push((logits, t));
+            logits_kept.push(logits);
+            chunk_targets.push(t);
         }
         start += rows;
     }
@@ -1283,7 +1455,13 @@ pub fn head_log_prob_entropy(
     if !keep {
         return Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?));
     }
-    let res = x.apply_op2(w, HeadLogProb { chunks, out, sink: sink::slot(w) })?;
+    let op = HeadLogProb {
+        targets: chunk_targets,
+        logits: std::sync::Mutex::new(logits_kept),
+        out,
+        sink: sink::slot(w),
+    };
+    let res = x.apply_op2(w, op)?;
     Ok((res.narrow(1, 0, 1)?.squeeze(1)?, res.narrow(1, 1, 1)?.squeeze(1)?))
 }
 
@@ -1402,6 +1580,41 @@ mod tests {
             |t| Ok(vec![rms_norm_composed(&t[0], &t[1], 1e-6)?]),
             1e-12,
         );
+    }
+
+    #[test]
+    fn fused_residual_and_mlp_projections_match_composed_values_and_gradients() {
+        // x: (B, S, in), w: (out, in), r: (B, S, out); gate/up: (B, S, I), w_down: (out, I).
+        let inputs = [values(&[2, 3, 6], 40), values(&[5, 6], 41), values(&[2, 3, 5], 42)];
+        check(
+            &inputs,
+            |t| Ok(vec![linear_add(&t[0], &t[1], None, &t[2])?]),
+            |t| Ok(vec![(&t[2] + t[0].broadcast_matmul(&t[1].t()?)?)?]),
+            1e-12,
+        );
+        let inputs = [values(&[2, 3, 7], 43), values(&[2, 3, 7], 44), values(&[4, 7], 45)];
+        check(
+            &inputs,
+            |t| Ok(vec![swiglu_linear(&t[0], &t[1], &t[2], None)?]),
+            |t| Ok(vec![swiglu_composed(&t[0], &t[1])?.broadcast_matmul(&t[2].t()?)?]),
+            1e-12,
+        );
+        // Bit for bit against the unfused ops in f32 (the model's outputs must not move).
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let d = |a: &Tensor, b: &Tensor| {
+            max_diff(&a.to_dtype(DType::F64).unwrap(), &b.to_dtype(DType::F64).unwrap())
+        };
+        let (x, w, r) = (f(&values(&[4, 6], 46)), f(&values(&[5, 6], 47)), f(&values(&[4, 5], 48)));
+        let fused = linear_add(&x, &w, None, &r).unwrap();
+        assert_eq!(d(&fused, &(&r + linear(&x, &w, None).unwrap()).unwrap()), 0.0);
+        let (a, u) = (f(&values(&[4, 7], 49)), f(&values(&[4, 7], 50)));
+        let w = f(&values(&[3, 7], 51));
+        let fused = swiglu_linear(&a, &u, &w, None).unwrap();
+        let plain = linear(&swiglu(&a, &u).unwrap(), &w, None).unwrap();
+        assert_eq!(d(&fused, &plain), 0.0);
+        // Mismatched shapes are errors, not panics.
+        assert!(linear_add(&x, &w, None, &r.narrow(1, 0, 4).unwrap()).is_err());
+        assert!(swiglu_linear(&a, &u.narrow(1, 0, 6).unwrap(), &w, None).is_err());
     }
 
     #[test]
@@ -1538,6 +1751,25 @@ mod tests {
         }
         let bad = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 13], &Device::Cpu).unwrap(); // 13 >= V
         assert!(head_log_prob_entropy(&inputs[0], &inputs[1], &bad, 3).is_err());
+    }
+
+    #[test]
+    fn head_backward_twice_recomputes_the_released_logits() {
+        // The first backward pass releases the kept logits; a second one through the same graph
+        // must recompute them and give the same gradients.
+        let (n, h, v) = (7, 5, 13);
+        let targets = Tensor::from_vec(vec![0u32, 12, 3, 3, 7, 5, 11], n, &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&values(&[n, h], 30)).unwrap();
+        let w = Var::from_tensor(&values(&[v, h], 31)).unwrap();
+        let (lp, ent) = head_log_prob_entropy(&x, &w, &targets, 3).unwrap();
+        let loss = (lp.sum_all().unwrap() + (ent * 0.5).unwrap().sum_all().unwrap()).unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        for var in [&x, &w] {
+            let (a, b) = (first.get(var).unwrap(), second.get(var).unwrap());
+            assert!(max_diff(a, b) == 0.0, "gradients differ: {}", max_diff(a, b));
+            assert!(max_diff(a, &a.zeros_like().unwrap()) > 0.0);
+        }
     }
 
     #[test]

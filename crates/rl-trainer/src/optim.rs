@@ -129,6 +129,20 @@ impl AdamW {
     ///
     /// Contiguous f32/f64 CPU parameters are updated in place (see [`AdamW::with_fused`]).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.update(lr, |var| grads.get(var.as_tensor()).cloned())
+    }
+
+    /// [`AdamW::step`] that removes each parameter's gradient from `grads` as soon as it has
+    /// been applied, so its memory is free again before the next parameter's update (on the
+    /// first step, where the moments are allocated, this keeps the optimizer's peak at the
+    /// parameters plus twice their size instead of three times). Gradients of other tensors stay
+    /// in `grads`. Same values as [`AdamW::step`].
+    pub fn step_releasing(&mut self, grads: &mut GradStore, lr: f64) -> Result<()> {
+        self.update(lr, |var| grads.remove(var.as_tensor()))
+    }
+
+    /// One step with the gradient `grad(var)` of each var (`None`: skipped).
+    fn update(&mut self, lr: f64, mut grad: impl FnMut(&Var) -> Option<Tensor>) -> Result<()> {
         if !(lr >= 0.0 && lr.is_finite()) {
             return Err(TrainerError::config("lr", format!("must be finite and >= 0, got {lr}")));
         }
@@ -137,7 +151,7 @@ impl AdamW {
         let t = self.steps as i32;
         let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         for (var, moments) in self.vars.iter().zip(self.moments.iter_mut()) {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grad(var) else { continue };
             let dtype = state_dtype(var);
             let g = g.to_dtype(dtype)?;
             let state = match moments.take() {
@@ -169,15 +183,24 @@ impl AdamW {
     /// A copy of the optimizer state as named tensors (`"m.{i}"`, `"v.{i}"` for var `i` that has
     /// state) plus the step count, for [`crate::checkpoint`].
     pub fn state(&self) -> Result<(u64, HashMap<String, Tensor>)> {
+        // Deep copies: the fused path updates the moments in place.
+        let (steps, shared) = self.state_shared();
+        let copies = shared.into_iter().map(|(k, t)| Ok((k, t.copy()?)));
+        Ok((steps, copies.collect::<Result<_>>()?))
+    }
+
+    /// [`AdamW::state`] without the copies: the tensors share the live moments' storage, so they
+    /// must be used (saved) before the next [`AdamW::step`]. Checkpoints write these, holding
+    /// no second copy of both moments (twice the parameters' size) while they do.
+    pub(crate) fn state_shared(&self) -> (u64, HashMap<String, Tensor>) {
         let mut out = HashMap::new();
         for (i, s) in self.moments.iter().enumerate() {
             if let Some(s) = s {
-                // Deep copies: the fused path updates the moments in place.
-                out.insert(format!("m.{i}"), s.m.copy()?);
-                out.insert(format!("v.{i}"), s.v.copy()?);
+                out.insert(format!("m.{i}"), s.m.clone());
+                out.insert(format!("v.{i}"), s.v.clone());
             }
         }
-        Ok((self.steps, out))
+        (self.steps, out)
     }
 
     /// Restores a state produced by [`AdamW::state`] (moments are copied to each var's device).

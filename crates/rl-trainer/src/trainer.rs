@@ -722,12 +722,13 @@ impl<P: Policy + Checkpointable, C: Critic + Checkpointable> Trainer<P, C> {
         checkpoint::write_atomic(root, &checkpoint::step_dir_name(self.state.step), |dir| {
             std::fs::write(dir.join("trainer.json"), serde_json::to_string_pretty(&self.state)?)?;
             std::fs::write(dir.join("config.toml"), self.config.to_toml()?)?;
-            let (steps, t) = self.actor_optim.state()?;
+            // `&self` keeps the moments unchanged while they are written: no copies needed.
+            let (steps, t) = self.actor_optim.state_shared();
             checkpoint::save_optimizer(&dir.join("actor_optim.safetensors"), steps, &t)?;
             std::fs::create_dir(dir.join("policy"))?;
             self.policy.save_checkpoint(&dir.join("policy"))?;
             if let Some(c) = &self.critic {
-                let (steps, t) = c.optim.state()?;
+                let (steps, t) = c.optim.state_shared();
                 checkpoint::save_optimizer(&dir.join("critic_optim.safetensors"), steps, &t)?;
                 std::fs::create_dir(dir.join("critic"))?;
                 c.critic.save_checkpoint(&dir.join("critic"))?;
@@ -958,7 +959,7 @@ fn apply(
         return Ok(None);
     }
     let lr = cfg.schedule.lr(cfg.lr, updates as usize);
-    optim.step(&acc.grads, lr)?;
+    optim.step_releasing(&mut acc.grads, lr)?;
     Ok(Some(Update {
         loss: acc.loss,
         grad_norm: report.norm,

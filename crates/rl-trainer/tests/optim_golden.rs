@@ -193,6 +193,38 @@ fn fused_and_tensor_paths_agree_in_f32() -> rl_trainer::Result<()> {
     Ok(())
 }
 
+/// `step_releasing` takes the same steps as `step` and removes exactly the optimized vars'
+/// gradients from the store.
+#[test]
+fn releasing_step_equals_step_and_frees_the_applied_gradients() -> rl_trainer::Result<()> {
+    let dev = Device::Cpu;
+    let other = Tensor::new(&[7f32], &dev)?;
+    let run = |release: bool| -> rl_trainer::Result<Vec<f32>> {
+        let w = Var::new(&[[0.5f32, -1.5, 2.0], [0.1, 0.0, -0.3]], &dev)?;
+        let frozen = Var::new(&[1f32, 2.0], &dev)?;
+        let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::openrlhf() };
+        let mut opt = AdamW::new(vec![w.clone(), frozen.clone()], cfg)?;
+        for k in 0..3 {
+            let g = Tensor::new(&[[1f32, -2.0, 0.5], [3.0, -(k as f32), 0.25]], &dev)?;
+            let mut grads = GradStore::default();
+            grads.insert(w.as_tensor(), g);
+            grads.insert(&other, other.clone());
+            if release {
+                opt.step_releasing(&mut grads, 0.05)?;
+                assert!(grads.get(w.as_tensor()).is_none(), "the applied gradient is released");
+                assert!(grads.get(&other).is_some(), "other gradients stay");
+            } else {
+                opt.step(&grads, 0.05)?;
+                assert!(grads.get(w.as_tensor()).is_some());
+            }
+        }
+        assert_eq!(frozen.as_tensor().to_vec1::<f32>()?, [1.0, 2.0], "no gradient, no change");
+        Ok(w.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+    };
+    assert_eq!(run(true)?, run(false)?);
+    Ok(())
+}
+
 mod props {
     use proptest::prelude::*;
     use rl_trainer::LrSchedule;
