@@ -655,16 +655,33 @@ impl CustomOp2 for LinearOp {
     }
 }
 
-/// `(x, w, r)` → `r + x · wᵀ` (a projection into the residual stream) as one graph node, so the
-/// graph keeps no separate projection output alive until the backward pass: 576 floats per
-/// token and layer of SmolLM2 that the residual add would otherwise hold.
-struct LinearAddOp {
+/// A projection fused with its neighbour as one graph node of three inputs, so the graph keeps no
+/// tensor between the two that no backward pass reads.
+#[derive(Clone, Copy)]
+enum Fusion {
+    /// `(x, w, r)` → `r + x · wᵀ` (a projection into the residual stream): no separate
+    /// projection output is kept (576 floats per token and layer of SmolLM2).
+    AddResidual,
+    /// `(gate, up, w)` → `swiglu(gate, up) · wᵀ` (the Llama MLP's activation and down
+    /// projection): the activation is not kept; the backward pass recomputes it from `gate` and
+    /// `up` (which the graph holds anyway), `I` floats per token and layer (1536 for SmolLM2)
+    /// for one more elementwise pass.
+    SwigluInput,
+}
+
+/// A [`Fusion`] as a candle op; `sink`: where `w`'s gradient accumulates when a [`GradSink`]
+/// holds it.
+struct FusedLinearOp {
+    fusion: Fusion,
     sink: Option<std::sync::Arc<sink::Slot>>,
 }
 
-impl CustomOp3 for LinearAddOp {
+impl CustomOp3 for FusedLinearOp {
     fn name(&self) -> &'static str {
-        "rl-linear-add"
+        match self.fusion {
+            Fusion::AddResidual => "rl-linear-add",
+            Fusion::SwigluInput => "rl-swiglu-linear",
+        }
     }
 
     fn cpu_fwd(
@@ -676,6 +693,10 @@ impl CustomOp3 for LinearAddOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let Fusion::SwigluInput = self.fusion {
+            let (act, shape) = run_kernel(&Swiglu, &[(s1, l1), (s2, l2)])?;
+            return linear_fwd(&act, &Layout::contiguous(shape), s3, l3);
+        }
         let (mut y, shape) = linear_fwd(s1, l1, s2, l2)?;
         if l3.dims() != shape.dims() {
             candle_core::bail!("rl-linear-add: residual {:?} vs output {shape:?}", l3.dims());
@@ -690,14 +711,26 @@ impl CustomOp3 for LinearAddOp {
 
     fn bwd(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        _r: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = linear_grads(x, w, grad, &self.sink)?;
-        Ok((Some(dx), dw, Some(grad.clone())))
+        match self.fusion {
+            Fusion::AddResidual => {
+                let (dx, dw) = linear_grads(a, b, grad, &self.sink)?;
+                Ok((Some(dx), dw, Some(grad.clone())))
+            }
+            Fusion::SwigluInput => {
+                let (gate, up) = (a.detach(), b.detach());
+                let act = gate.apply_op2_no_bwd(&up, &Op(Swiglu))?;
+                let (dact, dw) = linear_grads(&act, c, grad, &self.sink)?;
+                drop(act);
+                let mut g = Swiglu.grads(&[&gate, &up], &gate, &dact)?;
+                Ok((nth(&mut g, 0), nth(&mut g, 1), dw))
+            }
+        }
     }
 }
 
@@ -706,49 +739,6 @@ fn add_into<T: Real>(y: &mut [T], r: &[T]) {
     y.par_chunks_mut(ELEMS).zip(r.par_chunks(ELEMS)).for_each(|(y, r)| {
         y.iter_mut().zip(r).for_each(|(y, &r)| *y += r);
     });
-}
-
-/// `(gate, up, w)` → `swiglu(gate, up) · wᵀ` (the Llama MLP's activation and down projection)
-/// as one graph node. The activation is not kept: the backward pass recomputes it from `gate`
-/// and `up` (which the graph holds anyway), so a micro-batch's graph holds `I` fewer floats per
-/// token and layer (1536 for SmolLM2) for one more elementwise pass.
-struct SwigluLinearOp {
-    sink: Option<std::sync::Arc<sink::Slot>>,
-}
-
-impl CustomOp3 for SwigluLinearOp {
-    fn name(&self) -> &'static str {
-        "rl-swiglu-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (act, shape) = run_kernel(&Swiglu, &[(s1, l1), (s2, l2)])?;
-        linear_fwd(&act, &Layout::contiguous(shape), s3, l3)
-    }
-
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gate, up) = (gate.detach(), up.detach());
-        let act = gate.apply_op2_no_bwd(&up, &Op(Swiglu))?;
-        let (dact, dw) = linear_grads(&act, w, grad, &self.sink)?;
-        drop(act);
-        let mut g = Swiglu.grads(&[&gate, &up], &gate, &dact)?;
-        Ok((nth(&mut g, 0), nth(&mut g, 1), dw))
-    }
 }
 
 /// `x · wᵀ (+ bias)`: `x: (..., in)`, `w: (out, in)`, `bias: (out)` → `(..., out)`, as
@@ -777,7 +767,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 /// Shape or dtype mismatches.
 pub fn linear_add(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, r: &Tensor) -> Result<Tensor> {
     if bias.is_none() && x.device().is_cpu() && fused_available(x) && same_dtype(&[x, w, r]) {
-        let op = LinearAddOp { sink: sink::slot(w) };
+        let op = FusedLinearOp { fusion: Fusion::AddResidual, sink: sink::slot(w) };
         return Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &r.contiguous()?, op)?);
     }
     Ok((r + linear(x, w, bias)?)?)
@@ -798,7 +788,7 @@ pub fn swiglu_linear(
 ) -> Result<Tensor> {
     let fits = gate.dims() == up.dims() && same_dtype(&[gate, up, w]);
     if bias.is_none() && gate.device().is_cpu() && fused_available(gate) && fits {
-        let op = SwigluLinearOp { sink: sink::slot(w) };
+        let op = FusedLinearOp { fusion: Fusion::SwigluInput, sink: sink::slot(w) };
         return Ok(gate.contiguous()?.apply_op3(&up.contiguous()?, &w.contiguous()?, op)?);
     }
     linear(&swiglu(gate, up)?, w, bias)
