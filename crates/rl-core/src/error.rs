@@ -95,7 +95,13 @@ pub enum Error {
     /// A JSON (de)serialisation error.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// Any other error, with context (used by plugins that bring their own error types).
+    /// An error from another crate (a stage crate, a plugin, an engine client), kept whole:
+    /// its type, fields and `source()` chain survive the trip through [`Error`] (as candle's
+    /// `Error::Wrapped`). Build it with [`Error::wrap`]; recover the original with
+    /// [`Error::downcast_ref`].
+    #[error(transparent)]
+    Wrapped(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A message with no structured cause (prefer [`Error::Wrapped`] when there is an error value).
     #[error("{0}")]
     Msg(String),
 }
@@ -109,6 +115,25 @@ impl Error {
     /// Shorthand for [`Error::Config`].
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Config { field: field.into(), reason: reason.into() }
+    }
+
+    /// Wraps any error value, keeping its type and source chain ([`Error::Wrapped`]).
+    ///
+    /// ```
+    /// let io = std::io::Error::other("disk on fire");
+    /// let e = rl_core::Error::wrap(io);
+    /// assert!(e.downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn wrap(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Wrapped(Box::new(err))
+    }
+
+    /// The wrapped error as `E`, when this is an [`Error::Wrapped`] holding an `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Wrapped(b) => b.downcast_ref::<E>(),
+            _ => None,
+        }
     }
 
     /// Shorthand for [`Error::Msg`].

@@ -112,7 +112,7 @@ impl From<PolicyError> for rl_core::Error {
                 rl_core::Error::File { path, reason: "missing file".into() }
             }
             PolicyError::CorruptFile { path, reason } => rl_core::Error::File { path, reason },
-            other => rl_core::Error::Msg(other.to_string()),
+            other => rl_core::Error::wrap(other),
         }
     }
 }
