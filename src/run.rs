@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use rl_core::{AdvantageEstimator, Prompt};
+use rl_core::{AdvantageEstimator, Prompt, ReferenceModel};
 use rl_policy::tokenizer::Tokenizer;
 use rl_policy::{LanguageModel, LmPolicy, ValueModel};
 use rl_reward::BuiltinReward;
@@ -307,9 +307,10 @@ impl RunFile {
         Recipe { trainer: self.trainer.clone(), algorithm: self.algorithm.clone() }
     }
 
-    /// Checks the trainer settings, the reward and the run sizes.
+    /// Checks the whole file before anything is written or loaded: the recipe (trainer settings
+    /// and stages, with full field paths), the reward and the run sizes.
     pub fn validate(&self) -> Result<()> {
-        self.trainer.validate()?;
+        self.recipe().validate()?;
         self.run.reward.validate()?;
         let r = &self.run;
         for (name, v) in
@@ -399,18 +400,25 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
     let seed = recipe.trainer.seed;
     let loaded = load_model(run.model.as_deref(), &run.revision)?;
     let (train_set, test) = prompts(&loaded, run, seed)?;
-    let mut trainer: Box<dyn TrainStep> = if recipe.algorithm.advantage.requires_values() {
-        let critic = ValueModel::from_model(&loaded.model, seed)?;
-        let policy = policy(loaded.model, loaded.tokenizer);
-        Box::new(recipe.ppo(policy, critic, run.reward.clone())?)
+    let critic = if recipe.algorithm.advantage.requires_values() {
+        Some(ValueModel::from_model(&loaded.model, seed)?)
     } else {
-        Box::new(recipe.grpo(policy(loaded.model, loaded.tokenizer), run.reward.clone())?)
+        None
+    };
+    let policy = policy(loaded.model, loaded.tokenizer);
+    // A KL term or KL in the reward anchors to a frozen copy of the initial policy.
+    let reference: Option<Box<dyn ReferenceModel>> =
+        if recipe.algorithm.needs_reference() { Some(Box::new(policy.reference()?)) } else { None };
+    let reward = run.reward.clone();
+    let mut trainer: Box<dyn TrainStep> = match critic {
+        Some(critic) => Box::new(recipe.ppo_with_reference(policy, critic, reward, reference)?),
+        None => Box::new(recipe.grpo_with_reference(policy, reward, reference)?),
     };
     let mut data = PromptDataset::new(train_set, seed, true)?;
     let root = run.out.join("checkpoints");
     let mut resumed_from = 0;
     if resume {
-        match trainer.restore(&root)? {
+        match trainer.resume(&root)? {
             Some(state) => {
                 if let Some(pos) = state.data {
                     data.seek(pos);
@@ -423,8 +431,8 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
     }
     let mut curve = Vec::new();
     let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
-        let step = t.progress().step;
-        let report = t.eval(&test, true)?;
+        let step = t.state().step;
+        let report = t.evaluate(&test, true)?;
         log(&format!(
             "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} held-out prompts)",
             report.accuracy, report.mean_reward, report.responses
@@ -434,8 +442,8 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
     };
     evaluate(trainer.as_mut(), log)?;
     let mut checkpoint = None;
-    while (trainer.progress().step as usize) < run.steps {
-        let report = trainer.train_step(&mut data, run.prompts_per_step)?;
+    while (trainer.state().step as usize) < run.steps {
+        let report = trainer.step_from(&mut data, run.prompts_per_step)?;
         let m = &report.metrics;
         log(&format!(
             "train step {:>4}: reward {:.3}, response length {:.1}, {:.2} s",
@@ -450,7 +458,7 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
             evaluate(trainer.as_mut(), log)?;
         }
         if last || (run.save_every > 0 && step.is_multiple_of(run.save_every)) {
-            checkpoint = Some(trainer.checkpoint(&root)?);
+            checkpoint = Some(trainer.save_checkpoint(&root)?);
         }
     }
     let checkpoint = match checkpoint {
@@ -458,7 +466,7 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
         // Nothing left to train (resumed at or past `steps`): the latest checkpoint, or a new one.
         None => match checkpoint::latest(&root)? {
             Some(c) => c,
-            None => trainer.checkpoint(&root)?,
+            None => trainer.save_checkpoint(&root)?,
         },
     };
     log(&format!("checkpoint {}", checkpoint.display()));
@@ -485,17 +493,13 @@ pub fn eval(file: &RunFile, model: Option<&str>) -> Result<EvalReport> {
     let loaded = load_for_eval(model, run.model.as_deref(), &run.revision)?;
     let seed = file.trainer.seed;
     let (_, test) = prompts(&loaded, run, seed)?;
-    let mut trainer = eval_trainer(file, policy(loaded.model, loaded.tokenizer))?;
-    Ok(trainer.evaluate(&test, true)?)
-}
-
-/// A critic-free trainer used only for [`rl_trainer::Trainer::evaluate`]: the estimator is
-/// irrelevant to evaluation, so a PPO recipe evaluates through a GRPO trainer.
-fn eval_trainer(file: &RunFile, policy: LmPolicy) -> Result<rl_trainer::GrpoTrainer<LmPolicy>> {
-    let mut r = file.recipe();
-    r.trainer.metrics_path = None;
-    if r.algorithm.advantage.requires_values() {
-        r.algorithm.advantage = rl_advantage::Advantage::grpo();
-    }
-    Ok(r.grpo(policy, file.run.reward.clone())?)
+    let mut policy = policy(loaded.model, loaded.tokenizer);
+    let sampling = rl_trainer::eval::eval_sampling(&file.trainer, 0, true);
+    Ok(rl_trainer::evaluate(
+        &mut policy,
+        &file.run.reward,
+        &test,
+        &sampling,
+        file.trainer.accuracy_threshold,
+    )?)
 }

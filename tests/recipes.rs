@@ -212,7 +212,10 @@ fn tiny_run_files_keep_their_presets_algorithms() {
     let preset = Recipe::dr_grpo().algorithm;
     assert_eq!(dr.algorithm.advantage, preset.advantage);
     let budget = dr.trainer.sampling.max_new_tokens;
-    assert_eq!(dr.algorithm.policy_loss, rl_zero::loss::PolicyLossConfig::dr_grpo(budget));
+    // The run file leaves Dr. GRPO's constant unset; it resolves to the generation budget.
+    let mut resolved = dr.algorithm.clone();
+    resolved.resolve(&dr.trainer);
+    assert_eq!(resolved.policy_loss, rl_zero::loss::PolicyLossConfig::dr_grpo(budget));
     assert_eq!(dr.trainer.actor.adam, Recipe::dr_grpo().trainer.actor.adam);
     assert_eq!(dr.run.model, None);
 

@@ -291,6 +291,26 @@ def policy_case(name, kind, params, agg_spec, fn, lp, old, adv, m, is_w=None, gr
     return case
 
 
+def recipe_spelling(x):
+    """The recipe spelling of an aggregation spec: verl's `loss_agg_mode` names ("seq-mean-token-sum")
+    become rl-loss's `{"type": "seq_mean_token_sum"}` (serde tag `type`, snake_case)."""
+    if isinstance(x, dict):
+        x = {k: recipe_spelling(v) for k, v in x.items()}
+        if "mode" in x:
+            x["type"] = x.pop("mode").replace("-", "_")
+        return x
+    if isinstance(x, list):
+        return [recipe_spelling(v) for v in x]
+    return x
+
+
+def recipe_spelling_configs(out):
+    for case in out["cases"]:
+        if "config" in case:
+            case["config"] = recipe_spelling(case["config"])
+    return out
+
+
 def build():
     gen = torch.Generator().manual_seed(1234)
     b, t = 4, 8
@@ -434,5 +454,5 @@ if __name__ == "__main__":
         here = os.path.dirname(os.path.abspath(__file__))
         out = os.path.join(here, "..", "..", "crates", "rl-loss", "tests", "fixtures", "losses.json")
         with open(out, "w") as f:
-            json.dump(build(), f, indent=None, separators=(",", ":"))
+            json.dump(recipe_spelling_configs(build()), f, indent=None, separators=(",", ":"))
         print("wrote", os.path.normpath(out))

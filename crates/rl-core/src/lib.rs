@@ -8,7 +8,10 @@
 //! 4. a [`PolicyLoss`] (and, for PPO, a [`ValueLoss`]) produces a [`LossOutput`] to minimise.
 //!
 //! Stage crates implement these traits (`rl-reward`, `rl-advantage`, `rl-loss`, `rl-policy`);
-//! `rl-trainer` is the one place that knows their order. Plugin authors depend on `rl-core` alone.
+//! `rl-trainer` is the one place that knows their order. Every trait a user implements lives here,
+//! so plugin authors depend on `rl-core` alone: the four stages above, plus [`LossTerm`] (extra
+//! actor-loss terms), [`ReferenceModel`] (KL anchors), [`PromptSource`] (prompt streams),
+//! [`Checkpointable`] (state that survives a restart) and [`Critic`].
 //!
 //! Shapes: `B` responses, `T` padded response length, `P` padded prompt length, `V` vocabulary;
 //! response-aligned tensors are `(B, T)` f32 and right-padded, with `response_mask` 1.0 on real
@@ -34,10 +37,12 @@
 
 mod batch;
 pub mod check;
+pub mod checkpoint;
+pub mod data;
 mod error;
 pub mod host;
 pub mod masked;
-mod metrics;
+pub mod metrics;
 pub mod rng;
 mod stages;
 #[cfg(feature = "testing")]
@@ -47,9 +52,12 @@ pub use batch::{
     Advantages, FinishReason, Groups, Metadata, Prompt, Rewards, RolloutBatch, Sample,
 };
 pub use candle_core::{DType, Device, Tensor, Var};
+pub use checkpoint::Checkpointable;
+pub use data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use stages::{
-    AdvantageEstimator, AdvantageInput, Critic, GlobalCounts, LossOutput, Policy, PolicyLoss,
-    PolicyLossInput, RewardFn, SamplingConfig, TokenLogProbs, ValueLoss, ValueLossInput,
+    AdvantageEstimator, AdvantageInput, Critic, GlobalCounts, LossOutput, LossTerm, Policy,
+    PolicyLoss, PolicyLossInput, ReferenceModel, RewardFn, SamplingConfig, TermInput,
+    TokenLogProbs, ValueLoss, ValueLossInput,
 };

@@ -98,12 +98,28 @@ pub struct AdvantageInput<'a> {
     pub values: Option<&'a Tensor>,
     /// `(B,)` f32 per-response baseline supplied by the caller (ReMax: the greedy rollout's score).
     pub baseline: Option<&'a Tensor>,
+    /// `(B, T)` f32 reference-model log-probs, when the trainer has a reference model (for
+    /// estimators that shape rewards with a KL of their own).
+    pub ref_log_probs: Option<&'a Tensor>,
 }
 
 impl<'a> AdvantageInput<'a> {
     /// Input with rewards, mask and group ids only.
     pub fn new(rewards: &'a Rewards, response_mask: &'a Tensor, group_ids: &'a [usize]) -> Self {
-        Self { rewards, response_mask, group_ids, values: None, baseline: None }
+        Self {
+            rewards,
+            response_mask,
+            group_ids,
+            values: None,
+            baseline: None,
+            ref_log_probs: None,
+        }
+    }
+
+    /// Adds reference-model log-probs.
+    pub fn with_ref_log_probs(mut self, ref_log_probs: &'a Tensor) -> Self {
+        self.ref_log_probs = Some(ref_log_probs);
+        self
     }
 
     /// Adds critic values.
@@ -246,6 +262,75 @@ pub trait ValueLoss {
     fn compute(&self, input: &ValueLossInput<'_>) -> Result<LossOutput>;
 }
 
+/// What an extra loss term (KL to a reference, auxiliary losses) gets for one micro-batch.
+/// Tensors are `(B, T)` f32.
+#[derive(Clone, Copy, Debug)]
+pub struct TermInput<'a> {
+    /// Current log-probs (carry the autograd graph).
+    pub log_probs: &'a Tensor,
+    /// Entropies, when the trainer computed them (a term asked for them with
+    /// [`LossTerm::needs_entropy`]).
+    pub entropy: Option<&'a Tensor>,
+    /// Old (rollout) log-probs.
+    pub old_log_probs: &'a Tensor,
+    /// Reference-model log-probs, when the trainer has a [`ReferenceModel`].
+    pub ref_log_probs: Option<&'a Tensor>,
+    /// Response mask.
+    pub response_mask: &'a Tensor,
+    /// Group id per response (length `B`).
+    pub group_ids: &'a [usize],
+    /// Counts of the whole mini-batch: normalise by them so micro-batch terms add up.
+    pub counts: &'a GlobalCounts,
+}
+
+/// An extra term added to the actor loss of each micro-batch (e.g. `β·KL(π‖π_ref)` or an
+/// entropy bonus; `rl-loss` implements it for `KlLoss` and `EntropyBonus`). It applies its own
+/// coefficient.
+///
+/// Any `Fn(&TermInput) -> Result<LossOutput>` closure is a `LossTerm`:
+///
+/// ```
+/// use rl_core::{LossOutput, LossTerm, Metrics, TermInput};
+///
+/// // A length penalty: 0.01 × (valid tokens / mini-batch tokens), summed over micro-batches.
+/// let length_penalty = |i: &TermInput<'_>| -> rl_core::Result<LossOutput> {
+///     let tokens = i.counts.tokens.unwrap_or(1.0);
+///     let loss = (i.response_mask.sum_all()? * (0.01 / tokens))?;
+///     Ok(LossOutput { loss, metrics: Metrics::new() })
+/// };
+/// assert_eq!(length_penalty.name(), "term");
+/// ```
+pub trait LossTerm {
+    /// The term (scalar f32, added to the loss) and its metrics.
+    fn compute(&self, input: &TermInput<'_>) -> Result<LossOutput>;
+
+    /// Metric prefix (`actor/<name>/...`).
+    fn name(&self) -> &str {
+        "term"
+    }
+
+    /// `true` when the term reads [`TermInput::entropy`] (the trainer then asks the policy for
+    /// entropies).
+    fn needs_entropy(&self) -> bool {
+        false
+    }
+
+    /// `true` when the term reads [`TermInput::ref_log_probs`] (the trainer then refuses to
+    /// build without a [`ReferenceModel`], instead of failing at the first micro-batch).
+    fn needs_reference(&self) -> bool {
+        false
+    }
+}
+
+impl<F> LossTerm for F
+where
+    F: Fn(&TermInput<'_>) -> Result<LossOutput>,
+{
+    fn compute(&self, input: &TermInput<'_>) -> Result<LossOutput> {
+        self(input)
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Policy and critic
 
@@ -312,6 +397,9 @@ impl SamplingConfig {
         if self.n == 0 {
             return Err(Error::config("sampling.n", "must be >= 1"));
         }
+        if self.max_new_tokens == 0 {
+            return Err(Error::config("sampling.max_new_tokens", "must be >= 1"));
+        }
         Ok(())
     }
 }
@@ -338,6 +426,34 @@ pub trait Policy {
 
     /// The parameters an optimizer updates.
     fn trainable_vars(&self) -> Vec<Var>;
+}
+
+/// A frozen model whose log-probs anchor a KL term or a KL-in-reward penalty: log-probs of a batch,
+/// nothing else (it never samples and is never trained).
+///
+/// Every [`Policy`] is one (its log-probs, detached); `rl_policy::ReferencePolicy` is the cheap
+/// one (no autograd graph). Give the trainer a **frozen copy** (`LmPolicy::reference()`), never a
+/// handle that shares the trained weights, or the KL stays 0.
+pub trait ReferenceModel {
+    /// `(B, T)` f32 `log π_ref(y_t | x, y_<t)` of `batch`'s response tokens, 0.0 on padding, with
+    /// no autograd graph.
+    fn reference_log_probs(&self, batch: &RolloutBatch) -> Result<Tensor>;
+
+    /// The reference's variables, when it has any: the trainer refuses a reference that shares a
+    /// variable with the policy it trains (a clone of the policy handle, whose KL would stay 0).
+    fn weights(&self) -> Vec<Var> {
+        Vec::new()
+    }
+}
+
+impl<P: Policy + ?Sized> ReferenceModel for P {
+    fn reference_log_probs(&self, batch: &RolloutBatch) -> Result<Tensor> {
+        Ok(self.log_probs(batch, false)?.log_probs.detach())
+    }
+
+    fn weights(&self) -> Vec<Var> {
+        self.trainable_vars()
+    }
 }
 
 /// A learned value function (PPO critic).

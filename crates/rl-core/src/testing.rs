@@ -42,6 +42,24 @@ impl MockPolicy {
     }
 }
 
+/// The mock's logits in `logits.safetensors`.
+impl crate::Checkpointable for MockPolicy {
+    fn save_checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        self.logits.as_tensor().save_safetensors("logits", dir.join("logits.safetensors"))?;
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self, dir: &std::path::Path) -> Result<()> {
+        let path = dir.join("logits.safetensors");
+        let t = candle_core::safetensors::load(&path, self.logits.device())?;
+        let logits = t.get("logits").ok_or_else(|| Error::File {
+            path: path.clone(),
+            reason: "no `logits` tensor".into(),
+        })?;
+        crate::checkpoint::set_var(&self.logits, logits, "logits", &path)
+    }
+}
+
 impl Policy for MockPolicy {
     fn generate(&mut self, prompts: &[Prompt], config: &SamplingConfig) -> Result<RolloutBatch> {
         config.validate()?;

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// divide by `B · max_len`. [`Aggregation::SeqMeanTokenSumNorm`] is the paper's version;
 /// [`Aggregation::SeqSumTokenSumNorm`] is verl's, for exact comparisons.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Aggregation {
     /// Mean over all valid tokens of the mini-batch.
     #[default]
@@ -44,8 +44,10 @@ pub enum Aggregation {
     /// Dr. GRPO: sum over each sequence's tokens divided by a constant `max_len`, mean over
     /// sequences.
     SeqMeanTokenSumNorm {
-        /// The constant normaliser (oat: `generate_max_length`); `None` = the padded length `T`
-        /// of the tensor (set it explicitly when micro-batches have different `T`).
+        /// The constant normaliser (oat: `generate_max_length`, TRL: `max_completion_length`).
+        /// `None` in a recipe means the generation budget `sampling.max_new_tokens` (filled in by
+        /// [`Aggregation::resolve_budget`] when the trainer is built, as TRL derives it); `None`
+        /// at compute time falls back to the padded length `T` of the tensor.
         #[serde(default)]
         max_len: Option<usize>,
     },
@@ -78,6 +80,21 @@ impl Aggregation {
                 Err(Error::config("aggregation.scale", "must be a finite number > 0"))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Fills a Dr. GRPO normaliser left unset with the generation budget `max_new_tokens` (the
+    /// value the paper and TRL use); every other mode is unchanged.
+    ///
+    /// ```
+    /// use rl_loss::Aggregation;
+    /// let mut a = Aggregation::SeqMeanTokenSumNorm { max_len: None };
+    /// a.resolve_budget(256);
+    /// assert_eq!(a, Aggregation::SeqMeanTokenSumNorm { max_len: Some(256) });
+    /// ```
+    pub fn resolve_budget(&mut self, max_new_tokens: usize) {
+        if let Self::SeqMeanTokenSumNorm { max_len: max_len @ None } = self {
+            *max_len = Some(max_new_tokens);
         }
     }
 
@@ -226,8 +243,8 @@ mod tests {
     #[test]
     fn serde_names() {
         let a: Aggregation =
-            serde_json::from_str(r#"{"mode":"seq-mean-token-sum-norm","max_len":3000}"#).unwrap();
+            serde_json::from_str(r#"{"type":"seq_mean_token_sum_norm","max_len":3000}"#).unwrap();
         assert_eq!(a, Aggregation::SeqMeanTokenSumNorm { max_len: Some(3000) });
-        assert!(serde_json::from_str::<Aggregation>(r#"{"mode":"token-sum"}"#).is_err());
+        assert!(serde_json::from_str::<Aggregation>(r#"{"type":"token_sum"}"#).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Entropy of the next-token distribution, and the entropy bonus.
 
 use candle_core::{D, Tensor};
+use rl_core::metrics::Reduce;
 use rl_core::{Error, GlobalCounts, LossOutput, Metrics, Result};
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,29 @@ impl EntropyBonus {
         let h = self.aggregation.aggregate(entropy, mask, group_ids, counts)?;
         let value = h.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let loss = (h * -self.coef)?;
-        let metrics = Metrics::new().with("entropy", value).with("loss", -self.coef * value);
+        // Both are shares of mini-batch-normalised totals: they add up over micro-batches.
+        let metrics = Metrics::new().with_reduce("entropy", value, Reduce::Sum).with_reduce(
+            "loss",
+            -self.coef * value,
+            Reduce::Sum,
+        );
         Ok(LossOutput { loss, metrics })
+    }
+}
+/// `EntropyBonus` as an actor-loss term (asks the trainer for the policy's entropies).
+impl rl_core::LossTerm for EntropyBonus {
+    fn compute(&self, i: &rl_core::TermInput<'_>) -> Result<LossOutput> {
+        let h = i.entropy.ok_or_else(|| {
+            Error::Unsupported("entropy bonus: the policy returned no entropy".into())
+        })?;
+        EntropyBonus::compute(self, h, i.response_mask, Some(i.group_ids), Some(i.counts))
+    }
+
+    fn name(&self) -> &str {
+        "entropy_bonus"
+    }
+
+    fn needs_entropy(&self) -> bool {
+        true
     }
 }

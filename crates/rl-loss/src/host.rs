@@ -300,14 +300,15 @@ impl Stats {
     /// clipfrac_high`, verl `pg_clipfrac`), `clipfrac_dual` (verl `pg_clipfrac_lower`) and `loss`.
     /// With no valid token every statistic is neutral (fractions 0, ratios 1), never NaN.
     pub fn metrics(&self, loss: f64) -> Metrics {
+        use rl_core::metrics::Reduce;
         let n = self.n.max(1.0);
         let empty = self.n == 0.0;
         Metrics::new()
-            .with("loss", loss)
+            .with_reduce("loss", loss, Reduce::Sum)
             .with("approx_kl", self.neg_logr_sum / n)
             .with("ratio_mean", if empty { 1.0 } else { self.ratio_sum / n })
-            .with("ratio_min", if empty { 1.0 } else { self.ratio_min })
-            .with("ratio_max", if empty { 1.0 } else { self.ratio_max })
+            .with_reduce("ratio_min", if empty { 1.0 } else { self.ratio_min }, Reduce::Min)
+            .with_reduce("ratio_max", if empty { 1.0 } else { self.ratio_max }, Reduce::Max)
             .with("clipfrac", (self.low + self.high) / n)
             .with("clipfrac_low", self.low / n)
             .with("clipfrac_high", self.high / n)

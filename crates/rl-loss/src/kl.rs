@@ -2,6 +2,7 @@
 //! fixed or adaptive coefficient, or as a loss term; each with a straight-through variant.
 
 use candle_core::Tensor;
+use rl_core::metrics::Reduce;
 use rl_core::{Error, GlobalCounts, LossOutput, Metrics, Result};
 use serde::{Deserialize, Serialize};
 
@@ -165,7 +166,12 @@ impl KlLoss {
             run!(K1, Abs, K2, K3)
         })?;
         let kl = if self.coef > 0.0 { loss / self.coef } else { 0.0 };
-        let metrics = Metrics::new().with("kl", kl).with("loss", loss);
+        // Both are shares of mini-batch-normalised totals: they add up over micro-batches.
+        let metrics = Metrics::new().with_reduce("kl", kl, Reduce::Sum).with_reduce(
+            "loss",
+            loss,
+            Reduce::Sum,
+        );
         Ok(LossOutput { loss: emit(log_probs, loss, grad)?, metrics })
     }
 }
@@ -218,7 +224,8 @@ impl KlController {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks `coef >= 0`, `target > 0`, `horizon > 0`.
+    pub fn validate(&self) -> Result<()> {
         let ok = match *self {
             Self::Fixed { coef } => coef >= 0.0 && coef.is_finite(),
             Self::Adaptive { coef, target, horizon } => {
@@ -230,6 +237,41 @@ impl KlController {
         } else {
             Err(Error::config("kl_ctrl", "coef >= 0, target > 0, horizon > 0"))
         }
+    }
+}
+
+/// KL in the reward, as a recipe option (verl `algorithm.use_kl_in_reward` with `kl_penalty` and
+/// `kl_ctrl`, `ray_trainer.py` `apply_kl_penalty`): before the advantages are estimated, every
+/// token's reward becomes `r_t − β·kN(logπ_old, logπ_ref)` ([`kl_in_reward`]); the controller's
+/// `β` is part of the trainer's checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KlInReward {
+    /// The estimator (verl `kl_penalty`, default `kl` = k1).
+    pub kl: Kl,
+    /// The coefficient `β` and how it adapts (verl `kl_ctrl`, default fixed 0.001).
+    pub controller: KlController,
+}
+
+/// `KlLoss` as an actor-loss term: reads the rollout's reference log-probs (so a trainer refuses
+/// to build it without a reference model).
+impl rl_core::LossTerm for KlLoss {
+    fn compute(&self, i: &rl_core::TermInput<'_>) -> Result<LossOutput> {
+        let r = i.ref_log_probs.ok_or_else(|| {
+            Error::config(
+                "algorithm.kl_loss",
+                "needs reference log-probs: give the trainer a reference model",
+            )
+        })?;
+        KlLoss::compute(self, i.log_probs, r, i.response_mask, Some(i.group_ids), Some(i.counts))
+    }
+
+    fn name(&self) -> &str {
+        "kl"
+    }
+
+    fn needs_reference(&self) -> bool {
+        true
     }
 }
 

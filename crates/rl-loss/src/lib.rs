@@ -63,7 +63,7 @@ pub use agg::Aggregation;
 pub use cov::{ClipCovLoss, KlCovLoss};
 pub use entropy::{EntropyBonus, entropy_from_logits, entropy_from_logits_chunked};
 pub use is::{IsLevel, TruncatedIs};
-pub use kl::{Kl, KlController, KlEstimator, KlLoss, kl_in_reward};
+pub use kl::{Kl, KlController, KlEstimator, KlInReward, KlLoss, kl_in_reward};
 pub use ppo::PpoLoss;
 pub use value::ClippedValueLoss;
 pub use variants::{CispoLoss, GmpoLoss, GspoLoss, ReinforceLoss, SapoLoss};
@@ -136,6 +136,20 @@ impl PolicyLossConfig {
     /// [`GspoLoss::default`] (the GSPO paper's settings).
     pub fn gspo() -> Self {
         Self::Gspo(GspoLoss::default())
+    }
+
+    /// The loss's token aggregation (`None` for GMPO, whose geometric mean has its own).
+    pub fn aggregation_mut(&mut self) -> Option<&mut Aggregation> {
+        match self {
+            Self::Ppo(l) => Some(&mut l.aggregation),
+            Self::Gspo(l) => Some(&mut l.aggregation),
+            Self::Cispo(l) => Some(&mut l.aggregation),
+            Self::Sapo(l) => Some(&mut l.aggregation),
+            Self::Gmpo(_) => None,
+            Self::ClipCov(l) => Some(&mut l.aggregation),
+            Self::KlCov(l) => Some(&mut l.aggregation),
+            Self::Reinforce(l) => Some(&mut l.aggregation),
+        }
     }
 
     fn inner(&self) -> &dyn PolicyLoss {

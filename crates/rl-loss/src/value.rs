@@ -77,7 +77,7 @@ impl ValueLoss for ClippedValueLoss {
         })?;
         let m = stats.metrics(loss);
         let metrics = rl_core::Metrics::new()
-            .with("loss", loss)
+            .with_reduce("loss", loss, rl_core::metrics::Reduce::Sum)
             .with("clipfrac", m.get("clipfrac_low").unwrap_or(0.0));
         Ok(LossOutput { loss: emit(input.values, loss, grad)?, metrics })
     }

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod alloc;
+mod checkpoint;
 pub mod config;
 mod error;
 mod load;

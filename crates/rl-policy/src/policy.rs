@@ -381,6 +381,16 @@ impl ReferencePolicy {
     }
 }
 
+impl rl_core::ReferenceModel for ReferencePolicy {
+    fn reference_log_probs(&self, batch: &RolloutBatch) -> rl_core::Result<Tensor> {
+        Ok(ReferencePolicy::log_probs(self, batch)?)
+    }
+
+    fn weights(&self) -> Vec<Var> {
+        self.model.vars()
+    }
+}
+
 /// A PPO critic: a decoder backbone (initialised from the policy's weights, as Open-Reasoner-Zero
 /// does) and a scalar value head `value_head: Linear(H, 1)` on the final hidden states.
 #[derive(Debug)]

@@ -10,21 +10,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::DataPosition;
 use crate::{Result, TrainerError};
+use rl_core::data::DataPosition;
 
-/// Something whose state goes into a checkpoint directory (policy and critic weights; rl-policy
-/// writes Hugging Face safetensors here).
-pub trait Checkpointable {
-    /// Writes the state into the (existing, empty) directory `dir`.
-    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()>;
-
-    /// Restores the state written by [`Checkpointable::save_checkpoint`] from `dir`.
-    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()>;
-}
+pub use rl_core::checkpoint::{Checkpointable, load_vars, save_vars};
 
 /// The trainer's own progress, saved as `trainer.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +32,9 @@ pub struct TrainerState {
     pub skipped_updates: usize,
     /// Position of the prompt source after the last step, when it has one.
     pub data: Option<DataPosition>,
+    /// The KL-in-reward controller (its adaptive `β`), when the run uses KL in the reward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_controller: Option<rl_loss::KlController>,
 }
 
 /// Name of the file in the checkpoint root that holds the latest checkpoint's directory name.
@@ -112,96 +107,4 @@ pub fn load_optimizer(path: &Path) -> Result<(u64, HashMap<String, Tensor>)> {
         _ => return Err(TrainerError::checkpoint(path, "`steps` must hold 2 words")),
     };
     Ok((steps, all))
-}
-
-/// Saves `vars` as `var.{i}` tensors in one safetensors file (for models without a named format).
-pub fn save_vars(path: &Path, vars: &[Var]) -> rl_core::Result<()> {
-    let map: HashMap<String, Tensor> = vars
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (format!("var.{i}"), v.as_tensor().detach()))
-        .collect();
-    candle_core::safetensors::save(&map, path)?;
-    Ok(())
-}
-
-/// Loads what [`save_vars`] wrote into `vars` (same order, shapes and count).
-pub fn load_vars(path: &Path, vars: &[Var]) -> rl_core::Result<()> {
-    let bad = |reason: String| rl_core::Error::File { path: path.to_path_buf(), reason };
-    let map = candle_core::safetensors::load(path, &Device::Cpu)?;
-    if map.len() != vars.len() {
-        return Err(bad(format!("{} tensors for {} vars", map.len(), vars.len())));
-    }
-    for (i, var) in vars.iter().enumerate() {
-        let t = map.get(&format!("var.{i}")).ok_or_else(|| bad(format!("no `var.{i}`")))?;
-        set_var(var, t, &format!("var.{i}"), path)?;
-    }
-    Ok(())
-}
-
-/// `var ← t` (moved to the var's device and dtype) after a shape check.
-fn set_var(var: &Var, t: &Tensor, name: &str, path: &Path) -> rl_core::Result<()> {
-    if t.dims() != var.dims() {
-        return Err(rl_core::Error::File {
-            path: path.to_path_buf(),
-            reason: format!("`{name}`: shape {:?}, the model has {:?}", t.dims(), var.dims()),
-        });
-    }
-    var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-    Ok(())
-}
-
-/// The policy as a Hugging Face directory (`config.json`, `model.safetensors`), loadable by
-/// `LanguageModel::from_hf_dir` and by transformers.
-impl Checkpointable for rl_policy::LmPolicy {
-    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()> {
-        Ok(self.model().save(dir)?)
-    }
-
-    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()> {
-        let path = dir.join("model.safetensors");
-        let map = candle_core::safetensors::load(&path, &Device::Cpu)?;
-        for (name, var) in self.model().named_vars() {
-            match map.get(&name) {
-                Some(t) => set_var(&var, t, &name, &path)?,
-                // A tied `lm_head` is not written (as transformers); it shares the embedding.
-                None if name == "lm_head.weight" => {}
-                None => {
-                    return Err(rl_core::Error::File {
-                        path,
-                        reason: format!("no tensor `{name}`"),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The critic's trainable vars (backbone and value head) in `critic.safetensors`.
-impl Checkpointable for rl_policy::ValueModel {
-    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()> {
-        save_vars(&dir.join("critic.safetensors"), &rl_core::Critic::trainable_vars(self))
-    }
-
-    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()> {
-        load_vars(&dir.join("critic.safetensors"), &rl_core::Critic::trainable_vars(self))
-    }
-}
-
-/// `Checkpointable` for the mock policy of `rl_core::testing`: its logits in `logits.safetensors`.
-#[cfg(any(test, feature = "testing"))]
-impl Checkpointable for rl_core::testing::MockPolicy {
-    fn save_checkpoint(&self, dir: &Path) -> rl_core::Result<()> {
-        self.logits().as_tensor().save_safetensors("logits", dir.join("logits.safetensors"))?;
-        Ok(())
-    }
-
-    fn load_checkpoint(&mut self, dir: &Path) -> rl_core::Result<()> {
-        let t =
-            candle_core::safetensors::load(dir.join("logits.safetensors"), self.logits().device())?;
-        let logits = t.get("logits").ok_or_else(|| rl_core::Error::msg("no `logits` tensor"))?;
-        self.logits().set(logits)?;
-        Ok(())
-    }
 }

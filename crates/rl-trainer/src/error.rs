@@ -93,6 +93,11 @@ impl TrainerError {
         Self::Config { field: field.into(), reason: reason.into() }
     }
 
+    /// Any other error value, kept whole ([`rl_core::Error::Wrapped`]).
+    pub fn wrap(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Core(rl_core::Error::wrap(err))
+    }
+
     /// Shorthand for [`TrainerError::Checkpoint`].
     pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Self::Checkpoint { path: path.into(), reason: reason.into() }

@@ -17,11 +17,11 @@
 use std::path::Path;
 
 use rl_advantage::Advantage;
-use rl_core::{AdvantageEstimator, Critic, LossOutput, Policy, RewardFn};
-use rl_loss::{ClippedValueLoss, EntropyBonus, KlLoss, PolicyLossConfig};
+use rl_core::{AdvantageEstimator, Critic, Policy, ReferenceModel, RewardFn};
+use rl_loss::{ClippedValueLoss, EntropyBonus, KlInReward, KlLoss, PolicyLossConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::trainer::{LossTerm, TermInput};
+use crate::trainer::TrainerBuilder;
 use crate::{GrpoTrainer, PpoTrainer, Result, Trainer, TrainerConfig, TrainerError};
 
 /// The stages of an algorithm, by name.
@@ -34,10 +34,13 @@ pub struct AlgorithmConfig {
     pub policy_loss: PolicyLossConfig,
     /// Critic loss (PPO with a critic only).
     pub value_loss: ClippedValueLoss,
-    /// KL-to-reference term of the actor loss (needs a reference policy:
-    /// [`Trainer::with_reference`]).
+    /// KL-to-reference term of the actor loss (verl `use_kl_loss`, TRL `beta`): the trainer
+    /// needs a reference model (`rl-zero train` builds a frozen copy of the initial policy).
     pub kl_loss: Option<KlLoss>,
-    /// Entropy bonus with its own aggregation (alternative to `trainer.entropy_coef`).
+    /// KL in the reward (verl `use_kl_in_reward`): also needs a reference model.
+    pub kl_in_reward: Option<KlInReward>,
+    /// Entropy bonus with its own aggregation (`trainer.entropy_coef` is the token-mean
+    /// shorthand for the same term).
     pub entropy_bonus: Option<EntropyBonus>,
 }
 
@@ -81,14 +84,103 @@ impl AlgorithmConfig {
         }
     }
 
-    fn terms<P: Policy, C: Critic>(&self, mut t: Trainer<P, C>) -> Trainer<P, C> {
-        if let Some(kl) = &self.kl_loss {
-            t = t.with_loss_term(KlTerm(kl.clone()));
+    /// `true` when the recipe needs a reference model (a KL loss or KL in the reward).
+    pub fn needs_reference(&self) -> bool {
+        self.kl_loss.is_some() || self.kl_in_reward.is_some()
+    }
+
+    /// Fills the values derived from the trainer settings: a Dr. GRPO normaliser left unset
+    /// becomes the generation budget `max_new_tokens` ([`rl_loss::Aggregation::resolve_budget`]).
+    pub fn resolve(&mut self, trainer: &TrainerConfig) {
+        let budget = trainer.sampling.max_new_tokens;
+        if let Some(a) = self.policy_loss.aggregation_mut() {
+            a.resolve_budget(budget);
+        }
+        self.value_loss.aggregation.resolve_budget(budget);
+        if let Some(k) = &mut self.kl_loss {
+            k.aggregation.resolve_budget(budget);
+        }
+        if let Some(e) = &mut self.entropy_bonus {
+            e.aggregation.resolve_budget(budget);
+        }
+    }
+
+    /// Checks every stage's parameters, and the stages against the trainer settings; errors
+    /// name the full field path (`algorithm.policy_loss.aggregation.max_len`, ...).
+    pub fn validate(&self, trainer: &TrainerConfig) -> Result<()> {
+        let at = |prefix: &str, r: rl_core::Result<()>| r.map_err(|e| prefixed(prefix, e.into()));
+        if let Some(a) = self.policy_loss.clone().aggregation_mut() {
+            at("algorithm.policy_loss.", a.validate())?;
+        }
+        at("algorithm.value_loss.", self.value_loss.aggregation.validate())?;
+        if let Some(k) = &self.kl_loss {
+            at("algorithm.kl_loss.", k.aggregation.validate())?;
+            if !(k.coef >= 0.0 && k.coef.is_finite()) {
+                return Err(TrainerError::config(
+                    "algorithm.kl_loss.coef",
+                    "must be finite and >= 0",
+                ));
+            }
+        }
+        if let Some(k) = &self.kl_in_reward {
+            at("algorithm.kl_in_reward.", k.controller.validate())?;
         }
         if let Some(e) = &self.entropy_bonus {
-            t = t.with_loss_term(EntropyTerm(e.clone()));
+            at("algorithm.entropy_bonus.", e.aggregation.validate())?;
+            if !(e.coef >= 0.0 && e.coef.is_finite()) {
+                return Err(TrainerError::config(
+                    "algorithm.entropy_bonus.coef",
+                    "must be finite and >= 0",
+                ));
+            }
         }
-        t
+        if group_relative(&self.advantage) && trainer.sampling.n < 2 {
+            return Err(TrainerError::config(
+                "trainer.sampling.n",
+                format!(
+                    "the group-relative estimator `{}` needs >= 2 responses per prompt (with 1 its \
+                     baseline is the response itself: no learning signal, or REINFORCE without a \
+                     baseline)",
+                    advantage_name(&self.advantage)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Estimators whose baseline is computed from the other responses to the same prompt.
+fn group_relative(a: &Advantage) -> bool {
+    matches!(
+        a,
+        Advantage::Grpo(_)
+            | Advantage::DrGrpo(_)
+            | Advantage::Rloo(_)
+            | Advantage::ReinforcePlusPlusBaseline(_)
+            | Advantage::Opo(_)
+            | Advantage::Gpg(_)
+            | Advantage::GrpoPassK(_)
+    )
+}
+
+/// The recipe name of an estimator (its serde tag).
+fn advantage_name(a: &Advantage) -> String {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `e` with `prefix` prepended to its config field path.
+pub(crate) fn prefixed(prefix: &str, e: TrainerError) -> TrainerError {
+    match e {
+        TrainerError::Config { field, reason } => {
+            TrainerError::Config { field: format!("{prefix}{field}"), reason }
+        }
+        TrainerError::Core(rl_core::Error::Config { field, reason }) => {
+            TrainerError::Config { field: format!("{prefix}{field}"), reason }
+        }
+        e => e,
     }
 }
 
@@ -121,10 +213,15 @@ impl Recipe {
         }
     }
 
-    /// Dr. GRPO as understand-r1-zero (the loss normaliser is the generation budget).
+    /// Dr. GRPO as understand-r1-zero. The loss normaliser is left unset: it is the generation
+    /// budget `trainer.sampling.max_new_tokens`, filled in when the trainer is built (so changing
+    /// the budget changes the normaliser with it, as TRL derives it).
     pub fn dr_grpo() -> Self {
         let trainer = TrainerConfig::dr_grpo();
-        let algorithm = AlgorithmConfig::dr_grpo(trainer.sampling.max_new_tokens);
+        let mut algorithm = AlgorithmConfig::dr_grpo(trainer.sampling.max_new_tokens);
+        if let Some(a) = algorithm.policy_loss.aggregation_mut() {
+            *a = rl_loss::Aggregation::SeqMeanTokenSumNorm { max_len: None };
+        }
         Self { trainer, algorithm }
     }
 
@@ -133,11 +230,28 @@ impl Recipe {
         Self { trainer: TrainerConfig::dapo(), algorithm: AlgorithmConfig::dapo() }
     }
 
-    /// Parses and validates a TOML recipe.
+    /// Parses and validates a TOML recipe ([`Recipe::validate`]). Derived values left unset
+    /// stay unset (they follow later changes of the trainer settings) and are filled when the
+    /// trainer is built.
     pub fn from_toml(text: &str) -> Result<Self> {
         let r: Self = toml::from_str(text)?;
-        r.trainer.validate()?;
+        r.validate()?;
         Ok(r)
+    }
+
+    /// Fills the derived values ([`AlgorithmConfig::resolve`]).
+    pub fn resolve(&mut self) {
+        self.algorithm.resolve(&self.trainer);
+    }
+
+    /// Checks the trainer settings and the stages (with derived values filled in); errors name
+    /// the full field path (`trainer.sampling.max_new_tokens`,
+    /// `algorithm.policy_loss.aggregation.max_len`).
+    pub fn validate(&self) -> Result<()> {
+        self.trainer.validate().map_err(|e| prefixed("trainer.", e))?;
+        let mut algorithm = self.algorithm.clone();
+        algorithm.resolve(&self.trainer);
+        algorithm.validate(&self.trainer)
     }
 
     /// Reads a TOML recipe file.
@@ -150,24 +264,62 @@ impl Recipe {
         Ok(toml::to_string(self)?)
     }
 
-    /// A critic-free trainer with the recipe's estimator, policy loss and extra terms.
+    /// A builder with the recipe's estimator, policy loss, extra terms (KL loss, entropy bonus),
+    /// KL in the reward and trainer settings, derived values filled in. Add a critic (PPO) and a
+    /// reference model (when [`AlgorithmConfig::needs_reference`]) and build.
     ///
     /// # Errors
-    /// [`TrainerError::Config`] when the estimator needs a critic (use [`Recipe::ppo`]).
+    /// [`TrainerError::Config`] with the full field path for an invalid recipe.
+    pub fn builder<P: Policy>(
+        &self,
+        policy: P,
+        reward: impl RewardFn + 'static,
+    ) -> Result<TrainerBuilder<P>> {
+        let mut r = self.clone();
+        r.resolve();
+        r.validate()?;
+        let a = r.algorithm;
+        let mut b = Trainer::builder(policy, reward)
+            .estimator(a.advantage)
+            .policy_loss(a.policy_loss)
+            .config(r.trainer);
+        if let Some(kl) = a.kl_loss {
+            b = b.loss_term(kl);
+        }
+        if let Some(e) = a.entropy_bonus {
+            b = b.loss_term(e);
+        }
+        if let Some(k) = a.kl_in_reward {
+            b = b.kl_in_reward(k);
+        }
+        Ok(b)
+    }
+
+    /// A critic-free trainer with the recipe's stages; `reference` is required when the recipe
+    /// has a KL term ([`AlgorithmConfig::needs_reference`]).
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] when the estimator needs a critic (use [`Recipe::ppo`]) or a KL
+    /// term has no reference.
     pub fn grpo<P: Policy>(
         &self,
         policy: P,
         reward: impl RewardFn + 'static,
     ) -> Result<GrpoTrainer<P>> {
-        let a = &self.algorithm;
-        let t = Trainer::grpo(
-            policy,
-            reward,
-            a.advantage.clone(),
-            a.policy_loss.clone(),
-            self.trainer.clone(),
-        )?;
-        Ok(a.terms(t))
+        self.builder(policy, reward)?.build()
+    }
+
+    /// [`Recipe::grpo`] with a reference model (needed by KL terms; ignored otherwise).
+    ///
+    /// # Errors
+    /// As [`Recipe::grpo`].
+    pub fn grpo_with_reference<P: Policy>(
+        &self,
+        policy: P,
+        reward: impl RewardFn + 'static,
+        reference: Option<Box<dyn ReferenceModel>>,
+    ) -> Result<GrpoTrainer<P>> {
+        self.builder(policy, reward)?.maybe_reference(reference).build()
     }
 
     /// A PPO trainer with `critic`, the recipe's estimator, policy and value losses.
@@ -181,63 +333,42 @@ impl Recipe {
         critic: C,
         reward: impl RewardFn + 'static,
     ) -> Result<PpoTrainer<P, C>> {
-        let a = &self.algorithm;
-        if !a.advantage.requires_values() {
+        self.ppo_with_reference(policy, critic, reward, None)
+    }
+
+    /// [`Recipe::ppo`] with a reference model (needed by KL terms; ignored otherwise).
+    ///
+    /// # Errors
+    /// As [`Recipe::ppo`].
+    pub fn ppo_with_reference<P: Policy, C: Critic>(
+        &self,
+        policy: P,
+        critic: C,
+        reward: impl RewardFn + 'static,
+        reference: Option<Box<dyn ReferenceModel>>,
+    ) -> Result<PpoTrainer<P, C>> {
+        if !self.algorithm.advantage.requires_values() {
             return Err(TrainerError::config(
                 "algorithm.advantage",
                 "does not use a critic: use Recipe::grpo",
             ));
         }
-        let t = Trainer::ppo(
-            policy,
-            critic,
-            reward,
-            a.advantage.clone(),
-            a.policy_loss.clone(),
-            a.value_loss.clone(),
-            self.trainer.clone(),
-        )?;
-        Ok(a.terms(t))
+        let value_loss = {
+            let mut a = self.algorithm.clone();
+            a.resolve(&self.trainer);
+            a.value_loss
+        };
+        self.builder(policy, reward)?.critic(critic, value_loss).maybe_reference(reference).build()
     }
 }
 
-/// [`KlLoss`] as an actor-loss term (uses the rollout's reference log-probs).
-#[derive(Clone, Debug)]
-pub struct KlTerm(pub KlLoss);
+/// [`KlLoss`] as an actor-loss term: `KlLoss` is a [`rl_core::LossTerm`] itself now, pass it
+/// directly.
+#[deprecated(note = "KlLoss implements LossTerm: pass it to Trainer::with_loss_term directly")]
+pub type KlTerm = KlLoss;
 
-impl LossTerm for KlTerm {
-    fn compute(&self, i: &TermInput<'_>) -> rl_core::Result<LossOutput> {
-        let r = i.ref_log_probs.ok_or_else(|| {
-            rl_core::Error::config(
-                "algorithm.kl_loss",
-                "needs reference log-probs: set Trainer::with_reference",
-            )
-        })?;
-        self.0.compute(i.log_probs, r, i.response_mask, Some(i.group_ids), Some(i.counts))
-    }
-
-    fn name(&self) -> &str {
-        "kl"
-    }
-}
-
-/// [`EntropyBonus`] as an actor-loss term.
-#[derive(Clone, Debug)]
-pub struct EntropyTerm(pub EntropyBonus);
-
-impl LossTerm for EntropyTerm {
-    fn compute(&self, i: &TermInput<'_>) -> rl_core::Result<LossOutput> {
-        let h = i
-            .entropy
-            .ok_or_else(|| rl_core::Error::msg("entropy bonus: the policy returned no entropy"))?;
-        self.0.compute(h, i.response_mask, Some(i.group_ids), Some(i.counts))
-    }
-
-    fn name(&self) -> &str {
-        "entropy_bonus"
-    }
-
-    fn needs_entropy(&self) -> bool {
-        true
-    }
-}
+/// [`EntropyBonus`] as an actor-loss term: `EntropyBonus` is a [`rl_core::LossTerm`] itself now.
+#[deprecated(
+    note = "EntropyBonus implements LossTerm: pass it to Trainer::with_loss_term directly"
+)]
+pub type EntropyTerm = EntropyBonus;

@@ -1,4 +1,5 @@
-//! Trainer tests with `rl_core::testing::MockPolicy` and small test-only stages.
+//! Trainer tests through the public API, with `rl_core::testing::MockPolicy` and small
+//! test-only stages.
 
 use std::path::Path;
 
@@ -9,12 +10,12 @@ use rl_core::{
     PolicyLossInput, Prompt, RolloutBatch, Sample, SamplingConfig, ValueLoss, ValueLossInput,
 };
 
-use crate::{
+use rl_trainer::{
     Checkpointable, DynamicSampling, GrpoTrainer, LrSchedule, OptimizerConfig, PromptDataset,
     PromptSource, Shortfall, Trainer, TrainerConfig, TrainerError,
 };
 
-type R<T = ()> = crate::Result<T>;
+type R<T = ()> = rl_trainer::Result<T>;
 
 // ---------------------------------------------------------------------------------------------
 // Test stages
@@ -200,7 +201,7 @@ fn step_reports_the_documented_metrics() -> R {
         "response/truncated_frac",
         "actor/loss",
         "actor/pg_loss",
-        "actor/entropy",
+        "actor/entropy_bonus/entropy",
         "actor/ratio_mean",
         "actor/grad_norm",
         "actor/lr",
@@ -221,7 +222,10 @@ fn step_reports_the_documented_metrics() -> R {
     assert!((m.get("actor/ratio_mean").unwrap() - 1.0).abs() < 1e-6, "on-policy ratio is 1");
     assert!(m.get("rollout/log_prob_abs_diff").unwrap() < 1e-6, "the mock samples exactly");
     assert_eq!(m.get("actor/lr"), Some(0.05));
-    assert!((m.get("actor/entropy").unwrap() - 4f64.ln()).abs() < 1e-5, "uniform over 4 tokens");
+    assert!(
+        (m.get("actor/entropy_bonus/entropy").unwrap() - 4f64.ln()).abs() < 1e-5,
+        "uniform over 4 tokens"
+    );
     assert!(m.get("response/length_max").unwrap() <= 4.0);
     t.step(&prompts(3))?;
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)?
@@ -257,12 +261,12 @@ fn evaluations_are_logged_next_to_their_step_and_plotted() -> R {
     assert!(lines[1..3].iter().all(|l| l.get("eval/accuracy").is_none()));
 
     // Read back: the eval line of step 2 merges with that step's training line.
-    let h = crate::plot::MetricsHistory::read(&path)?;
+    let h = rl_trainer::plot::MetricsHistory::read(&path)?;
     assert_eq!(h.len(), 3);
     assert_eq!(h.series("eval/accuracy"), [(0, before.accuracy), (2, after.accuracy)]);
     assert_eq!(h.series("reward/mean").len(), 2);
     assert!(h.get(2, "reward/mean").is_some() && h.get(2, "eval/accuracy").is_some());
-    let svg = crate::plot::plot_run(&path)?;
+    let svg = rl_trainer::plot::plot_run(&path)?;
     assert_eq!(svg, dir.path().join("run/curves.svg"));
     let doc = std::fs::read_to_string(&svg)?;
     assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
@@ -315,15 +319,12 @@ fn micro_batching_does_not_change_the_update() -> R {
 #[test]
 fn ppo_trains_the_critic_and_respects_critic_warmup() -> R {
     let cfg = TrainerConfig { critic_warmup_steps: 1, ..config(4, 0.1) };
-    let mut t = Trainer::ppo(
-        mock(),
-        BiasCritic(Var::new(&[0f32], &Device::Cpu)?),
-        contains_b,
-        OutcomeMinusValue,
-        PpoClip,
-        HalfSquared,
-        cfg,
-    )?;
+    let mut t = Trainer::builder(mock(), contains_b)
+        .critic(BiasCritic(Var::new(&[0f32], &Device::Cpu)?), HalfSquared)
+        .estimator(OutcomeMinusValue)
+        .policy_loss(PpoClip)
+        .config(cfg)
+        .build()?;
     let before = t.policy().logits().as_tensor().to_vec1::<f32>()?;
     let m = t.step(&prompts(4))?.metrics;
     assert_eq!(
@@ -426,15 +427,12 @@ fn resume_reproduces_the_next_step_exactly() -> R {
         ..config(4, 0.1)
     };
     let new = || -> R<(Trainer<MockPolicy, BiasCritic>, PromptDataset)> {
-        let t = Trainer::ppo(
-            mock(),
-            BiasCritic(Var::new(&[0f32], &Device::Cpu)?),
-            contains_b,
-            OutcomeMinusValue,
-            PpoClip,
-            HalfSquared,
-            cfg.clone(),
-        )?;
+        let t = Trainer::builder(mock(), contains_b)
+            .critic(BiasCritic(Var::new(&[0f32], &Device::Cpu)?), HalfSquared)
+            .estimator(OutcomeMinusValue)
+            .policy_loss(PpoClip)
+            .config(cfg.clone())
+            .build()?;
         Ok((t, PromptDataset::new(prompts(5), 3, true)?))
     };
     let (mut a, mut data_a) = new()?;
@@ -476,25 +474,22 @@ fn resume_reproduces_the_next_step_exactly() -> R {
 fn trainers_share_an_object_safe_interface() -> R {
     let dir = tempfile::tempdir()?;
     let critic = BiasCritic(Var::new(&[0f32], &Device::Cpu)?);
-    let ppo = Trainer::ppo(
-        mock(),
-        critic,
-        contains_b,
-        OutcomeMinusValue,
-        PpoClip,
-        HalfSquared,
-        config(2, 0.1),
-    )?;
-    let mut all: Vec<Box<dyn crate::TrainStep>> =
+    let ppo = Trainer::builder(mock(), contains_b)
+        .critic(critic, HalfSquared)
+        .estimator(OutcomeMinusValue)
+        .policy_loss(PpoClip)
+        .config(config(2, 0.1))
+        .build()?;
+    let mut all: Vec<Box<dyn rl_trainer::TrainStep>> =
         vec![Box::new(grpo(config(2, 0.1))?), Box::new(ppo)];
     for (i, t) in all.iter_mut().enumerate() {
         let mut data = PromptDataset::new(prompts(3), 0, true)?;
-        assert_eq!(t.train_step(&mut data, 2)?.step, 1);
-        assert!((0.0..=1.0).contains(&t.eval(&prompts(2), true)?.accuracy));
+        assert_eq!(t.step_from(&mut data, 2)?.step, 1);
+        assert!((0.0..=1.0).contains(&t.evaluate(&prompts(2), true)?.accuracy));
         let root = dir.path().join(i.to_string());
-        t.checkpoint(&root)?;
-        assert_eq!(t.restore(&root)?.map(|s| s.step), Some(1));
-        assert_eq!(t.progress().data.map(|d| d.index), Some(2));
+        t.save_checkpoint(&root)?;
+        assert_eq!(t.resume(&root)?.map(|s| s.step), Some(1));
+        assert_eq!(t.state().data.map(|d| d.index), Some(2));
     }
     Ok(())
 }
@@ -575,7 +570,7 @@ mod props {
 
 mod recipes {
     use super::*;
-    use crate::{AlgorithmConfig, Recipe};
+    use rl_trainer::{AlgorithmConfig, Recipe};
 
     fn small(mut r: Recipe) -> Recipe {
         let t = config(8, 0.1);
@@ -657,7 +652,7 @@ mod recipes {
             r.algorithm.kl_loss = Some(rl_loss::KlLoss { coef: 0.1, ..Default::default() });
             r.algorithm.entropy_bonus =
                 Some(rl_loss::EntropyBonus { coef: 0.01, ..Default::default() });
-            let mut t = r.grpo(mock(), contains_b)?.with_reference(mock());
+            let mut t = r.builder(mock(), contains_b)?.reference(mock()).build()?;
             let m = t.step(&prompts(3))?.metrics;
             Ok((logits(&t), deterministic(&m)))
         };
@@ -718,7 +713,7 @@ mod recipes {
             ..AlgorithmConfig::dr_grpo(4)
         };
         r.trainer.mini_batch_groups = Some(1);
-        let mut t = r.grpo(mock(), contains_b)?.with_reference(mock());
+        let mut t = r.builder(mock(), contains_b)?.reference(mock()).build()?;
         let m = t.step(&prompts(2))?.metrics;
         let kl = m.get("actor/kl/kl").expect("kl metric");
         assert!(kl > 0.0 && kl.is_finite(), "the second mini-batch sees an updated policy: {kl}");
@@ -726,120 +721,16 @@ mod recipes {
         let h = m.get("actor/entropy_bonus/entropy").expect("entropy");
         assert!(h > 4f64.ln() - 0.05 && h <= 4f64.ln() + 1e-6, "{h}");
         assert!(m.get("actor/entropy_bonus/loss").expect("bonus") < 0.0);
-        // Without a reference policy the KL term is a typed error.
-        let mut t = r.grpo(mock(), contains_b)?;
-        assert!(matches!(
-            t.step(&prompts(2)),
-            Err(TrainerError::Core(rl_core::Error::Config { .. }))
-        ));
+        // Without a reference policy the KL term is a typed error when the trainer is built.
+        let Err(err) = r.grpo(mock(), contains_b) else {
+            panic!("a KL term without a reference must not build");
+        };
+        assert!(
+            matches!(&err, TrainerError::Config { field, .. } if field == "algorithm.kl_loss"),
+            "{err:?}"
+        );
         Ok(())
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// A real (tiny, random) rl-policy language model and value model through the PPO recipe.
-
-mod lm {
-    use std::sync::Arc;
-
-    use rl_policy::{LanguageModel, LmPolicy, ModelConfig, TextCodec, ValueModel};
-
-    use super::*;
-    use crate::Recipe;
-
-    /// Bytes `a..=z` ↔ ids `2..=27`; id 1 is EOS.
-    struct Letters;
-
-    impl TextCodec for Letters {
-        fn encode(&self, text: &str) -> rl_policy::Result<Vec<u32>> {
-            Ok(text.bytes().map(|b| (b.saturating_sub(b'a') % 26) as u32 + 2).collect())
-        }
-
-        fn decode(&self, ids: &[u32]) -> rl_policy::Result<String> {
-            Ok(ids
-                .iter()
-                .filter(|&&i| i >= 2)
-                .map(|&i| (b'a' + (i - 2) as u8 % 26) as char)
-                .collect())
-        }
-    }
-
-    fn model() -> R<LanguageModel> {
-        let cfg = ModelConfig::from_hf_json(serde_json::json!({
-            "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
-            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-        }))
-        .map_err(rl_core::Error::from)?;
-        Ok(LanguageModel::random(cfg, 0, candle_core::DType::F32, &Device::Cpu)
-            .map_err(rl_core::Error::from)?)
-    }
-
-    fn ppo() -> R<Trainer<LmPolicy, ValueModel>> {
-        let m = model()?;
-        let critic = ValueModel::from_model(&m, 1).map_err(rl_core::Error::from)?;
-        let policy = LmPolicy::new(m).with_codec(Arc::new(Letters)).with_eos_ids(vec![1]);
-        let mut r = Recipe::open_reasoner_zero();
-        r.trainer.sampling =
-            SamplingConfig { n: 4, max_new_tokens: 6, ..SamplingConfig::default() };
-        r.trainer.micro_batch_size = 3;
-        r.trainer.mini_batch_groups = Some(1);
-        r.trainer.actor.lr = 1e-2;
-        r.trainer.critic.lr = 1e-2;
-        let vowel = |s: &Sample| -> rl_core::Result<f32> {
-            Ok(s.response.contains(['a', 'e', 'i', 'o', 'u']) as u8 as f32)
-        };
-        r.ppo(policy, critic, vowel)
-    }
-
-    /// Two PPO steps on a real decoder + value head, a checkpoint, and a resumed trainer that
-    /// reproduces the third step exactly; the policy checkpoint is a Hugging Face directory.
-    #[test]
-    fn ppo_on_a_tiny_lm_resumes_exactly() -> R {
-        let dir = tempfile::tempdir()?;
-        let ps = [Prompt::new("ab", "x"), Prompt::new("cd", "y")];
-        let mut a = ppo()?;
-        for _ in 0..2 {
-            let m = a.step(&ps)?.metrics;
-            for k in
-                ["actor/loss", "actor/grad_norm", "critic/loss", "critic/grad_norm", "reward/mean"]
-            {
-                assert!(m.get(k).is_some_and(f64::is_finite), "{k}: {m:?}");
-            }
-            // Sampler (fused forward) and trainer (differentiable forward) agree closely.
-            let diff = m.get("rollout/log_prob_abs_diff").expect("recomputed");
-            assert!(diff < 1e-4, "sampler/trainer log-prob mismatch {diff}");
-        }
-        assert_eq!((a.state().actor_updates, a.state().critic_updates), (4, 4));
-        let saved = a.save_checkpoint(dir.path())?;
-        assert!(
-            saved.join("policy/model.safetensors").exists()
-                && saved.join("policy/config.json").exists()
-        );
-        let expected = a.step(&ps)?;
-
-        let mut b = ppo()?;
-        b.resume(dir.path())?.expect("checkpoint");
-        let got = b.step(&ps)?;
-        assert_eq!(deterministic(&got.metrics), deterministic(&expected.metrics));
-        // The reloaded HF directory holds the trained weights.
-        let reloaded = LanguageModel::from_hf_dir(
-            &saved.join("policy"),
-            candle_core::DType::F32,
-            &Device::Cpu,
-        )
-        .map_err(rl_core::Error::from)?;
-        let fresh = model()?;
-        let name = "model.layers.0.mlp.up_proj.weight";
-        let get = |m: &LanguageModel| {
-            m.named_vars().into_iter().find(|(n, _)| n == name).map(|(_, v)| v).expect(name)
-        };
-        let diff = get(&reloaded)
-            .as_tensor()
-            .sub(get(&fresh).as_tensor())?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-        assert!(diff > 0.0, "trained weights differ from the initial ones");
-        Ok(())
-    }
-}

@@ -1,0 +1,227 @@
+//! [`TrainerBuilder`]: the stages of a trainer, named one at a time, checked together once.
+
+use rl_core::{
+    AdvantageEstimator, Critic, LossTerm, Policy, PolicyLoss, ReferenceModel, RewardFn, ValueLoss,
+};
+use rl_loss::{EntropyBonus, KlInReward};
+
+use super::{CriticStage, NoCritic, Trainer, optimizer};
+use crate::checkpoint::TrainerState;
+use crate::config::TrainerConfig;
+use crate::metrics::MetricsLog;
+use crate::{Result, TrainerError};
+
+/// Builds a [`Trainer`]: start with [`Trainer::builder`], add the estimator and the policy loss
+/// (required), a critic for PPO, a reference model and extra loss terms; [`build`](Self::build)
+/// validates everything once.
+pub struct TrainerBuilder<P: Policy, C: Critic = NoCritic> {
+    policy: P,
+    reward: Box<dyn RewardFn>,
+    estimator: Option<Box<dyn AdvantageEstimator>>,
+    policy_loss: Option<Box<dyn PolicyLoss>>,
+    critic: Option<(C, Box<dyn ValueLoss>)>,
+    reference: Option<Box<dyn ReferenceModel>>,
+    terms: Vec<Box<dyn LossTerm>>,
+    kl_in_reward: Option<KlInReward>,
+    config: TrainerConfig,
+}
+
+impl<P: Policy, C: Critic> std::fmt::Debug for TrainerBuilder<P, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainerBuilder")
+            .field("estimator", &self.estimator.is_some())
+            .field("policy_loss", &self.policy_loss.is_some())
+            .field("critic", &self.critic.is_some())
+            .field("reference", &self.reference.is_some())
+            .field("terms", &self.terms.len())
+            .field("kl_in_reward", &self.kl_in_reward)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Policy> TrainerBuilder<P, NoCritic> {
+    pub(super) fn new(policy: P, reward: Box<dyn RewardFn>) -> Self {
+        Self {
+            policy,
+            reward,
+            estimator: None,
+            policy_loss: None,
+            critic: None,
+            reference: None,
+            terms: Vec::new(),
+            kl_in_reward: None,
+            config: TrainerConfig::default(),
+        }
+    }
+}
+
+impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
+    /// The advantage estimator (required).
+    pub fn estimator(mut self, estimator: impl AdvantageEstimator + 'static) -> Self {
+        self.estimator = Some(Box::new(estimator));
+        self
+    }
+
+    /// The policy loss (required).
+    pub fn policy_loss(mut self, loss: impl PolicyLoss + 'static) -> Self {
+        self.policy_loss = Some(Box::new(loss));
+        self
+    }
+
+    /// A learned critic (PPO): its values feed the estimator (GAE), and it is trained with
+    /// `value_loss` and its own optimizer (`config.critic`).
+    pub fn critic<C2: Critic>(
+        self,
+        critic: C2,
+        value_loss: impl ValueLoss + 'static,
+    ) -> TrainerBuilder<P, C2> {
+        TrainerBuilder {
+            policy: self.policy,
+            reward: self.reward,
+            estimator: self.estimator,
+            policy_loss: self.policy_loss,
+            critic: Some((critic, Box::new(value_loss))),
+            reference: self.reference,
+            terms: self.terms,
+            kl_in_reward: self.kl_in_reward,
+            config: self.config,
+        }
+    }
+
+    /// A frozen reference model (for KL loss terms and KL in the reward).
+    pub fn reference(mut self, reference: impl ReferenceModel + 'static) -> Self {
+        self.reference = Some(Box::new(reference));
+        self
+    }
+
+    /// The same as [`TrainerBuilder::reference`], for a reference that may be absent.
+    pub fn maybe_reference(mut self, reference: Option<Box<dyn ReferenceModel>>) -> Self {
+        self.reference = reference;
+        self
+    }
+
+    /// An extra term of the actor loss (KL, entropy bonus, your own).
+    pub fn loss_term(mut self, term: impl LossTerm + 'static) -> Self {
+        self.terms.push(Box::new(term));
+        self
+    }
+
+    /// KL in the reward (needs a reference model).
+    pub fn kl_in_reward(mut self, kl: KlInReward) -> Self {
+        self.kl_in_reward = Some(kl);
+        self
+    }
+
+    /// The loop settings (default [`TrainerConfig::default`]).
+    pub fn config(mut self, config: TrainerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates the configuration and the stages together and builds the trainer.
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] naming the field: an invalid config, a missing estimator or
+    /// policy loss, an estimator that needs critic values without a critic (or a critic whose
+    /// values no estimator uses), a KL term or KL in the reward without a reference model, a
+    /// reference that shares weights with the policy.
+    pub fn build(self) -> Result<Trainer<P, C>> {
+        let Self {
+            policy,
+            reward,
+            estimator,
+            policy_loss,
+            critic,
+            reference,
+            mut terms,
+            kl_in_reward,
+            config,
+        } = self;
+        config.validate()?;
+        let estimator =
+            estimator.ok_or_else(|| TrainerError::config("algorithm.advantage", "not set"))?;
+        let policy_loss =
+            policy_loss.ok_or_else(|| TrainerError::config("algorithm.policy_loss", "not set"))?;
+        if estimator.requires_values() && critic.is_none() {
+            return Err(TrainerError::config(
+                "algorithm.advantage",
+                "needs critic values: add a critic (TrainerBuilder::critic)",
+            ));
+        }
+        if let Some(r) = &reference {
+            check_reference(r.as_ref(), &policy)?;
+        }
+        if config.entropy_coef != 0.0 {
+            // `trainer.entropy_coef` is shorthand for a token-mean entropy bonus term.
+            terms.push(Box::new(EntropyBonus {
+                coef: config.entropy_coef,
+                aggregation: rl_loss::Aggregation::TokenMean,
+            }));
+        }
+        for term in &terms {
+            check_term(term.as_ref(), reference.is_some())?;
+        }
+        if kl_in_reward.is_some() && reference.is_none() {
+            return Err(TrainerError::config(
+                "algorithm.kl_in_reward",
+                "needs a reference model (TrainerBuilder::reference)",
+            ));
+        }
+        if let Some(k) = &kl_in_reward {
+            k.controller.validate()?;
+        }
+        let critic = critic
+            .map(|(critic, loss)| -> Result<CriticStage<C>> {
+                let optim = optimizer(critic.trainable_vars(), &config.critic, "trainer.critic")?;
+                Ok(CriticStage { critic, loss, optim })
+            })
+            .transpose()?;
+        let actor_optim = optimizer(policy.trainable_vars(), &config.actor, "trainer.actor")?;
+        let log = config.metrics_path.as_ref().map(MetricsLog::append).transpose()?;
+        Ok(Trainer {
+            policy,
+            critic,
+            reference,
+            reward,
+            estimator,
+            policy_loss,
+            terms,
+            kl_in_reward,
+            actor_optim,
+            config,
+            state: TrainerState::default(),
+            log,
+            on_policy: false,
+        })
+    }
+}
+
+/// A reference must not share a variable with the policy being trained.
+pub(super) fn check_reference<R: ReferenceModel + ?Sized, P: Policy>(
+    reference: &R,
+    policy: &P,
+) -> Result<()> {
+    let trained: std::collections::HashSet<_> =
+        policy.trainable_vars().iter().map(|v| v.id()).collect();
+    if reference.weights().iter().any(|v| trained.contains(&v.id())) {
+        return Err(TrainerError::config(
+            "reference",
+            "shares weights with the trained policy (its KL would stay 0): pass a frozen copy, \
+             e.g. LmPolicy::reference()",
+        ));
+    }
+    Ok(())
+}
+
+/// A term that reads reference log-probs needs a reference model.
+pub(super) fn check_term<T: LossTerm + ?Sized>(term: &T, has_reference: bool) -> Result<()> {
+    if term.needs_reference() && !has_reference {
+        return Err(TrainerError::config(
+            format!("algorithm.{}_loss", term.name()),
+            "needs reference log-probs: give the trainer a reference model \
+             (TrainerBuilder::reference, or LmPolicy::reference() for a frozen copy)",
+        ));
+    }
+    Ok(())
+}

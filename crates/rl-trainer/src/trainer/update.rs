@@ -1,0 +1,169 @@
+//! Phase 3, **update**: `ppo_epochs` passes of shuffled mini-batches; each mini-batch runs its
+//! micro-batches (forward, loss, backward) into the accumulators of [`super::accum`] and takes one
+//! optimizer step per model.
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rl_core::metrics::Reduce;
+use rl_core::rng::mix_seed;
+use rl_core::{
+    Critic, GlobalCounts, Groups, LossOutput, Metrics, Policy, PolicyLossInput, RolloutBatch,
+    TermInput, ValueLossInput,
+};
+
+use super::accum::{Accum, UpdateStats, apply};
+use super::{SEED_SHUFFLE, Trainer, masked_abs_diff, scalar, select_rows};
+use crate::{Result, TrainerError};
+use candle_core::Tensor;
+
+impl<P: Policy, C: Critic> Trainer<P, C> {
+    /// `ppo_epochs` passes of shuffled mini-batches with gradient accumulation.
+    pub(super) fn update(
+        &mut self,
+        batch: &RolloutBatch,
+        adv: &Tensor,
+        returns: &Tensor,
+        metrics: &mut Metrics,
+    ) -> Result<()> {
+        let groups = Groups::new(&batch.group_ids)?;
+        let per_mini = self.config.mini_batch_groups.unwrap_or(groups.len()).min(groups.len());
+        let actor_frozen =
+            self.critic.is_some() && self.state.step < self.config.critic_warmup_steps as u64;
+        let mut acc = UpdateStats::default();
+        for epoch in 0..self.config.ppo_epochs {
+            let mut order: Vec<usize> = (0..groups.len()).collect();
+            if self.config.shuffle {
+                let seed =
+                    mix_seed(self.config.seed, &[SEED_SHUFFLE, self.state.step, epoch as u64]);
+                order.shuffle(&mut StdRng::seed_from_u64(seed));
+            }
+            for chunk in order.chunks(per_mini) {
+                let rows: Vec<usize> =
+                    chunk.iter().flat_map(|&g| groups.rows(g).iter().copied()).collect();
+                let mini = batch.select(&rows)?;
+                let mini_adv = select_rows(adv, &rows)?;
+                let mini_ret = select_rows(returns, &rows)?;
+                self.update_mini_batch(&mini, &mini_adv, &mini_ret, actor_frozen, &mut acc)?;
+            }
+        }
+        acc.write(metrics, actor_frozen, self.critic.is_some());
+        metrics.insert("train/skipped_total", self.state.skipped_updates as f64);
+        Ok(())
+    }
+
+    /// One optimizer step per model over the micro-batches of one mini-batch.
+    fn update_mini_batch(
+        &mut self,
+        mini: &RolloutBatch,
+        adv: &Tensor,
+        returns: &Tensor,
+        actor_frozen: bool,
+        acc: &mut UpdateStats,
+    ) -> Result<()> {
+        let counts = GlobalCounts::from_batch(&mini.response_mask, &mini.group_ids)?;
+        let actor_vars = self.actor_optim.vars().to_vec();
+        let critic_vars = self.critic.as_ref().map(|c| c.optim.vars().to_vec()).unwrap_or_default();
+        // In-place accumulation needs each weight's gradients to belong to one optimizer.
+        let ids: std::collections::HashSet<_> = actor_vars.iter().map(|v| v.id()).collect();
+        let disjoint = critic_vars.iter().all(|v| !ids.contains(&v.id()));
+        let mut actor = Accum::new(!actor_frozen, disjoint.then_some(&actor_vars[..]))?;
+        let mut critic = Accum::new(self.critic.is_some(), disjoint.then_some(&critic_vars[..]))?;
+        let t = Instant::now();
+        let n = mini.len();
+        for start in (0..n).step_by(self.config.micro_batch_size) {
+            let idx: Vec<usize> = (start..(start + self.config.micro_batch_size).min(n)).collect();
+            let micro = mini.select(&idx)?;
+            let micro_adv = select_rows(adv, &idx)?;
+            let tokens = micro.response_lengths()?.iter().sum::<usize>();
+            acc.train_tokens += tokens;
+            if actor.active() {
+                let out = self.actor_loss(&micro, &micro_adv, &counts)?;
+                actor.add(out, tokens as f64, &actor_vars, "actor loss")?;
+            }
+            if let (true, Some(c)) = (critic.active(), &self.critic) {
+                let old_values = micro
+                    .values
+                    .as_ref()
+                    .ok_or_else(|| TrainerError::config("critic", "no rollout values"))?;
+                let values = c.critic.values(&micro)?;
+                let input = ValueLossInput {
+                    values: &values,
+                    old_values,
+                    returns: &select_rows(returns, &idx)?,
+                    response_mask: &micro.response_mask,
+                    counts: Some(&counts),
+                };
+                let out = c.loss.compute(&input)?;
+                critic.add(out, tokens as f64, &c.critic.trainable_vars(), "critic loss")?;
+            }
+        }
+        acc.train_s += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        if actor.enabled {
+            let cfg = self.config.actor.clone();
+            if let Some(update) =
+                apply(&mut actor, &mut self.actor_optim, &cfg, self.state.actor_updates)?
+            {
+                self.state.actor_updates += 1;
+                acc.actor.push(update);
+            } else {
+                self.skip(actor.failure.unwrap_or("actor grad norm"))?;
+            }
+        }
+        if let (true, Some(c)) = (critic.enabled, self.critic.as_mut()) {
+            let cfg = self.config.critic.clone();
+            if let Some(update) = apply(&mut critic, &mut c.optim, &cfg, self.state.critic_updates)?
+            {
+                self.state.critic_updates += 1;
+                acc.critic.push(update);
+            } else {
+                self.skip(critic.failure.unwrap_or("critic grad norm"))?;
+            }
+        }
+        acc.optimizer_s += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Policy loss + extra terms (KL, entropy bonus, ...) for one micro-batch.
+    fn actor_loss(
+        &self,
+        micro: &RolloutBatch,
+        adv: &Tensor,
+        counts: &GlobalCounts,
+    ) -> Result<LossOutput> {
+        let with_entropy = self.terms.iter().any(|t| t.needs_entropy());
+        let lp = self.policy.log_probs(micro, with_entropy)?;
+        let current = lp.log_probs.detach();
+        let old = if self.on_policy { &current } else { &micro.old_log_probs };
+        let mut input = PolicyLossInput::new(&lp.log_probs, old, adv, &micro.response_mask);
+        input.group_ids = Some(&micro.group_ids);
+        input.counts = Some(counts);
+        let LossOutput { mut loss, mut metrics } = self.policy_loss.compute(&input)?;
+        metrics.insert_with("pg_loss", scalar(&loss)?, Reduce::Sum);
+        if self.on_policy {
+            // The sampler/trainer mismatch a recompute would have reported.
+            let diff = masked_abs_diff(&current, &micro.old_log_probs, &micro.response_mask)?;
+            metrics.insert("log_prob_abs_diff", diff);
+        }
+        for term in &self.terms {
+            let out = term.compute(&TermInput {
+                log_probs: &lp.log_probs,
+                entropy: lp.entropy.as_ref(),
+                old_log_probs: old,
+                ref_log_probs: micro.ref_log_probs.as_ref(),
+                response_mask: &micro.response_mask,
+                group_ids: &micro.group_ids,
+                counts,
+            })?;
+            let prefix = format!("{}/", term.name());
+            metrics.extend_prefixed(&prefix, &out.metrics);
+            metrics.insert_with(format!("{prefix}loss"), scalar(&out.loss)?, Reduce::Sum);
+            loss = (loss + out.loss)?;
+        }
+        Ok(LossOutput { loss, metrics })
+    }
+}
