@@ -51,5 +51,6 @@ pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use stages::{
     AdvantageEstimator, AdvantageInput, Critic, GlobalCounts, LossOutput, Policy, PolicyLoss,
-    PolicyLossInput, RewardFn, SamplingConfig, TokenLogProbs, ValueLoss, ValueLossInput,
+    PolicyLossInput, PolicyStats, RewardFn, SamplingConfig, TokenLogProbs, ValueLoss,
+    ValueLossInput,
 };

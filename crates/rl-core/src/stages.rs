@@ -98,12 +98,33 @@ pub struct AdvantageInput<'a> {
     pub values: Option<&'a Tensor>,
     /// `(B,)` f32 per-response baseline supplied by the caller (ReMax: the greedy rollout's score).
     pub baseline: Option<&'a Tensor>,
+    /// Per-token statistics of the sampling policy (the optimal token baseline only).
+    pub policy_stats: Option<PolicyStats<'a>>,
+}
+
+/// Per-token statistics of the policy that sampled the responses, for estimators whose baseline
+/// weighs tokens by the policy's variance (verl's optimal token baseline).
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyStats<'a> {
+    /// `(B, T)` f32 log-probabilities `log π(y_t)` of the sampled tokens (verl `old_log_probs`).
+    pub log_probs: &'a Tensor,
+    /// `(B, T)` f32 `Σ_v π(v)²` over the vocabulary at each position (verl `sum_pi_squared`).
+    pub sum_pi_squared: &'a Tensor,
+    /// Optional `(B, T)` f32 rollout importance-sampling weights `ρ̄_t` (verl
+    /// `rollout_is_weights`).
+    pub is_weights: Option<&'a Tensor>,
 }
 
 impl<'a> AdvantageInput<'a> {
     /// Input with rewards, mask and group ids only.
     pub fn new(rewards: &'a Rewards, response_mask: &'a Tensor, group_ids: &'a [usize]) -> Self {
-        Self { rewards, response_mask, group_ids, values: None, baseline: None }
+        Self { rewards, response_mask, group_ids, values: None, baseline: None, policy_stats: None }
+    }
+
+    /// Adds the sampling policy's per-token statistics.
+    pub fn with_policy_stats(mut self, stats: PolicyStats<'a>) -> Self {
+        self.policy_stats = Some(stats);
+        self
     }
 
     /// Adds critic values.
