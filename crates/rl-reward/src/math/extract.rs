@@ -366,7 +366,7 @@ fn phrase(s: &str, boxes: &[(usize, usize, String)]) -> Option<(usize, String)> 
         while inside.peek().is_some_and(|b| b.0 > m.start()) {
             inside.next();
         }
-        !inside.peek().is_some_and(|b| m.start() < b.1)
+        inside.peek().is_none_or(|b| m.start() >= b.1)
     })?;
     let rest = &s[m.end()..];
     // Up to the end of the sentence: a newline, or a period not inside a number or math span.
