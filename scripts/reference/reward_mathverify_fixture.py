@@ -357,6 +357,52 @@ add(M, "test_existing_expression_syntax_is_unchanged", [
     ("4/9", "There are 4 objects and 4/9 remain.", 1), ("2", "4 4/9 2", 1),
 ])
 
+# Cases added by rl-zero (not from Math-Verify's suite), each with the convention it follows.
+# MATH (hendrycks/competition_math) stores a vector or matrix answer as a bare environment, often
+# over several lines; it must be graded entry-wise (pmatrix = bmatrix = array), with the same
+# equivalence as scalars, shapes equal, and never equal to one of its entries.
+MATH = "rl-zero: MATH dataset conventions"
+MV = "rl-zero: Math-Verify behaviour"
+VEC = r"\begin{pmatrix} -1 \\ 0 \\ 7 \end{pmatrix}"
+add(MATH, "bare_matrix_gold", [
+    (VEC, r"So the vector is \boxed{\begin{pmatrix} -1 \\ 0 \\ 7 \end{pmatrix}}.", 1),
+    (VEC, r"The last entry is \boxed{7}", 0),
+    (VEC, "so the answer is 7.", 0),
+    (VEC, r"\boxed{\begin{pmatrix} -1 \\ 7 \\ 0 \end{pmatrix}}", 0),
+    ("\\begin{pmatrix}\n -1 \\\\\n 0 \\\\\n 7\n\\end{pmatrix}", r"\boxed{\begin{bmatrix} -1 \\ 0 \\ 7 \end{bmatrix}}", 1),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"The matrix is $\boxed{\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}}$.", 1),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}", 1),
+    (r"\begin{bmatrix} 2 & 0 \\ 0 & 2 \end{bmatrix}", r"It is $2I$, so \boxed{2}", 0),
+    (r"\begin{bmatrix} 2 & 0 \\ 0 & 2 \end{bmatrix}", r"\boxed{\left[\begin{array}{cc} 2 & 0 \\ 0 & 2 \end{array}\right]}", 1),
+    (r"\begin{array}{c} 3 \\ 5 \end{array}", r"\boxed{5}", 0),
+    (r"\begin{pmatrix} \frac12 \\ 3 \end{pmatrix}", r"\boxed{\begin{pmatrix} 0.5 \\ 3 \end{pmatrix}}", 1),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & 2 \end{pmatrix}}", 0),
+    (r"\begin{pmatrix} 5 \end{pmatrix}", r"\boxed{5}", 0),
+])
+# MATH writes repeating decimals with an overline; the exact value is the fraction.
+add(MATH, "repeating_decimal", [
+    (r"\frac{1}{3}", r"\boxed{0.\overline{3}}", 1),
+    (r"\frac{1}{6}", r"\boxed{0.1\overline{6}}", 1),
+    (r"\frac{5}{3}", r"\boxed{1.\overline{6}}", 1),
+    (r"\frac{1}{3}", r"\boxed{0.\overline{4}}", 0),
+    (r"\frac{1}{3}", r"\boxed{0.3}", 0),
+])
+# Math-Verify reads `a \approx b` after an exact value as the exact value; "the answer is" inside
+# a box is not a phrase to extract from; a sentence inside <answer> is read like a response.
+add(MV, "approx_after_exact", [
+    (r"\frac{\sqrt{3}}{3}", r"\boxed{\frac{\sqrt{3}}{3} \approx 0.577}", 1),
+    (r"\frac{\sqrt{3}}{3}", r"$\frac{\sqrt{2}}{3} \approx 0.577$", 0),
+    ("0.577", r"$x \approx 0.577$", 1),
+])
+add(MV, "answer_tag_sentence", [
+    ("12", "<answer>The answer is 12.</answer>", 1),
+    ("12", "<answer>The answer is 13.</answer>", 0),
+])
+add(MV, "phrase_inside_box", [
+    ("5", r"\boxed{\text{the answer is } \boxed{5}}", 1),
+    ("6", r"\boxed{\text{the answer is } \boxed{5}}", 0),
+])
+
 # Long predictions shortened to the sentences that carry the answer (start and/or middle cut);
 # the verdict does not depend on the removed text. Marked `abridged` in the fixture.
 ABRIDGED = {

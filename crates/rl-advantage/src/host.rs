@@ -20,28 +20,10 @@ pub(crate) fn batch_dims(input: &AdvantageInput<'_>) -> Result<(usize, usize)> {
     Ok((b, t))
 }
 
-/// Row lengths `L_i = Σ_t M_it` of a row-major `(B, T)` mask, checking that it holds only 0 and 1.
+/// Row lengths `L_i = Σ_t M_it` of a row-major `(B, T)` mask, checking that it holds only 0 and 1
+/// ([`check::mask_rows`]: [`Error::InvalidMask`] names the offending row and column).
 pub(crate) fn lengths(mask: &[f32], b: usize, t: usize) -> Result<Vec<usize>> {
-    if t == 0 {
-        return Ok(vec![0; b]);
-    }
-    mask.par_chunks(t)
-        .enumerate()
-        .map(|(i, row)| {
-            // branch-free count and check (vectorises); locate the offender only on failure
-            let (n, bad) = row.iter().fold((0usize, false), |(n, bad), &m| {
-                (n + (m == 1.0) as usize, bad | (m != 0.0 && m != 1.0))
-            });
-            match bad.then(|| row.iter().position(|&m| m != 0.0 && m != 1.0)).flatten() {
-                Some(j) => Err(Error::NonFinite {
-                    what: "response_mask (must be 0 or 1)".into(),
-                    index: i * t + j,
-                    value: row[j] as f64,
-                }),
-                None => Ok(n),
-            }
-        })
-        .collect()
+    Ok(check::mask_rows(mask, b, t, "response_mask")?.lengths)
 }
 
 /// One past the last non-zero element of a mask row (0 for an empty row): everything after it

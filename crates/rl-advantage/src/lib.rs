@@ -18,10 +18,12 @@
 //! | [`Opo`] | `r_i − Σ L r / Σ L` | verl `CA L529-579` |
 //! | [`Gpg`] | `α (r_i − mean_g)`, `α = B / #nonzero` | verl `CA L658-717` |
 //! | [`GrpoPassK`] | best of group gets `r_max − r_2nd` | verl `CA L361-419` |
+//! | [`OptimalTokenBaseline`] | `G_t − Σ_g G_t W_t / Σ_g W_t`, `W_t` cumulative `1 − 2π + Σπ²` | verl `CA L758-873` |
 //!
 //! All estimators take an [`AdvantageInput`]: rewards `(B,)` or `(B, T)` f32, the `(B, T)` f32
 //! response mask, one group id per response (groups are formed by id, never by row order), and
-//! for GAE the `(B, T)` critic values, for ReMax the `(B,)` greedy baseline. They return
+//! for GAE the `(B, T)` critic values, for ReMax the `(B,)` greedy baseline, for the optimal
+//! token baseline the sampling policy's per-token statistics ([`rl_core::PolicyStats`]). They return
 //! `(B, T)` f32 advantages and returns, exactly 0.0 on masked positions. Bad input is a typed
 //! [`rl_core::Error`], never NaN.
 //!
@@ -44,6 +46,7 @@
 
 mod group;
 mod host;
+mod otb;
 mod token;
 
 use rl_core::{AdvantageEstimator, AdvantageInput, Advantages, Result};
@@ -51,6 +54,7 @@ use serde::{Deserialize, Serialize};
 
 pub use group::{BatchStd, DrGrpo, Gpg, Grpo, GrpoPassK, Opo, ReinforcePlusPlusBaseline, Rloo};
 pub use host::{Singleton, StdKind, Whiten};
+pub use otb::OptimalTokenBaseline;
 pub use token::{Gae, ReMax, ReinforcePlusPlus};
 
 /// Every built-in estimator, selectable by name: `{ type = "grpo", eps = 1e-4 }` in TOML or
@@ -58,8 +62,8 @@ pub use token::{Gae, ReMax, ReinforcePlusPlus};
 /// unknown names and fields fail at parse time (the error lists the valid names).
 ///
 /// Names: `gae`, `grpo`, `dr_grpo`, `batch_std`, `rloo`, `reinforce_plus_plus`,
-/// `reinforce_plus_plus_baseline`, `remax`, `opo`, `gpg`, `grpo_passk` (verl's registry names
-/// where verl has the estimator).
+/// `reinforce_plus_plus_baseline`, `remax`, `opo`, `gpg`, `grpo_passk`, `optimal_token_baseline`
+/// (verl's registry names where verl has the estimator).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Advantage {
@@ -86,6 +90,8 @@ pub enum Advantage {
     /// [`GrpoPassK`].
     #[serde(rename = "grpo_passk")]
     GrpoPassK(GrpoPassK),
+    /// [`OptimalTokenBaseline`].
+    OptimalTokenBaseline(OptimalTokenBaseline),
 }
 
 impl Default for Advantage {
@@ -177,6 +183,37 @@ impl Advantage {
         Self::GrpoPassK(GrpoPassK::default())
     }
 
+    /// verl's optimal token baseline: [`OptimalTokenBaseline`] (needs
+    /// [`AdvantageInput::policy_stats`]).
+    pub fn optimal_token_baseline() -> Self {
+        Self::OptimalTokenBaseline(OptimalTokenBaseline::default())
+    }
+
+    /// Every built-in estimator, each with its default parameters, in the enum's order (for
+    /// tests and tools that must cover them all).
+    ///
+    /// ```
+    /// let all = rl_advantage::Advantage::builtins();
+    /// assert_eq!(all.len(), 12);
+    /// assert!(all.contains(&rl_advantage::Advantage::dr_grpo()));
+    /// ```
+    pub fn builtins() -> Vec<Self> {
+        vec![
+            Self::Gae(Gae::default()),
+            Self::Grpo(Grpo::default()),
+            Self::DrGrpo(DrGrpo::default()),
+            Self::BatchStd(BatchStd::default()),
+            Self::Rloo(Rloo::default()),
+            Self::ReinforcePlusPlus(ReinforcePlusPlus::default()),
+            Self::ReinforcePlusPlusBaseline(ReinforcePlusPlusBaseline::default()),
+            Self::Remax(ReMax::default()),
+            Self::Opo(Opo::default()),
+            Self::Gpg(Gpg::default()),
+            Self::GrpoPassK(GrpoPassK::default()),
+            Self::OptimalTokenBaseline(OptimalTokenBaseline::default()),
+        ]
+    }
+
     /// The estimator behind the enum.
     pub fn as_estimator(&self) -> &dyn AdvantageEstimator {
         match self {
@@ -191,9 +228,38 @@ impl Advantage {
             Self::Opo(e) => e,
             Self::Gpg(e) => e,
             Self::GrpoPassK(e) => e,
+            Self::OptimalTokenBaseline(e) => e,
         }
     }
 }
+
+/// `From<X> for Advantage` for every built-in estimator `X` (as tokenizers' `impl_enum_from!`).
+macro_rules! impl_from_estimator {
+    ($($ty:ident => $variant:ident),* $(,)?) => {
+        $(
+            impl From<$ty> for Advantage {
+                fn from(e: $ty) -> Self {
+                    Self::$variant(e)
+                }
+            }
+        )*
+    };
+}
+
+impl_from_estimator!(
+    Gae => Gae,
+    Grpo => Grpo,
+    DrGrpo => DrGrpo,
+    BatchStd => BatchStd,
+    Rloo => Rloo,
+    ReinforcePlusPlus => ReinforcePlusPlus,
+    ReinforcePlusPlusBaseline => ReinforcePlusPlusBaseline,
+    ReMax => Remax,
+    Opo => Opo,
+    Gpg => Gpg,
+    GrpoPassK => GrpoPassK,
+    OptimalTokenBaseline => OptimalTokenBaseline,
+);
 
 impl AdvantageEstimator for Advantage {
     fn estimate(&self, input: &AdvantageInput<'_>) -> Result<Advantages> {

@@ -2,9 +2,10 @@
 //! documented singleton / zero-variance behaviour of each estimator.
 
 use rl_advantage::{
-    Advantage, BatchStd, DrGrpo, Gae, Gpg, Grpo, GrpoPassK, Opo, ReMax, Rloo, Singleton, Whiten,
+    Advantage, BatchStd, DrGrpo, Gae, Gpg, Grpo, GrpoPassK, Opo, OptimalTokenBaseline, ReMax, Rloo,
+    Singleton, Whiten,
 };
-use rl_core::{AdvantageEstimator, AdvantageInput, Device, Error, Rewards, Tensor};
+use rl_core::{AdvantageEstimator, AdvantageInput, Device, Error, PolicyStats, Rewards, Tensor};
 
 fn t2(v: &[&[f32]]) -> Tensor {
     let (b, t) = (v.len(), v[0].len());
@@ -16,19 +17,7 @@ fn seq(s: &[f32]) -> Rewards {
 }
 
 fn every() -> Vec<Advantage> {
-    vec![
-        Advantage::ppo(),
-        Advantage::grpo(),
-        Advantage::dr_grpo(),
-        Advantage::trl_batch_std(),
-        Advantage::rloo(),
-        Advantage::reinforce_plus_plus(),
-        Advantage::reinforce_plus_plus_baseline(),
-        Advantage::remax(),
-        Advantage::opo(),
-        Advantage::gpg(),
-        Advantage::grpo_passk(),
-    ]
+    Advantage::builtins()
 }
 
 fn run(
@@ -39,7 +28,14 @@ fn run(
 ) -> rl_core::Result<Vec<Vec<f32>>> {
     let values = Tensor::zeros(mask.dims(), rl_core::DType::F32, &Device::Cpu)?;
     let baseline = Tensor::zeros(mask.dims()[0], rl_core::DType::F32, &Device::Cpu)?;
-    let input = AdvantageInput::new(r, mask, ids).with_values(&values).with_baseline(&baseline);
+    let log_probs = (values.ones_like()? * -0.5)?;
+    let sum_pi_squared = (values.ones_like()? * 0.4)?;
+    let stats =
+        PolicyStats { log_probs: &log_probs, sum_pi_squared: &sum_pi_squared, is_weights: None };
+    let input = AdvantageInput::new(r, mask, ids)
+        .with_values(&values)
+        .with_baseline(&baseline)
+        .with_policy_stats(stats);
     Ok(est.estimate(&input)?.advantages.to_vec2()?)
 }
 
@@ -106,6 +102,13 @@ fn mismatched_shapes_are_typed_errors() {
     let bare = AdvantageInput::new(&r, &mask, &[0, 0]);
     assert!(matches!(Gae::default().estimate(&bare), Err(Error::Empty { .. })));
     assert!(matches!(ReMax::default().estimate(&bare), Err(Error::Empty { .. })));
+    let otb = OptimalTokenBaseline::default();
+    assert!(matches!(otb.estimate(&bare), Err(Error::Empty { .. })));
+    let stats = PolicyStats { log_probs: &wrong, sum_pi_squared: &wrong, is_weights: None };
+    assert!(matches!(
+        otb.estimate(&bare.with_policy_stats(stats)),
+        Err(Error::ShapeMismatch { .. })
+    ));
     // non-finite values on a valid token (NaN on padding is ignored)
     let nan_pad = t2(&[&[0.0, 0.0], &[0.0, f32::NAN]]);
     assert!(Gae::default().estimate(&bare.with_values(&nan_pad)).is_ok());
@@ -116,7 +119,12 @@ fn mismatched_shapes_are_typed_errors() {
     ));
     // a mask must be 0/1 where an estimator reads lengths
     let half = t2(&[&[1.0, 0.5], &[1.0, 0.0]]);
-    assert!(matches!(run(&Opo::default(), &r, &half, &[0, 0]), Err(Error::NonFinite { .. })));
+    match run(&Opo::default(), &r, &half, &[0, 0]) {
+        Err(Error::InvalidMask { what, row: 0, col: 1, value }) => {
+            assert_eq!((what.as_str(), value), ("response_mask", 0.5));
+        }
+        other => panic!("expected InvalidMask at (0, 1), got {other:?}"),
+    }
 }
 
 #[test]
@@ -187,6 +195,8 @@ fn invalid_configs_are_rejected() {
         Box::new(Gae { lambda: -0.1, ..Gae::default() }),
         Box::new(BatchStd { eps: f64::INFINITY, ..BatchStd::default() }),
         Box::new(rl_advantage::ReinforcePlusPlus { gamma: 2.0, whiten: Whiten::None }),
+        Box::new(OptimalTokenBaseline { epsilon: -1.0, ..OptimalTokenBaseline::default() }),
+        Box::new(OptimalTokenBaseline { epsilon: f64::NAN, ..OptimalTokenBaseline::default() }),
     ];
     for est in bad {
         assert!(matches!(run(est.as_ref(), &r, &mask, &[0, 0]), Err(Error::Config { .. })));
@@ -207,6 +217,7 @@ fn config_parsing_fails_early_and_lists_names() {
         "opo",
         "gpg",
         "grpo_passk",
+        "optimal_token_baseline",
     ] {
         assert!(err.contains(name), "{err}");
     }
@@ -221,26 +232,18 @@ fn config_parsing_fails_early_and_lists_names() {
 
 #[test]
 fn every_preset_round_trips_through_toml_and_json() {
-    let presets = [
+    let mut presets = Advantage::builtins();
+    presets.extend([
         Advantage::ppo(),
         Advantage::open_reasoner_zero(),
-        Advantage::grpo(),
         Advantage::trl_grpo(),
         Advantage::oat_grpo(),
         Advantage::openrlhf_group_norm(),
         Advantage::dapo(),
-        Advantage::dr_grpo(),
-        Advantage::trl_batch_std(),
-        Advantage::rloo(),
-        Advantage::reinforce_plus_plus(),
-        Advantage::reinforce_plus_plus_baseline(),
-        Advantage::remax(),
-        Advantage::opo(),
-        Advantage::gpg(),
-        Advantage::grpo_passk(),
         Advantage::Grpo(Grpo::verl_vectorized()),
         Advantage::Gae(Gae::trl()),
-    ];
+        OptimalTokenBaseline { handle_zero_tail: true, epsilon: 1e-6 }.into(),
+    ]);
     for p in presets {
         let t = toml::to_string(&p).unwrap();
         assert_eq!(toml::from_str::<Advantage>(&t).unwrap(), p, "{t}");

@@ -76,3 +76,53 @@ fn golden_against_pytorch_reference() {
         compare(&c.name, "returns", &out.returns, &c.returns, &c.mask);
     }
 }
+
+/// A case of `tests/fixtures/optimal_token_baseline.json`, written by
+/// `scripts/reference/advantage_otb.py` (verl `compute_optimal_token_baseline_advantage`,
+/// `core_algos.py` L758-873).
+#[derive(Deserialize)]
+struct OtbCase {
+    name: String,
+    estimator: Advantage,
+    group_ids: Vec<usize>,
+    mask: Vec<Vec<f32>>,
+    log_probs: Vec<Vec<f32>>,
+    sum_pi_squared: Vec<Vec<f32>>,
+    is_weights: Option<Vec<Vec<f32>>>,
+    sequence_rewards: Option<Vec<f32>>,
+    token_rewards: Option<Vec<Vec<f32>>>,
+    advantages: Vec<Vec<f64>>,
+    returns: Vec<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+struct OtbFixture {
+    cases: Vec<OtbCase>,
+}
+
+#[test]
+fn optimal_token_baseline_against_pytorch_reference() {
+    let text = include_str!("fixtures/optimal_token_baseline.json");
+    let fixture: OtbFixture = serde_json::from_str(text).unwrap();
+    assert!(fixture.cases.len() >= 5);
+    for c in &fixture.cases {
+        assert!(matches!(c.estimator, Advantage::OptimalTokenBaseline(_)), "{}", c.name);
+        let mask = t2(&c.mask);
+        let rewards = match (&c.sequence_rewards, &c.token_rewards) {
+            (Some(s), None) => Rewards::from_scores(s, &Device::Cpu).unwrap(),
+            (None, Some(t)) => Rewards::Token(t2(t)),
+            _ => panic!("{}: exactly one kind of rewards", c.name),
+        };
+        let (log_probs, sum_pi_squared) = (t2(&c.log_probs), t2(&c.sum_pi_squared));
+        let is_weights = c.is_weights.as_ref().map(|w| t2(w));
+        let stats = rl_core::PolicyStats {
+            log_probs: &log_probs,
+            sum_pi_squared: &sum_pi_squared,
+            is_weights: is_weights.as_ref(),
+        };
+        let input = AdvantageInput::new(&rewards, &mask, &c.group_ids).with_policy_stats(stats);
+        let out = c.estimator.estimate(&input).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        compare(&c.name, "advantages", &out.advantages, &c.advantages, &c.mask);
+        compare(&c.name, "returns", &out.returns, &c.returns, &c.mask);
+    }
+}

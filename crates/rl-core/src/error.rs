@@ -54,6 +54,18 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
+    /// A mask that must hold only 0.0 and 1.0 holds another value.
+    #[error("invalid mask `{what}` at row {row}, column {col}: {value} (must be 0 or 1)")]
+    InvalidMask {
+        /// Which mask (e.g. `"response_mask"`).
+        what: String,
+        /// Row of the first offending element.
+        row: usize,
+        /// Column of the first offending element.
+        col: usize,
+        /// The offending value.
+        value: f64,
+    },
     // === Configuration ===
     /// A configuration value is invalid.
     #[error("invalid config `{field}`: {reason}")]

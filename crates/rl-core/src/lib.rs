@@ -58,6 +58,6 @@ pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use stages::{
     AdvantageEstimator, AdvantageInput, Critic, GlobalCounts, LossOutput, LossTerm, Policy,
-    PolicyLoss, PolicyLossInput, ReferenceModel, RewardFn, SamplingConfig, TermInput,
+    PolicyLoss, PolicyLossInput, PolicyStats, ReferenceModel, RewardFn, SamplingConfig, TermInput,
     TokenLogProbs, ValueLoss, ValueLossInput,
 };

@@ -101,6 +101,21 @@ pub struct AdvantageInput<'a> {
     /// `(B, T)` f32 reference-model log-probs, when the trainer has a reference model (for
     /// estimators that shape rewards with a KL of their own).
     pub ref_log_probs: Option<&'a Tensor>,
+    /// Per-token statistics of the sampling policy (the optimal token baseline only).
+    pub policy_stats: Option<PolicyStats<'a>>,
+}
+
+/// Per-token statistics of the policy that sampled the responses, for estimators whose baseline
+/// weighs tokens by the policy's variance (verl's optimal token baseline).
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyStats<'a> {
+    /// `(B, T)` f32 log-probabilities `log π(y_t)` of the sampled tokens (verl `old_log_probs`).
+    pub log_probs: &'a Tensor,
+    /// `(B, T)` f32 `Σ_v π(v)²` over the vocabulary at each position (verl `sum_pi_squared`).
+    pub sum_pi_squared: &'a Tensor,
+    /// Optional `(B, T)` f32 rollout importance-sampling weights `ρ̄_t` (verl
+    /// `rollout_is_weights`).
+    pub is_weights: Option<&'a Tensor>,
 }
 
 impl<'a> AdvantageInput<'a> {
@@ -113,12 +128,19 @@ impl<'a> AdvantageInput<'a> {
             values: None,
             baseline: None,
             ref_log_probs: None,
+            policy_stats: None,
         }
     }
 
     /// Adds reference-model log-probs.
     pub fn with_ref_log_probs(mut self, ref_log_probs: &'a Tensor) -> Self {
         self.ref_log_probs = Some(ref_log_probs);
+        self
+    }
+
+    /// Adds the sampling policy's per-token statistics.
+    pub fn with_policy_stats(mut self, stats: PolicyStats<'a>) -> Self {
+        self.policy_stats = Some(stats);
         self
     }
 

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 /// | `seq-mean-token-sum-norm` | `Σ_b (Σ_t ℓM) / (max_len · N_seq)` | Dr. GRPO paper, oat `drgrpo` (`ppo.py` L216-224), TRL `dr_grpo` |
 /// | `seq-sum-token-sum-norm` | `Σ_b (Σ_t ℓM) / scale` | verl's `seq-mean-token-sum-norm` (no division by the batch size) |
 /// | `group-token-mean` | `Σ_g (Σ_{b∈g,t} ℓM / N_g) / N_groups` | DAPO paper eq. 8 read per group |
+/// | `luspo` | `Σ_b L_b (Σ_t ℓM) / (N_seq · T)` | TRL `loss_type="luspo"` (`grpo_trainer.py` L3143-3148), LUSPO (arXiv 2602.05261) |
 ///
 /// `N_tokens`, `N_seq` (rows with at least one valid token), `N_g` (valid tokens of group `g`)
 /// and `N_groups` (groups with at least one valid token) come from [`GlobalCounts`] when given,
@@ -59,6 +60,20 @@ pub enum Aggregation {
     },
     /// Token mean within each group (prompt), then mean over groups. Needs group ids.
     GroupTokenMean,
+    /// TRL's `luspo` (Length-Unbiased Sequence Policy Optimization, arXiv 2602.05261): each
+    /// row's token sum weighted by its length, over `B · T`: `Σ_b L_b Σ_t M_bt ℓ_bt / (B · T)`
+    /// (TRL `(per_token_loss * mask.sum(1, keepdim=True)).mean()`, `grpo_trainer.py` L3143-3148
+    /// at trl `f2cd57710ae3`).
+    ///
+    /// `B` is `N_seq`, the rows with a valid token ([`GlobalCounts::sequences`] when given, so
+    /// micro-batches add up; TRL's mean also counts empty rows, which only matters when a
+    /// response is empty); `T` is the padded length. Positions outside the
+    /// mask are excluded (TRL's token-level branch multiplies unmasked losses; with its
+    /// recommended `importance_sampling_level="sequence"` the loss is `(B, 1)` and there is no
+    /// padding). TRL's sequence-level form `Σ_b L_b ℓ_b / B`, on a loss matrix that repeats the
+    /// sequence loss `ℓ_b` on each valid token (as [`crate::GspoLoss`] does), is
+    /// `seq-sum-token-sum-norm` with `scale = B`.
+    Luspo,
 }
 
 fn positive(x: Option<f64>, local: f64) -> f64 {
@@ -132,6 +147,10 @@ impl Aggregation {
                 lens.iter().map(|l| nonempty(*l) * w).collect()
             }
             Self::SeqSumTokenSumNorm { scale } => vec![inv(scale.unwrap_or(t as f64)); lens.len()],
+            Self::Luspo => {
+                let g = inv(n_seq() * t as f64);
+                lens.iter().map(|l| *l as f64 * g).collect()
+            }
             Self::GroupTokenMean => {
                 let ids = group_ids.ok_or_else(|| {
                     Error::config("aggregation", "group-token-mean needs group ids")
@@ -215,6 +234,11 @@ mod tests {
             vec![0.05, 0.0, 0.05]
         );
         assert_eq!(w(Aggregation::SeqMeanTokenSumNorm { max_len: None }), vec![0.1, 0.0, 0.1]);
+        // L_b / (N_seq·T) with N_seq = 2 non-empty rows and T = 5.
+        assert_eq!(w(Aggregation::Luspo), vec![2.0 / 10.0, 0.0, 4.0 / 10.0]);
+        let global = GlobalCounts { sequences: Some(6.0), ..GlobalCounts::default() };
+        let wg = Aggregation::Luspo.row_weights(&lens, 5, None, Some(&global))?;
+        assert_eq!(wg, vec![2.0 / 30.0, 0.0, 4.0 / 30.0]);
         assert_eq!(w(Aggregation::SeqSumTokenSumNorm { scale: None }), vec![0.2; 3]);
         assert_eq!(w(Aggregation::GroupTokenMean), vec![0.25, 0.0, 0.125]);
         Ok(())

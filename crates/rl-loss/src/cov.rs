@@ -167,7 +167,9 @@ impl ClipCovLoss {
 
 /// KL-Cov (verl `compute_policy_loss_kl_cov`, `core_algos.py` L1556-1632): the unclipped
 /// surrogate `−A·ρ`, plus `kl_coef·|log ρ|` on the `max(⌊ratio·N⌋, 1)` tokens of largest
-/// covariance (ties broken by position). Extra metric: `cov_frac`.
+/// covariance (ties broken by position). Extra metrics: `cov_frac`, and `ppo_kl`, verl's KL-Cov
+/// `ppo_kl` (`ppo_kl_abs`, L1599): the masked mean of `|log ρ|` (the shared `approx_kl` is the
+/// mean of `−log ρ`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KlCovLoss {
@@ -222,13 +224,44 @@ impl KlCovLoss {
             let l = Dual::c(-adv).mul(logr.exp());
             Tok::new(if chosen[i] { l.add(logr.abs().scale(coef)) } else { l })
         };
-        finish(input, hb, &self.aggregation, chosen, f)
+        let (loss, grad, metrics) = finish(input, hb, &self.aggregation, chosen, f)?;
+        Ok((loss, grad, metrics.with("ppo_kl", mean_abs_log_ratio(hb))))
     }
+}
+
+/// verl's KL-Cov `ppo_kl`: `masked_mean(|logπθ − logπold|)` over the valid tokens (0 when there
+/// is none).
+fn mean_abs_log_ratio(hb: &HostBatch<'_>) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for ((&lp, &old), &m) in hb.lp.iter().zip(hb.old).zip(hb.mask) {
+        if m != 0.0 {
+            sum += (lp as f64 - old as f64).abs();
+            n += 1;
+        }
+    }
+    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kl_cov_reports_verl_ppo_kl_as_mean_abs_log_ratio() -> Result<()> {
+        use candle_core::{Device, Tensor, Var};
+        let d = Device::Cpu;
+        let lp = Var::from_tensor(&Tensor::new(&[[-1.0f32, -0.5, -2.0], [-0.25, -3.0, 9.0]], &d)?)?;
+        let old = Tensor::new(&[[-1.5f32, -0.25, -1.0], [-0.75, -2.0, 0.0]], &d)?;
+        let adv = Tensor::new(&[[1.0f32, -1.0, 0.5], [0.25, 2.0, 0.0]], &d)?;
+        let mask = Tensor::new(&[[1.0f32, 1.0, 1.0], [1.0, 1.0, 0.0]], &d)?;
+        let out = KlCovLoss::default().compute(&PolicyLossInput::new(&lp, &old, &adv, &mask))?;
+        // |Δ| on the valid tokens: 0.5, 0.25, 1, 0.5, 1 (the padded 9 is ignored).
+        assert_eq!(out.metrics.get("ppo_kl"), Some(3.25 / 5.0));
+        // The shared `approx_kl` stays the mean of −Δ: −(0.5 − 0.25 − 1 + 0.5 − 1) / 5.
+        let approx = out.metrics.get("approx_kl").expect("approx_kl");
+        assert!((approx - 1.25 / 5.0).abs() < 1e-6, "{approx}");
+        Ok(())
+    }
 
     #[test]
     fn seeded_choice_is_deterministic_and_a_subset() {

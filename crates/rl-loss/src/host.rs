@@ -52,46 +52,10 @@ pub(crate) fn host_mask(mask: &Tensor, b: usize, t: usize) -> Result<(Vec<f32>, 
 }
 
 /// Row lengths of a flat `(B, T)` mask, which must be 0 or 1, and row extents (one past the
-/// last valid token; 0 for an empty row).
+/// last valid token; 0 for an empty row): [`check::mask_rows`].
 fn mask_lens(m: &[f32], b: usize, t: usize) -> Result<(Vec<usize>, Vec<usize>)> {
-    if t == 0 {
-        return Ok((vec![0; b], vec![0; b]));
-    }
-    // One parallel pass counts each row and checks it is binary; the error path looks for the
-    // first offending index.
-    let rows: Vec<(usize, usize, bool)> = m
-        .par_chunks(t)
-        .with_max_len(ROWS_PER_JOB)
-        .map(|r| {
-            // By blocks, in a loop that vectorises; then the last non-empty block is searched.
-            let (mut n, mut ok, mut last) = (0usize, true, None);
-            for (c, block) in r.chunks(BLOCK).enumerate() {
-                let (mut k, mut good) = (0u32, true);
-                for x in block {
-                    k += u32::from(*x != 0.0);
-                    good &= (*x == 0.0) | (*x == 1.0);
-                }
-                (n, ok) = (n + k as usize, ok & good);
-                if k > 0 {
-                    last = Some(c * BLOCK);
-                }
-            }
-            let end = last.map_or(0, |o| {
-                let block = &r[o..(o + BLOCK).min(r.len())];
-                o + block.iter().rposition(|x| *x != 0.0).map_or(0, |i| i + 1)
-            });
-            (n, end, ok)
-        })
-        .collect();
-    if rows.iter().all(|r| r.2) {
-        return Ok(rows.into_iter().map(|r| (r.0, r.1)).unzip());
-    }
-    let i = m.iter().position(|x| *x != 0.0 && *x != 1.0).unwrap_or(0);
-    Err(Error::NonFinite {
-        what: "response_mask (must be 0 or 1)".into(),
-        index: i,
-        value: m[i] as f64,
-    })
+    let rows = check::mask_rows(m, b, t, "response_mask")?;
+    Ok((rows.lengths, rows.ends))
 }
 
 /// Checks that `v` is finite wherever `mask` is non-zero (flat index of the first that is not).

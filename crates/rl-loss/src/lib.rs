@@ -82,6 +82,8 @@ use serde::{Deserialize, Serialize};
 /// let dapo = PolicyLossConfig::Ppo(PpoLoss::dapo());
 /// let back: PolicyLossConfig = toml::from_str(&toml::to_string(&dapo)?)?;
 /// assert_eq!(back, dapo);
+/// // Every built-in loss converts into the enum.
+/// assert_eq!(PolicyLossConfig::from(PpoLoss::dapo()), dapo);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +167,31 @@ impl PolicyLossConfig {
         }
     }
 }
+
+/// `From<X> for PolicyLossConfig` for every built-in loss `X` (as tokenizers' `impl_enum_from!`):
+/// `PolicyLossConfig::from(PpoLoss::dapo())`, or `.into()` where a config is expected.
+macro_rules! impl_from_loss {
+    ($($ty:ident => $variant:ident),* $(,)?) => {
+        $(
+            impl From<$ty> for PolicyLossConfig {
+                fn from(l: $ty) -> Self {
+                    Self::$variant(l)
+                }
+            }
+        )*
+    };
+}
+
+impl_from_loss!(
+    PpoLoss => Ppo,
+    GspoLoss => Gspo,
+    CispoLoss => Cispo,
+    SapoLoss => Sapo,
+    GmpoLoss => Gmpo,
+    ClipCovLoss => ClipCov,
+    KlCovLoss => KlCov,
+    ReinforceLoss => Reinforce,
+);
 
 impl PolicyLoss for PolicyLossConfig {
     fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput> {

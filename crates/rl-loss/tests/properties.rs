@@ -111,6 +111,7 @@ fn modes() -> Vec<Aggregation> {
         Aggregation::SeqMeanTokenSumNorm { max_len: None },
         Aggregation::SeqSumTokenSumNorm { scale: None },
         Aggregation::GroupTokenMean,
+        Aggregation::Luspo,
     ]
 }
 
@@ -273,7 +274,7 @@ proptest! {
         let ids: Vec<usize> = (0..x.b).map(|i| i % 2).collect();
         let p = x.padded(extra);
         for agg in modes() {
-            if matches!(agg, Aggregation::SeqMeanTokenSumNorm { max_len: None } | Aggregation::SeqSumTokenSumNorm { scale: None }) {
+            if matches!(agg, Aggregation::SeqMeanTokenSumNorm { max_len: None } | Aggregation::SeqSumTokenSumNorm { scale: None } | Aggregation::Luspo) {
                 continue; // these normalise by T itself
             }
             let mut losses = policy_losses(agg);
@@ -339,7 +340,14 @@ fn bad_input_is_a_typed_error() {
     let inf = t(&inf, b, tt);
     assert!(matches!(err(PolicyLossInput::new(&lp, &inf, &adv, &mask)), Error::NonFinite { .. }));
     let half = (&mask * 0.5).unwrap();
-    assert!(matches!(err(PolicyLossInput::new(&lp, &old, &adv, &half)), Error::NonFinite { .. }));
+    // The first 0.5 of the halved mask: the first valid token of row 0.
+    let col = x.mask[..tt].iter().position(|m| *m != 0.0).expect("row 0 has a valid token");
+    match err(PolicyLossInput::new(&lp, &old, &adv, &half)) {
+        Error::InvalidMask { what, row, col: c, value } => {
+            assert_eq!((what.as_str(), row, c, value), ("response_mask", 0, col, 0.5));
+        }
+        e => panic!("expected InvalidMask, got {e:?}"),
+    }
     let mut i = PolicyLossInput::new(&lp, &old, &adv, &mask);
     let ids = [0usize; 2];
     i.group_ids = Some(&ids);

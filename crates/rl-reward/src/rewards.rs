@@ -43,9 +43,25 @@ use crate::math::{MathVerifier, VerifyConfig, extract_answer};
 fn answer_of<'a>(s: &'a Sample, name: &str) -> Result<&'a str> {
     s.answer.as_deref().ok_or_else(|| Error::Reward {
         reward: name.to_string(),
-        index: s.group_id,
+        // Scored alone, a sample is at index 0; `score_each` puts in its batch index.
+        index: 0,
         reason: "sample has no ground-truth answer".into(),
     })
+}
+
+/// Scores `samples` one by one; an [`Error::Reward`] names the sample's index in the batch
+/// (`RewardFn::score` sees one sample, so it reports index 0).
+fn score_each<R: RewardFn + ?Sized>(r: &R, samples: &[Sample]) -> Result<Vec<f32>> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            r.score(s).map_err(|e| match e {
+                Error::Reward { reward, reason, .. } => Error::Reward { reward, index: i, reason },
+                e => e,
+            })
+        })
+        .collect()
 }
 
 fn finite(x: f32, what: &str) -> Result<f32> {
@@ -82,6 +98,9 @@ impl RewardFn for OrzReward {
         let ok = MathVerifier::new(self.verify.clone()).check(gold, &s.response).correct;
         Ok(if ok { 1.0 } else { 0.0 })
     }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
+    }
     fn name(&self) -> &str {
         "orz"
     }
@@ -101,6 +120,9 @@ impl RewardFn for DapoReward {
         let gold = answer_of(s, "dapo")?;
         let ok = MathVerifier::new(self.verify.clone()).check(gold, &s.response).correct;
         Ok(if ok { 1.0 } else { -1.0 })
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
     }
     fn name(&self) -> &str {
         "dapo"
@@ -144,6 +166,9 @@ impl RewardFn for R1FormatReward {
             && count("<answer>") == 1
             && count("</answer>") == 1;
         Ok(if ok { self.reward } else { 0.0 })
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
     }
     fn name(&self) -> &str {
         "r1_format"
@@ -204,11 +229,8 @@ impl CountdownReward {
 
 impl RewardFn for CountdownReward {
     fn score(&self, s: &Sample) -> Result<f32> {
-        let bad = |why: &str| Error::Reward {
-            reward: "countdown".into(),
-            index: s.group_id,
-            reason: why.into(),
-        };
+        let bad =
+            |why: &str| Error::Reward { reward: "countdown".into(), index: 0, reason: why.into() };
         let numbers: Vec<i64> = s
             .metadata
             .get("numbers")
@@ -237,6 +259,9 @@ impl RewardFn for CountdownReward {
             Some(false) => self.format_score,
             None => 0.0,
         })
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
     }
     fn name(&self) -> &str {
         "countdown"
@@ -283,6 +308,9 @@ impl RewardFn for OverlongPenalty {
         let p = -exceed / self.buffer as f64 * self.factor as f64;
         finite(p.min(0.0) as f32, "overlong penalty")
     }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
+    }
     fn name(&self) -> &str {
         "overlong"
     }
@@ -305,6 +333,9 @@ impl RewardFn for LengthPenalty {
         }
         let frac = s.response_tokens.min(self.max_len) as f32 / self.max_len as f32;
         finite(-self.coef * frac, "length penalty")
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
     }
     fn name(&self) -> &str {
         "length_penalty"
@@ -337,6 +368,9 @@ impl<R: RewardFn> RewardFn for WeightedSum<R> {
         }
         finite(total, "weighted sum")
     }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
+    }
     fn name(&self) -> &str {
         "weighted_sum"
     }
@@ -360,6 +394,9 @@ impl<R: RewardFn> RewardFn for Clip<R> {
             return Err(Error::config("clip", "needs min <= max (and no NaN)"));
         }
         Ok(finite(self.reward.score(s)?, "clipped reward")?.clamp(self.min, self.max))
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
     }
     fn name(&self) -> &str {
         "clip"
@@ -388,6 +425,9 @@ impl<R: RewardFn> RewardFn for SequenceReward<R> {
             }
         }
         Ok(self.skip)
+    }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
     }
     fn name(&self) -> &str {
         "sequence"
@@ -476,6 +516,9 @@ impl RewardFn for BuiltinReward {
     fn score(&self, s: &Sample) -> Result<f32> {
         self.inner().score(s)
     }
+    fn score_batch(&self, samples: &[Sample]) -> Result<Vec<f32>> {
+        score_each(self, samples)
+    }
     fn name(&self) -> &str {
         self.inner().name()
     }
@@ -508,7 +551,18 @@ mod tests {
         assert_eq!(r.score(&t)?, 1.0);
         let mut none = sample("x", "1");
         none.answer = None;
-        assert!(matches!(r.score(&none), Err(Error::Reward { .. })));
+        assert!(matches!(r.score(&none), Err(Error::Reward { index: 0, .. })));
+        // In a batch, the error names the sample's index (not its group id).
+        let mut batch = vec![sample("\\boxed{85}", "85"), sample("\\boxed{1}", "1"), none];
+        batch[2].group_id = 7;
+        for r in
+            [BuiltinReward::Orz(OrzReward::default()), BuiltinReward::Dapo(DapoReward::default())]
+        {
+            match r.score_batch(&batch) {
+                Err(Error::Reward { index, .. }) => assert_eq!(index, 2, "{r:?}"),
+                other => panic!("{r:?}: expected Error::Reward, got {other:?}"),
+            }
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use rl_reward::math::{MathVerifier, VerifyConfig};
 use serde_json::Value;
 
 /// The agreement measured when this test was written, minus a hair. Never lower it.
-const MIN_AGREEMENT: f64 = 0.97;
+const MIN_AGREEMENT: f64 = 0.973;
 
 fn cases() -> Vec<Value> {
     let text = include_str!("fixtures/math_verify_cases.json");

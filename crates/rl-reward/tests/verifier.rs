@@ -143,6 +143,53 @@ fn adversarial_inputs_are_bounded() {
     }
 }
 
+/// A `k × k` matrix environment whose entries are `f(i, j)`.
+fn matrix(k: usize, f: impl Fn(usize, usize) -> String) -> String {
+    let rows: Vec<String> =
+        (0..k).map(|i| (0..k).map(|j| f(i, j)).collect::<Vec<_>>().join(" & ")).collect();
+    format!("\\begin{{pmatrix}}{}\\end{{pmatrix}}", rows.join(" \\\\ "))
+}
+
+#[test]
+fn matrix_sizes_from_input_are_bounded() {
+    let v = MathVerifier::default();
+    // A chain of eight 10 × 10 products would build expression trees of ~10^9 nodes.
+    let m = matrix(10, |i, j| ((i + j) % 3).to_string());
+    let chain = vec![m.clone(); 8].join(" ");
+    let t = Instant::now();
+    assert!(!v.check(&m, &format!("\\boxed{{{chain}}}")).correct);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(ms < 2_000.0, "product chain took {ms} ms");
+    // Beyond 256 entries a matrix is compared as text, never cut: two 17 × 17 matrices that
+    // differ only in their last entry are different.
+    let big = matrix(17, |_, _| "0".into());
+    let big_last = matrix(17, |i, j| if i == 16 && j == 16 { "1".into() } else { "0".into() });
+    assert!(v.check(&big, &format!("\\boxed{{{big}}}")).correct);
+    assert!(!v.check(&big, &format!("\\boxed{{{big_last}}}")).correct);
+    // 16 × 16 (256 entries) is still compared entry-wise.
+    let m16 = matrix(16, |i, j| format!("\\frac{{{}}}{{2}}", i + j));
+    let m16_dec = matrix(16, |i, j| format!("{}", (i + j) as f64 / 2.0));
+    assert!(v.check(&m16, &format!("\\boxed{{{m16_dec}}}")).correct);
+}
+
+#[test]
+fn vectors_and_matrices_grade_entry_wise() {
+    let v = MathVerifier::default();
+    let gold = "\\begin{pmatrix} -1 \\\\ 0 \\\\ 7 \\end{pmatrix}";
+    assert!(v.check(gold, &format!("\\boxed{{{gold}}}")).correct);
+    assert!(!v.check(gold, "\\boxed{7}").correct);
+    assert!(!v.check(gold, "The answer is 7.").correct);
+    let two_i = "\\begin{bmatrix} 2 & 0 \\\\ 0 & 2 \\end{bmatrix}";
+    assert!(!v.check(two_i, "\\boxed{2}").correct);
+    assert!(
+        v.check(two_i, "\\boxed{\\begin{pmatrix} 2 & 0 \\\\ 0 & \\frac{4}{2} \\end{pmatrix}}")
+            .correct
+    );
+    let arr = "\\begin{array}{c} 3 \\\\ 5 \\end{array}";
+    assert!(!v.check(arr, "\\boxed{5}").correct);
+    assert!(v.check(arr, "\\boxed{\\begin{pmatrix} 3 \\\\ 5 \\end{pmatrix}}").correct);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
     #[test]

@@ -16,6 +16,8 @@ pub const MAX_ANSWER_LEN: usize = 4_000;
 const MAX_ITEMS: usize = 256;
 /// Deepest nesting of structured answers (a tuple of intervals of ...).
 const MAX_NEST: usize = 8;
+/// Largest total expression size (nodes) of a computed matrix sum or product.
+const MAX_MATRIX_NODES: usize = 100_000;
 
 /// The kind of bracket around (or absence of bracket around) a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,14 +264,18 @@ fn parse_structured(s: &str, percent: bool, nest: usize) -> Answer {
             return Answer::List(ListKind::Bare, list_items(s, percent, nest));
         }
     }
-    // Relations (`x = 5`, `a < x <= b`, `x \in [0, 1)`); `\approx` ends a chain that has `=`.
+    // Relations (`x = 5`, `a < x <= b`, `x \in [0, 1)`); `\approx` ends a chain that has `=` or
+    // follows a value (`\frac{\sqrt3}{3} \approx 0.577` is the exact value, `x \approx 0.577` a
+    // relation).
     let rel = if has_relation { split_top(s, &relation_at) } else { Vec::new() };
     if rel.len() > 1 {
         let mut parts = Vec::new();
         let mut ops = Vec::new();
         for (i, (op, p)) in rel.iter().enumerate() {
             if i > 0 {
-                if op.trim() == "\\approx" && ops.contains(&Rel::Eq) {
+                if op.trim() == "\\approx"
+                    && (ops.contains(&Rel::Eq) || parts.last().is_some_and(|p| !is_name(p)))
+                {
                     break;
                 }
                 match rel_of(op) {
@@ -345,21 +351,30 @@ static MATRIX: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 
+/// A matrix environment's entries, row by row; `None` when `s` is not one matrix environment.
+/// A matrix with an empty entry or more than [`MAX_ITEMS`] entries is its text (compared
+/// verbatim: a cut matrix could equal a different one).
 fn parse_matrix(s: &str, percent: bool, nest: usize) -> Option<Answer> {
     let c = MATRIX.captures(s)?;
     let body = c.get(1)?.as_str();
     if body.contains("\\begin") {
         return None;
     }
-    let rows: Vec<Vec<Answer>> = body
-        .split("\\\\")
-        .filter(|r| !r.trim().is_empty())
-        .take(MAX_ITEMS)
+    let text = || Answer::Text(s.chars().filter(|c| !c.is_whitespace()).collect());
+    let rows: Vec<&str> = body.split("\\\\").filter(|r| !r.trim().is_empty()).collect();
+    let entries = rows.iter().map(|r| r.matches('&').count() + 1).sum::<usize>();
+    if rows.is_empty() || entries > MAX_ITEMS {
+        return Some(text());
+    }
+    let rows: Option<Vec<Vec<Answer>>> = rows
+        .iter()
         .map(|r| {
-            r.split('&').take(MAX_ITEMS).map(|x| parse_structured(x, percent, nest + 1)).collect()
+            r.split('&')
+                .map(|x| (!x.trim().is_empty()).then(|| parse_structured(x, percent, nest + 1)))
+                .collect::<Option<Vec<_>>>()
         })
         .collect();
-    Some(Answer::Matrix(rows))
+    Some(rows.map_or_else(text, Answer::Matrix))
 }
 
 /// One matrix environment anywhere.
@@ -392,11 +407,15 @@ fn matrix_arithmetic(s: &str, percent: bool, nest: usize) -> Option<Answer> {
             .collect()
     };
     let mut acc = to_nodes(parse_matrix(found[0].as_str(), percent, nest)?)?;
+    // Products copy every entry once per column: the expression size is capped so a chain of
+    // products cannot grow exponentially.
+    let mut size = acc.iter().flatten().map(Node::size).sum::<usize>();
     for w in found.windows(2) {
         let op = s[w[0].end()..w[1].start()].trim();
         let next = to_nodes(parse_matrix(w[1].as_str(), percent, nest)?)?;
         acc = match op {
             "+" | "-" => {
+                size = size.saturating_add(next.iter().flatten().map(Node::size).sum::<usize>());
                 if acc.len() != next.len() || acc.iter().zip(&next).any(|(a, b)| a.len() != b.len())
                 {
                     return None;
@@ -422,6 +441,16 @@ fn matrix_arithmetic(s: &str, percent: bool, nest: usize) -> Option<Answer> {
                     return None;
                 }
                 let cols = next[0].len();
+                let next_size = next.iter().flatten().map(Node::size).sum::<usize>();
+                // Each output entry: one `Add` over `inner` `Mul`s of a copy of two entries.
+                let glue = acc.len().saturating_mul(cols).saturating_mul(inner + 1);
+                size = size
+                    .saturating_mul(cols)
+                    .saturating_add(next_size.saturating_mul(acc.len()))
+                    .saturating_add(glue);
+                if size > MAX_MATRIX_NODES {
+                    return None;
+                }
                 acc.iter()
                     .map(|r| {
                         (0..cols)

@@ -554,6 +554,15 @@ pub fn has_decimal(n: &Node) -> bool {
     found
 }
 
+impl Node {
+    /// The number of nodes of the expression tree.
+    pub fn size(&self) -> usize {
+        let mut count = 0usize;
+        visit(self, &mut |_| count += 1);
+        count
+    }
+}
+
 /// The free symbols of an expression.
 pub fn symbols(n: &Node) -> BTreeSet<String> {
     let mut out = BTreeSet::new();

@@ -2,14 +2,17 @@
 //!
 //! Candidates are tried in this order; the first that yields text wins:
 //!
-//! 1. the last `<answer>…</answer>` block (an unclosed block runs to the end); when it holds a
-//!    box, the box inside it (rule 2) is taken;
+//! 1. the last `<answer>…</answer>` block (an unclosed block runs to the end): a box inside it
+//!    (rule 2) is taken; a bare answer is taken whole; a sentence (`The answer is 12.`) goes
+//!    through rules 2 to 5; when they find nothing, the block's text is taken;
 //! 2. the last brace-balanced `\boxed{…}` / `\fbox{…}` (also `\boxed 5`). **Several boxes:** the
 //!    last box is joined with the boxes right before it when only whitespace, `$`, commas, `and`,
 //!    `or`, `\quad` or math delimiters separate them (`\boxed{1}, \boxed{2}` → `1, 2`); an earlier
-//!    box separated by prose is ignored;
+//!    box separated by prose is ignored. A box whose content holds a box yields the inner box
+//!    (`\boxed{\text{the answer is } \boxed{5}}` → `5`);
 //! 3. the last "final answer is …" / "the answer is …" / "answer: …" phrase, up to the end of the
-//!    sentence or line (the phrase's math span, else its last number);
+//!    sentence or line (the phrase's math span, else its last number); a phrase inside a box
+//!    does not count, and one after the last box wins over it;
 //! 4. the last math span (`$…$`, `$$…$$`, `\(…\)`, `\[…\]`);
 //! 5. the last number (integers, decimals, `a/b` fractions, mixed numbers, thousands separators,
 //!    an optional `%`), not glued to letters (`AZYUK2A` has none).
@@ -60,22 +63,36 @@ pub(super) fn compile_patterns() {
 pub fn extract_answer(response: &str) -> Option<Extracted> {
     let s = tail(response, MAX_INPUT);
     if let Some(inner) = answer_tag(s) {
-        if let Some((_, b)) = boxed(inner) {
-            return Some(Extracted { text: b, source: Source::Boxed });
-        }
         let t = inner.trim();
+        // A box inside the block is the answer; a bare answer is taken whole; a sentence ("The
+        // answer is 12.") goes through the other rules.
+        if find_box_cmd(t).is_none()
+            && let Some(w) = whole_answer(t)
+        {
+            return Some(Extracted { text: w, source: Source::AnswerTag });
+        }
+        if let Some(e) = extract_untagged(t) {
+            return Some(e);
+        }
         if !t.is_empty() {
             return Some(Extracted { text: t.to_string(), source: Source::AnswerTag });
         }
     }
-    let phrase = phrase(s);
-    if let Some((box_pos, b)) = boxed(s) {
+    extract_untagged(s)
+}
+
+/// Rules 2 to 5 of the module documentation (everything but the `<answer>` tag).
+fn extract_untagged(s: &str) -> Option<Extracted> {
+    let boxes = all_boxes(s);
+    // A phrase written inside a box (`\boxed{\text{the answer is } 5}`) is the box's business.
+    let phrase = phrase(s, &boxes);
+    if let Some((box_end, b)) = boxed(s, &boxes) {
         // A "final answer is ..." sentence written after the last box wins over the box.
         match phrase {
-            Some((pos, p)) if pos > box_pos => {
+            Some((pos, p)) if pos >= box_end => {
                 return Some(Extracted { text: p, source: Source::Phrase });
             }
-            _ => return Some(Extracted { text: b, source: Source::Boxed }),
+            _ => return Some(Extracted { text: innermost_box(b), source: Source::Boxed }),
         }
     }
     if let Some(w) = whole_answer(s) {
@@ -95,6 +112,25 @@ pub fn extract_answer(response: &str) -> Option<Extracted> {
         (None, Some((_, n))) => Some(Extracted { text: n, source: Source::Number }),
         (None, None) => None,
     }
+}
+
+/// Deepest box nesting followed into (`\boxed{\text{so } \boxed{5}}` → `5`).
+const MAX_BOX_NESTING: usize = 4;
+
+/// The box inside a box's content, when the content holds one (a box inside a box is the answer
+/// the outer one wraps); followed at most [`MAX_BOX_NESTING`] levels.
+fn innermost_box(mut content: String) -> String {
+    for _ in 0..MAX_BOX_NESTING {
+        if find_box_cmd(&content).is_none() {
+            break;
+        }
+        let inner = all_boxes(&content);
+        match boxed(&content, &inner) {
+            Some((_, b)) => content = b,
+            None => break,
+        }
+    }
+    content
 }
 
 /// A short, single-line response that is itself an answer (`1 000`, `$\frac{1}{3}$`, `11 + 4/9`).
@@ -125,7 +161,10 @@ pub fn extract_gold(gold: &str) -> Option<Extracted> {
         return extract_answer(s);
     }
     let stripped = strip_delims(s.trim());
-    if prose_words(&stripped, 3) < 2 && !stripped.is_empty() && !stripped.contains('\n') {
+    // A matrix or vector (MATH stores them bare, often over several lines) is one answer.
+    let matrix = stripped.contains("\\begin{") && stripped.contains("\\end{");
+    if prose_words(&stripped, 3) < 2 && !stripped.is_empty() && (matrix || !stripped.contains('\n'))
+    {
         return Some(Extracted { text: stripped, source: Source::Whole });
     }
     extract_answer(s)
@@ -135,11 +174,13 @@ pub fn extract_gold(gold: &str) -> Option<Extracted> {
 static WORD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\\?[A-Za-z]{2,}").expect("valid regex"));
 
-/// A `\text{…}`-like group.
-static TEXT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\\(?:text|mbox|mathrm|textbf)\{[^}]*\}").expect("valid regex"));
+/// A `\text{…}`-like group, or the environment name of `\begin{…}` / `\end{…}`.
+static TEXT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\\(?:text|mbox|mathrm|textbf|begin|end)\{[^}]*\}").expect("valid regex")
+});
 
-/// Number of prose words (`min_len`+ letters, not a LaTeX command, not inside `\text{}`).
+/// Number of prose words (`min_len`+ letters, not a LaTeX command, not inside `\text{}`, not
+/// an environment name such as `pmatrix`).
 fn prose_words(s: &str, min_len: usize) -> usize {
     // Words need ASCII letters (`\text{}` groups hold some too).
     if !s.bytes().any(|b| b.is_ascii_alphabetic()) {
@@ -281,10 +322,11 @@ fn find_box_cmd(s: &str) -> Option<(usize, usize)> {
     }
 }
 
-/// The last box, joined with the boxes right before it (see the module rules).
-fn boxed(s: &str) -> Option<(usize, String)> {
+/// The last box, joined with the boxes right before it (see the module rules), with the byte
+/// offset where the last box ends. `boxes` is [`all_boxes`] of `s`.
+fn boxed(s: &str, boxes: &[(usize, usize, String)]) -> Option<(usize, String)> {
     // Empty boxes (an echoed "put your answer in \boxed{}") are not answers.
-    let boxes: Vec<_> = all_boxes(s).into_iter().filter(|b| !b.2.trim().is_empty()).collect();
+    let boxes: Vec<_> = boxes.iter().filter(|b| !b.2.trim().is_empty()).collect();
     let last = boxes.last()?;
     let mut parts = vec![last.2.clone()];
     let mut start = last.0;
@@ -297,7 +339,7 @@ fn boxed(s: &str) -> Option<(usize, String)> {
         }
     }
     parts.reverse();
-    Some((last.0, parts.join(", ")))
+    Some((last.1, parts.join(", ")))
 }
 
 /// Text allowed between boxes that are joined.
@@ -315,8 +357,17 @@ static PHRASE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?:final answer is|final answer\**:|the answer is|answer is|answer\**:|solution is)\s*\**\s*:?\s*\**").expect("valid regex")
 });
 
-fn phrase(s: &str) -> Option<(usize, String)> {
-    let m = PHRASE.find_iter(s).last()?;
+/// The last "answer is" phrase outside every box of `boxes` (the [`all_boxes`] of `s`), and
+/// the answer it announces.
+fn phrase(s: &str, boxes: &[(usize, usize, String)]) -> Option<(usize, String)> {
+    // Boxes are in order and disjoint: one backwards walk over both lists.
+    let mut inside = boxes.iter().rev().peekable();
+    let m = PHRASE.find_iter(s).collect::<Vec<_>>().into_iter().rev().find(|m| {
+        while inside.peek().is_some_and(|b| b.0 > m.start()) {
+            inside.next();
+        }
+        inside.peek().is_none_or(|b| m.start() >= b.1)
+    })?;
     let rest = &s[m.end()..];
     // Up to the end of the sentence: a newline, or a period not inside a number or math span.
     let mut end = rest.len();
@@ -349,8 +400,7 @@ fn phrase_answer(sentence: &str) -> Option<String> {
     // The whole sentence when it is math-only, else its last math span or number, whichever is later.
     let outside: String = {
         let mut t = sentence.to_string();
-        for (_, inner, whole) in spans.iter().rev() {
-            let _ = inner;
+        for (_, _, whole) in spans.iter().rev() {
             t = t.replacen(whole.as_str(), " ", 1);
         }
         t

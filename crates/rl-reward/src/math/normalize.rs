@@ -6,7 +6,8 @@
 //!    `∈ ∪`, thin and non-breaking spaces → a space, `²`/`³` → `^2`/`^3`;
 //! 2. sizing and style: `\left`, `\right`, `\big…`, `\displaystyle` are removed;
 //! 3. thousands separators: `{,}`, `,\!` between digits are removed; `\!` is removed; `\,` `\;`
-//!    `\:` `\ ` `~` `\quad` `\qquad` become spaces;
+//!    `\:` `\ ` `~` `\quad` `\qquad` become spaces; repeating decimals `0.\overline{3}`,
+//!    `0.1\overline{6}`, `0.\bar{3}` become their exact fraction (`(3/9)`, `(15/90)`);
 //! 4. `\dfrac`, `\tfrac`, `\cfrac` → `\frac`;
 //! 5. `\text{…}`-like groups (`\text`, `\textbf`, `\textit`, `\textnormal`, `\textrm`, `\mbox`,
 //!    `\mathrm`, `\mathbf`, `\mathit`, `\operatorname`): `and`/`or` become a comma; a purely
@@ -24,6 +25,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
+use num_bigint::BigInt;
 use regex::Regex;
 
 /// A normalised answer string and whether it carried a percent sign.
@@ -66,6 +68,12 @@ static UNITS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)([\d\}\)])\s*(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|m|meters?|metres?|centimeters?|kilometers?|inches|inch|in|feet|foot|ft|yards?|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|s|days?|weeks?|months?|years?|dollars?|cents?|euros?|pounds?|lbs?|kg|grams?|g|liters?|litres?|l|ml|degrees?|students?|people|ways?|points?)(?:\s*\^\s*\{?[23]\}?)?\s*$")
         .expect("valid regex")
 });
+/// A repeating decimal `0.1\overline{6}` / `0.\overline3` / `0.\bar{3}`: (what precedes, the
+/// integer digits, the fixed fraction digits, the repeating digits braced or single).
+static REPEATING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(^|[^0-9])([0-9]{0,60})\.([0-9]{0,60})\\(?:overline|bar)\s*(?:\{\s*([0-9]{1,60})\s*\}|([0-9]))")
+        .expect("valid regex")
+});
 /// Relation commands: (a substring every match contains, pattern, replacement).
 static RELATIONS: LazyLock<[(&'static str, Regex, &'static str); 5]> = LazyLock::new(|| {
     let r = |p: &str| Regex::new(p).expect("valid regex");
@@ -92,6 +100,7 @@ pub(super) fn compile_patterns() {
         &PERCENT,
         &UNITS,
         &BANG_COMMA,
+        &REPEATING,
     ] {
         LazyLock::force(re);
     }
@@ -127,6 +136,15 @@ pub fn normalize(s: &str) -> Normalized {
         }
     }
     replace_str(&mut t, "~", " ");
+    if t.contains("\\overline") || t.contains("\\bar") {
+        let rep = |c: &regex::Captures<'_>| {
+            let repeating = c.get(4).or_else(|| c.get(5)).map_or("", |m| m.as_str());
+            format!("{}{}", &c[1], repeating_fraction(&c[2], &c[3], repeating))
+        };
+        if let Cow::Owned(u) = REPEATING.replace_all(&t, rep) {
+            t = u;
+        }
+    }
     if t.contains("frac") {
         for f in ["\\dfrac", "\\tfrac", "\\cfrac"] {
             replace_str(&mut t, f, "\\frac");
@@ -191,6 +209,15 @@ pub fn normalize(s: &str) -> Normalized {
     replace_str(&mut t, "\u{2}", "\\\\");
     trim_punct_in_place(&mut t);
     Normalized { text: t, percent }
+}
+
+/// The exact value of `int.fixed(repeating)(repeating)…` as `(n/d)`:
+/// `n = int·fixed·repeating − int·fixed` (digit strings), `d = 10^|fixed| · (10^|repeating| − 1)`.
+fn repeating_fraction(int: &str, fixed: &str, repeating: &str) -> String {
+    let digits = |s: &str| s.parse::<BigInt>().unwrap_or_default();
+    let n = digits(&format!("{int}{fixed}{repeating}")) - digits(&format!("{int}{fixed}"));
+    let d = format!("{}{}", "9".repeat(repeating.len()), "0".repeat(fixed.len()));
+    format!("({n}/{d})")
 }
 
 /// `t = t.replace(pat, rep)`, without copying `t` when `pat` does not occur.
