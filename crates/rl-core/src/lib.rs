@@ -35,6 +35,7 @@
 mod batch;
 pub mod check;
 mod error;
+pub mod grad;
 pub mod host;
 pub mod masked;
 mod metrics;

@@ -56,5 +56,5 @@ pub use kernel::fused_available;
 pub use linear::{linear, linear_add, matmul, swiglu_linear};
 pub use logprob::{head_log_prob_entropy, log_prob_entropy, log_prob_entropy_composed};
 pub use norm::{rms_norm, rms_norm_composed};
-pub use sink::GradSink;
+pub use sink::{GradSink, GradSinkError};
 pub use swiglu::{swiglu, swiglu_composed};
