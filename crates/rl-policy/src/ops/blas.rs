@@ -9,12 +9,12 @@
 //! row-major weight (decoding: one token per sequence) skip gemm's packing copy of the weight and
 //! run in a streaming dot-product kernel (AVX-512 tiles with prefetch, portable fallback).
 //!
-//! With [`use_mkl`] (or `RLZ_BLAS=/path/to/libmkl_rt.so` and [`use_blas_from_env`]) the products
-//! run in MKL's `cblas_sgemm` / `cblas_dgemm` instead, the same library PyTorch's CPU build uses.
-//! MKL is opened with `dlopen`, so building rl-zero never needs it; it runs in MKL's sequential
-//! threading layer and rl-zero splits each product over its own rayon threads (two thread pools
-//! spinning on the same cores slowed both). `scripts/setup_mkl.sh` installs MKL from its PyPI
-//! wheel. Results differ from the `gemm` crate's by float rounding only.
+//! With [`use_mkl`] (or `RLZ_BLAS=/path/to/libmkl_rt.so` and [`use_blas_from_env`], or
+//! [`crate::runtime::init`]) the products run in MKL's `cblas_sgemm` / `cblas_dgemm` instead, the
+//! same library PyTorch's CPU build uses. MKL is opened with `dlopen`, so building rl-zero never
+//! needs it; it runs in MKL's sequential threading layer and rl-zero splits each product over its
+//! own rayon threads (why: `docs/benchmarks.md`). `scripts/setup_mkl.sh` installs MKL from its
+//! PyPI wheel. Results differ from the `gemm` crate's by float rounding only.
 
 #![allow(unsafe_code)]
 
