@@ -47,5 +47,6 @@ mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use error::{PolicyError, Result};
 pub use model::{Mode, Transformer};
+pub use ops::ComputeDtype;
 pub use policy::{LmPolicy, ReferencePolicy, TextCodec, VALUE_HEAD_FILE, ValueModel};
 pub use weights::LanguageModel;

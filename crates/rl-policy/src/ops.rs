@@ -15,7 +15,9 @@
 //! (`*_composed`), as the reference formulas and for benchmarks. The matrix products inside the
 //! ops run in [`blas`] on the CPU (the `gemm` crate, or Intel MKL when enabled). A [`GradSink`]
 //! makes [`linear`] and [`head_log_prob_entropy`] accumulate weight gradients in place across
-//! backward passes (gradient accumulation without a second full set of gradients).
+//! backward passes (gradient accumulation without a second full set of gradients). In a bf16
+//! [`autocast`] scope ([`precision`]) the matrix products take bf16 operands and accumulate in
+//! f32 (mixed precision).
 //!
 //! | function | input | output |
 //! |---|---|---|
@@ -41,6 +43,7 @@ mod kernel;
 mod linear;
 mod logprob;
 mod norm;
+pub mod precision;
 mod swiglu;
 #[cfg(test)]
 mod tests;
@@ -56,5 +59,6 @@ pub use kernel::fused_available;
 pub use linear::{linear, linear_add, matmul, swiglu_linear};
 pub use logprob::{head_log_prob_entropy, log_prob_entropy, log_prob_entropy_composed};
 pub use norm::{rms_norm, rms_norm_composed};
+pub use precision::{ComputeDtype, autocast};
 pub use sink::{GradSink, GradSinkError};
 pub use swiglu::{swiglu, swiglu_composed};

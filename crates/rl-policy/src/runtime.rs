@@ -69,6 +69,8 @@ pub struct RuntimeReport {
     /// The CPU matrix-product backend: `"gemm"` or `"mkl:<path>"`
     /// ([`crate::ops::blas::cpu_backend`]).
     pub blas: String,
+    /// How bf16 matrix products run on the CPU now ([`crate::ops::blas::bf16_path`]).
+    pub bf16: crate::ops::blas::Bf16Path,
 }
 
 /// Sets the process-wide knobs of `opts`, in order: allocator, thread pool, BLAS backend.
@@ -97,6 +99,7 @@ pub fn init(opts: RuntimeOptions) -> Result<RuntimeReport> {
         built_pool,
         threads: rayon::current_num_threads(),
         blas,
+        bf16: crate::ops::blas::bf16_path(),
     })
 }
 

@@ -97,6 +97,8 @@ pub(super) struct AttentionProbs {
     /// `(B, 1, S, K)` additive mask.
     pub(super) mask: Tensor,
     pub(super) scale: f64,
+    /// The products `q·kᵀ` (and the backward ones) with bf16 operands, f32 accumulation.
+    pub(super) bf16: bool,
 }
 
 impl AttentionProbs {
@@ -132,7 +134,10 @@ impl CustomOp2 for AttentionProbs {
         lk: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (bmnk, lhs, rhs, ls) = Self::scores_layout(lq, lk)?;
-        let scores = blas::matmul_storage(q, &lhs, k, &rhs, bmnk)?;
+        let scores = match self.bf16 {
+            true => blas::matmul_bf16_storage(q, &lhs, k, &rhs, bmnk)?,
+            false => blas::matmul_storage(q, &lhs, k, &rhs, bmnk)?,
+        };
         let (mask, lm) = self.mask.storage_and_layout();
         let candle_core::Storage::Cpu(mask) = &*mask else {
             candle_core::bail!("rl-attention: the mask must be on the CPU");
@@ -168,8 +173,12 @@ impl CustomOp2 for AttentionProbs {
         // d scores = scale · p · (g − Σ g p); dq = d scores · k, dk = d scoresᵀ · q
         let ds =
             res.apply_op2_no_bwd(&grad.contiguous()?, &Op(SoftmaxBwd { scale: self.scale }))?;
-        let dq = blas::mm(&ds, &k.detach())?;
-        let dk = blas::mm(&ds.transpose(2, 3)?, &q.detach())?;
+        let (ds, q, k) = match self.bf16 {
+            true => (blas::to_bf16(&ds)?, blas::to_bf16(q)?, blas::to_bf16(k)?),
+            false => (ds, q.detach(), k.detach()),
+        };
+        let dq = blas::mm(&ds, &k)?;
+        let dk = blas::mm(&ds.transpose(2, 3)?, &q)?;
         Ok((Some(dq), Some(dk)))
     }
 }
@@ -184,12 +193,18 @@ impl CustomOp2 for AttentionProbs {
 ///
 /// # Errors
 /// Shape or dtype mismatches.
+///
+/// In a bf16 [`autocast`](super::precision::autocast) scope the products `q·kᵀ` take bf16
+/// operands and accumulate in f32; the softmax runs in f32.
 pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    if fused_available(q) && k.dtype() == q.dtype() && mask.dtype() == q.dtype() {
-        let op = AttentionProbs { mask: mask.contiguous()?, scale };
+    let bf16 = precision::bf16_for(q).is_some();
+    let fused = fused_available(q) && (q.device().is_cpu() || !bf16);
+    if fused && k.dtype() == q.dtype() && mask.dtype() == q.dtype() {
+        let op = AttentionProbs { mask: mask.contiguous()?, scale, bf16 };
         return Ok(q.contiguous()?.apply_op2(&k.contiguous()?, op)?);
     }
-    masked_softmax(&q.matmul(&k.t()?)?, mask, scale)
+    // `matmul` follows the autocast scope.
+    masked_softmax(&matmul(q, &k.t()?)?, mask, scale)
 }
 
 /// `softmax(scale · scores + mask)` over the last dimension. `scores: (B, G, R, K)`,

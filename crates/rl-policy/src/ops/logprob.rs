@@ -138,6 +138,17 @@ pub(super) struct HeadLogProb {
     pub(super) out: Tensor,
     /// Where `w`'s gradient accumulates when a [`GradSink`] holds it.
     pub(super) sink: Option<std::sync::Arc<sink::Slot>>,
+    /// `w`'s bf16 copy when the products run in bf16 (f32 accumulation).
+    pub(super) w16: Option<Tensor>,
+}
+
+/// The logits `x · wᵀ` of detached `x` and `w` (f32): with `w16` (`w`'s bf16 copy) from bf16
+/// operands with f32 accumulation.
+fn head_logits(x: &Tensor, w: &Tensor, w16: Option<&Tensor>) -> Result<Tensor> {
+    match w16 {
+        Some(w16) => Ok(blas::mm(&blas::to_bf16(x)?, &w16.t()?)?),
+        None => linear(x, w, None),
+    }
 }
 
 impl HeadLogProb {
@@ -201,16 +212,24 @@ impl CustomOp2 for HeadLogProb {
             let xs = x.narrow(0, start, rows)?;
             let logits = match kept.next() {
                 Some(logits) => logits,
-                None => {
-                    linear(&xs, &w, None).map_err(|e| candle_core::Error::Msg(e.to_string()))?
-                }
+                None => head_logits(&xs, &w, self.w16.as_ref())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
             };
             let res = self.out.narrow(0, start, rows)?;
             let op = Op(LogProbEntropyBwd { targets: targets.clone() });
             let g = logits.apply_op3_no_bwd(&res, &grad.narrow(0, start, rows)?, &op)?;
             drop(logits);
-            dx.push(blas::mm(&g, &w)?);
-            let part = blas::mm(&g.t()?, &xs)?;
+            let part = match &self.w16 {
+                Some(w16) => {
+                    let g = blas::to_bf16(&g)?;
+                    dx.push(blas::mm(&g, w16)?);
+                    blas::mm(&g.t()?, &blas::to_bf16(&xs)?)?
+                }
+                None => {
+                    dx.push(blas::mm(&g, &w)?);
+                    blas::mm(&g.t()?, &xs)?
+                }
+            };
             dw = Some(match dw {
                 Some(acc) => (acc + part)?,
                 None => part,
@@ -236,6 +255,9 @@ impl CustomOp2 for HeadLogProb {
 /// candle's zero-filled accumulator for it (≈ 1.3 GiB of transient memory for SmolLM2 at
 /// 8 × 256 tokens) and the graph nodes of per-chunk reshapes.
 ///
+/// In a bf16 [`autocast`](super::precision::autocast) scope the products take bf16 operands
+/// and accumulate in f32; the log-softmax, gather and entropy run on f32 logits.
+///
 /// # Errors
 /// Shape or dtype mismatches, a target `>= V`.
 pub fn head_log_prob_entropy(
@@ -250,6 +272,8 @@ pub fn head_log_prob_entropy(
         return log_prob_entropy(&linear(x, w, None)?, &targets);
     }
     let (xd, wd) = (x.detach(), w.detach());
+    let bf16 = precision::bf16_for(x).filter(|_| w.dtype() == DType::F32);
+    let w16 = bf16.map(|c| c.get(w)).transpose()?;
     // Without a graph to record into (no-grad passes such as old-log-prob recomputation) each
     // chunk's logits are dropped as soon as they are reduced.
     let keep = x.track_op() || w.track_op();
@@ -258,7 +282,7 @@ pub fn head_log_prob_entropy(
         (Vec::new(), Vec::new(), Vec::new(), 0);
     while start < n {
         let rows = chunk_rows.min(n - start);
-        let logits = linear(&xd.narrow(0, start, rows)?, &wd, None)?;
+        let logits = head_logits(&xd.narrow(0, start, rows)?, &wd, w16.as_ref())?;
         let t = targets.narrow(0, start, rows)?;
         outs.push(logits.apply_op1_no_bwd(&Op(LogProbEntropy { targets: t.clone() }))?);
         if keep {
@@ -276,6 +300,7 @@ pub fn head_log_prob_entropy(
         logits: std::sync::Mutex::new(logits_kept),
         out,
         sink: sink::slot(w),
+        w16,
     };
     let res = x.apply_op2(w, op)?;
     Ok((res.narrow(1, 0, 1)?.squeeze(1)?, res.narrow(1, 1, 1)?.squeeze(1)?))
