@@ -14,6 +14,10 @@
 //! * `gemm:8x256`: only the matrix products of `fwdbwd:8x256` (same shapes, forward and
 //!   backward), through `rl_policy::ops::matmul`: the floor under forward + backward.
 //!
+//! `RLZ_COMPUTE_DTYPE=bf16` runs the products in bf16 with f32 accumulation (mixed precision,
+//! `ComputeDtype::Bf16`); each iteration then also reports the seconds spent converting weights
+//! to bf16 (`convert_s`, included in `secs`).
+//!
 //! Each iteration prints a `RESULT side=rl-zero ...` line, the last one `peak_rss_mb`;
 //! `scripts/bench/policy_vs_torch.py` measures the same workloads with PyTorch/transformers and
 //! `scripts/bench/compare.sh` alternates the two. Results: `docs/benchmarks.md`.
@@ -66,25 +70,33 @@ fn smollm2(spec: &str) {
     let (r, c) = parts.next().and_then(|s| s.split_once('x')).expect("WHAT:RxC[:ITERS]");
     let (r, c): (usize, usize) = (r.parse().expect("rows"), c.parse().expect("columns"));
     let iters: usize = parts.next().map_or(2, |s| s.parse().expect("iterations"));
-    // As the examples and the CLI do; `RLZ_RETAIN_MEMORY=0` measures glibc's default behaviour.
-    let retain = rl_policy::alloc::retain_freed_memory();
-    let joined = rl_policy::threads::join_global_pool();
+    // As the examples and the CLI do; `RLZ_RETAIN_MEMORY=0` measures glibc's default behaviour,
     // `RLZ_BLAS=<libmkl_rt.so>` runs the CPU matrix products in MKL (scripts/setup_mkl.sh).
-    let blas = rl_policy::ops::blas::use_blas_from_env().expect("RLZ_BLAS");
-    let (side, blas) = if blas == "gemm" { ("rl-zero", "gemm") } else { ("rl-zero-mkl", "mkl") };
+    let rt = rl_policy::runtime::init(rl_policy::runtime::RuntimeOptions::default()).expect("init");
+    let (retain, joined) = (rt.retained_freed_memory, rt.built_pool);
+    let (side, blas) = if rt.blas == "gemm" { ("rl-zero", "gemm") } else { ("rl-zero-mkl", "mkl") };
+    let precision = std::env::var("RLZ_COMPUTE_DTYPE").unwrap_or_else(|_| "f32".into());
+    let compute: rl_policy::ComputeDtype =
+        serde_json::from_value(serde_json::Value::String(precision.clone())).expect("f32 | bf16");
+    println!("runtime: {rt:?}");
     let path = rl_policy::testing_assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let clock = std::time::Instant::now();
-    let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu).expect("load");
+    let model = LanguageModel::from_gguf(&path, DType::F32, &Device::Cpu)
+        .expect("load")
+        .with_compute_dtype(compute)
+        .expect("compute dtype");
     println!("smollm2 load: {:.2} s", clock.elapsed().as_secs_f64());
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
-    let report = |iter: usize, secs: f64, tokens: usize| {
+    let report = |iter: usize, secs: f64, tokens: usize, convert: f64| {
         println!(
             "RESULT side={side} what={what} shape={r}x{c} threads={threads} iter={iter} \
-             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={} joined={} blas={blas}",
+             secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={} joined={} blas={blas} \
+             precision={precision} bf16_path={} convert_s={convert:.3}",
             tokens as f64 / secs,
             peak_rss_mb(),
             u8::from(retain),
-            u8::from(joined)
+            u8::from(joined),
+            rt.bf16.to_string().split_whitespace().next().unwrap_or("?"),
         );
     };
     match what.as_str() {
@@ -107,11 +119,10 @@ fn smollm2(spec: &str) {
                 let grads = lp.mean_all().expect("mean").backward().expect("backward");
                 let secs = clock.elapsed().as_secs_f64();
                 drop(grads);
-                report(iter, secs, r * (c + 16));
+                report(iter, secs, r * (c + 16), m.bf16_conversion_stats().1);
             }
         }
         "sample" => {
-            let fast = model.detached().expect("model");
             let prompts: Vec<Vec<u32>> = (0..r as u32)
                 .map(|i| (0..16u32).map(|t| (t * 131 + i * 17 + 5) % 49152).collect())
                 .collect();
@@ -122,12 +133,15 @@ fn smollm2(spec: &str) {
                     ..SamplingConfig::default()
                 };
                 let clock = std::time::Instant::now();
+                // A new decoder per call, as `LmPolicy::generate` builds one (with bf16 products
+                // it converts the weights once per call).
+                let fast = model.detached().expect("model");
                 let out =
                     generate(&fast, &prompts, &cfg, StopRules { eos_ids: &[], stop: None }, 0)
                         .expect("generate");
                 let secs = clock.elapsed().as_secs_f64();
                 assert!(out.tokens.iter().all(|t| t.len() == c), "every row runs {c} tokens");
-                report(iter, secs, r * c);
+                report(iter, secs, r * c, fast.bf16_conversion_stats().1);
             }
         }
         "gemm" => {
@@ -150,6 +164,10 @@ fn smollm2(spec: &str) {
             let (p, gctx) = (rnd(&[r, nkv, reps * t, t]), rnd(&[r, nkv, reps * t, hd]));
             let (hx, hw, hg) = (rnd(&[r * c, d]), rnd(&[v, d]), rnd(&[r * c, v]));
             let mm = |a: &Tensor, b: &Tensor| rl_policy::ops::matmul(a, b).expect("matmul");
+            let bf16 = compute == rl_policy::ComputeDtype::Bf16;
+            let _scope = rl_policy::ops::autocast(
+                bf16.then(|| std::sync::Arc::new(rl_policy::ops::precision::Bf16Weights::new())),
+            );
             for iter in 0..iters {
                 let clock = std::time::Instant::now();
                 for _ in 0..cfg.num_layers {
@@ -168,7 +186,7 @@ fn smollm2(spec: &str) {
                 mm(&hx, &hw.t().expect("t"));
                 mm(&hg, &hw);
                 mm(&hg.t().expect("t"), &hx);
-                report(iter, clock.elapsed().as_secs_f64(), n);
+                report(iter, clock.elapsed().as_secs_f64(), n, 0.0);
             }
         }
         other => panic!("unknown workload `{other}` (fwdbwd, sample or gemm)"),

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use rl_core::{AdvantageEstimator, Prompt, ReferenceModel};
+use rl_policy::runtime::{self, RuntimeOptions, RuntimeReport};
 use rl_policy::tokenizer::Tokenizer;
 use rl_policy::{LanguageModel, LmPolicy, ValueModel};
 use rl_reward::BuiltinReward;
@@ -39,26 +40,22 @@ pub fn tiny_model_dir() -> PathBuf {
     workspace_root().join("assets/tiny-arith")
 }
 
-/// Sets up the CPU threads of a run: pins the thread count for the embedded model, then makes the
-/// calling thread worker 0 of rayon's global pool ([`rl_policy::threads::join_global_pool`]).
+/// Sets up the process for a run with [`rl_policy::runtime::init`] (allocator, thread pool with
+/// the calling thread as worker 0, BLAS backend from `RLZ_BLAS`), pinning one thread for the
+/// embedded model.
 ///
 /// The embedded model is so small that a second thread costs more than it gains (measured: a
 /// training step takes 2× longer with 2 threads than with 1 on a 2-core machine). When `model`
 /// is `None` (the embedded model) and the user set neither `RAYON_NUM_THREADS` nor
-/// `CANDLE_NUM_THREADS`, this sets `RAYON_NUM_THREADS=1` before the pool is built.
+/// `CANDLE_NUM_THREADS`, the pool gets one thread; otherwise the user's count or rayon's default.
 ///
-/// Call it first thing in `main`, before any other thread exists and before any parallel work.
-pub fn init_threads(model: Option<&str>) {
-    let unset = |k| std::env::var_os(k).is_none();
-    if model.is_none() && unset("RAYON_NUM_THREADS") && unset("CANDLE_NUM_THREADS") {
-        // SAFETY: documented to be called first thing in `main`, before any other thread
-        // exists, so no other thread can be reading the environment concurrently.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("RAYON_NUM_THREADS", "1");
-        }
-    }
-    rl_policy::threads::join_global_pool();
+/// Call it first thing in `main`, before any parallel work. Errors: `RLZ_BLAS` names a library
+/// that cannot be loaded.
+pub fn init_runtime(model: Option<&str>) -> Result<RuntimeReport> {
+    let threads = (model.is_none() && runtime::threads_from_env().is_none()).then_some(1);
+    let report = runtime::init(RuntimeOptions { threads, ..Default::default() })?;
+    tracing::debug!(?report, "runtime");
+    Ok(report)
 }
 
 /// A loaded model, and how its prompts must be written.

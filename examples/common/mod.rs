@@ -90,10 +90,8 @@ pub fn setup(name: &str) -> Result<Setup> {
         )
         .init();
     let args = <Args as clap::Parser>::parse();
-    rl_zero::policy::alloc::retain_freed_memory();
-    // `RLZ_BLAS=<libmkl_rt.so>`: CPU matrix products in MKL (scripts/setup_mkl.sh).
-    rl_zero::policy::ops::blas::use_blas_from_env()?;
-    rl_zero::run::init_threads(args.model.as_deref());
+    // Allocator, threads and `RLZ_BLAS=<libmkl_rt.so>` (MKL matrix products, scripts/setup_mkl.sh).
+    rl_zero::run::init_runtime(args.model.as_deref())?;
     let loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
     let (train, test) = addition_prompts(&loaded, args.seed, args.eval_prompts)?;
     let out = args.out.join(name);

@@ -8,6 +8,10 @@ SmolLM2-135M-Instruct in f32 (the GGUF dequantized by transformers, or an HF dir
                 top-p, no EOS stop (min_new_tokens = N), KV cache;
   * gemm:BxT    only the matrix products of fwdbwd:BxT (same shapes, random values).
 
+With `--precision bf16` the forward passes (and their products) run under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (weights stay f32; the log-softmax, the loss and the
+backward call outside the autocast region, as PyTorch's AMP recipe does).
+
 Prints `RESULT side=torch ...` lines (seconds, tokens/s, peak RSS) for scripts/bench/compare.sh.
 
 usage: scripts/.venv/bin/python scripts/bench/policy_vs_torch.py fwdbwd:8x256[:ITERS] [--threads N] [--hf-dir DIR]
@@ -39,6 +43,7 @@ def main():
     ap.add_argument("spec", help="fwdbwd:BxT[:ITERS] or sample:RxN[:ITERS]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hf-dir", default=None)
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
     parts = a.spec.split(":")
     what, (r, c) = parts[0], map(int, parts[1].split("x"))
@@ -50,10 +55,15 @@ def main():
     else:
         model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32)
     print(f"torch load: {time.time() - clock:.2f} s")
+    bf16 = a.precision == "bf16"
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     def report(it, secs, tokens):
         print(f"RESULT side=torch what={what} shape={r}x{c} threads={a.threads} iter={it} "
-              f"secs={secs:.3f} tok_s={tokens / secs:.1f} peak_rss_mb={peak_rss_mb():.0f}", flush=True)
+              f"secs={secs:.3f} tok_s={tokens / secs:.1f} peak_rss_mb={peak_rss_mb():.0f} "
+              f"precision={a.precision}", flush=True)
 
     if what == "fwdbwd":
         prompt, response = ids(r, 16, 3), ids(r, c, 4)
@@ -61,7 +71,8 @@ def main():
         for it in range(iters):
             model.zero_grad(set_to_none=True)
             clock = time.time()
-            logits = model(x).logits[:, 15:-1]
+            with autocast():
+                logits = model(x).logits[:, 15:-1]
             lp = torch.log_softmax(logits.float(), -1).gather(-1, response[..., None])[..., 0]
             lp.mean().backward()
             report(it, time.time() - clock, r * (c + 16))
@@ -71,9 +82,10 @@ def main():
             for it in range(iters):
                 torch.manual_seed(it)
                 clock = time.time()
-                out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=c,
-                                     min_new_tokens=c, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                     pad_token_id=2)
+                with autocast():
+                    out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=c,
+                                         min_new_tokens=c, do_sample=True, temperature=1.0, top_k=0,
+                                         top_p=1.0, pad_token_id=2)
                 secs = time.time() - clock
                 assert out.shape[1] == 16 + c, out.shape
                 report(it, secs, r * c)
@@ -90,7 +102,7 @@ def main():
         q, k, vv = torch.randn(r, nkv, reps * t, hd), torch.randn(r, nkv, t, hd), torch.randn(r, nkv, t, hd)
         p, gctx = torch.randn(r, nkv, reps * t, t), torch.randn(r, nkv, reps * t, hd)
         hx, hw, hg = torch.randn(r * c, d), torch.randn(v, d), torch.randn(r * c, v)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for it in range(iters):
                 clock = time.time()
                 for _ in range(cfg.num_hidden_layers):

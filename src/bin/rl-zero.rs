@@ -102,15 +102,14 @@ struct ScoreArgs {
 }
 
 fn main() -> Result<()> {
-    rl_zero::policy::alloc::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    // `RLZ_BLAS=<libmkl_rt.so>`: CPU matrix products in MKL (scripts/setup_mkl.sh).
-    rl_zero::policy::ops::blas::use_blas_from_env()?;
+    // Each command sets up the runtime first (`RLZ_BLAS=<libmkl_rt.so>`: CPU matrix products in
+    // MKL, scripts/setup_mkl.sh).
     match Cli::parse().command {
         Command::Score(args) => score(&args),
         Command::Train(args) => train(&args),
@@ -129,7 +128,7 @@ fn train(args: &TrainArgs) -> Result<()> {
     if let Some(o) = &args.out {
         file.run.out = o.clone();
     }
-    run::init_threads(file.run.model.as_deref());
+    run::init_runtime(file.run.model.as_deref())?;
     let out = run::train(&file, args.resume, &mut |line| println!("{line}"))?;
     println!("held-out greedy accuracy curve (step: accuracy):");
     for p in &out.curve {
@@ -146,7 +145,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(n) = args.prompts {
         file.run.eval_prompts = n;
     }
-    run::init_threads(args.model.as_deref().or(file.run.model.as_deref()));
+    run::init_runtime(args.model.as_deref().or(file.run.model.as_deref()))?;
     let r = run::eval(&file, args.model.as_deref())?;
     println!(
         "greedy accuracy {:.3} (mean reward {:.3}, {} held-out prompts)",
@@ -156,7 +155,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
 }
 
 fn score(args: &ScoreArgs) -> Result<()> {
-    rl_zero::policy::threads::join_global_pool();
+    rl_zero::policy::runtime::init(Default::default())?;
     let reward: Option<BuiltinReward> = args
         .reward
         .as_deref()

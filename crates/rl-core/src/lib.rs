@@ -40,6 +40,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod grad;
 pub mod host;
 pub mod masked;
 pub mod metrics;

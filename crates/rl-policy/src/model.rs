@@ -12,9 +12,13 @@
 //! stacked along the query axis, `(B, n_kv, reps·S, d)`, and score row `r` uses mask row
 //! `r mod S`.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear};
 
+use crate::ops::ComputeDtype;
+use crate::ops::precision::{Bf16Weights, autocast};
 use crate::{ModelConfig, PolicyError, Result};
 
 /// Additive mask value for disallowed attention (finite, so fully masked pad rows stay finite).
@@ -215,6 +219,8 @@ pub struct Transformer {
     norm: Tensor,
     lm_head: Linear,
     inv_freq: Vec<f32>,
+    /// The bf16 copies of the weights (bf16 compute dtype), made on first use.
+    bf16: Option<Arc<Bf16Weights>>,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
@@ -333,7 +339,40 @@ impl Transformer {
             norm: w("model.norm.weight")?,
             lm_head: Linear::new(head_w, None),
             inv_freq: cfg.inv_freq().iter().map(|&f| f as f32).collect(),
+            bf16: None,
         })
+    }
+
+    /// This decoder with its matrix products in `compute` (see [`crate::ops::precision`]): with
+    /// [`ComputeDtype::Bf16`] every product of its forward passes and of their backward passes
+    /// takes bf16 operands and accumulates in f32; norms, softmax, log-softmax, entropy and all
+    /// results and gradients stay f32. The bf16 copies of the weights are made on first use and
+    /// kept as long as this decoder (and its clones) live: build a new decoder after the weights
+    /// change.
+    ///
+    /// # Errors
+    /// [`PolicyError::Config`] (`compute_dtype`) for bf16 on weights that are not f32.
+    pub fn with_compute_dtype(mut self, compute: ComputeDtype) -> Result<Self> {
+        crate::weights::check_compute(compute, self.dtype())?;
+        self.bf16 = match compute {
+            ComputeDtype::F32 => None,
+            ComputeDtype::Bf16 => Some(Arc::new(Bf16Weights::new())),
+        };
+        Ok(self)
+    }
+
+    /// The dtype of the matrix products.
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        match self.bf16 {
+            Some(_) => ComputeDtype::Bf16,
+            None => ComputeDtype::F32,
+        }
+    }
+
+    /// `(weight elements converted to bf16, seconds spent converting)` by this decoder so far
+    /// (`(0, 0.0)` in f32).
+    pub fn bf16_conversion_stats(&self) -> (u64, f64) {
+        self.bf16.as_ref().map_or((0, 0.0), |c| c.conversion_stats())
     }
 
     /// The configuration.
@@ -406,6 +445,7 @@ impl Transformer {
             c.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let (cos, sin) = self.rotary(&layout.positions)?;
+        let _precision = autocast(self.bf16.clone());
         let mut x = self.embed.forward(ids)?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let (eps, scale) = (self.cfg.rms_norm_eps, 1.0 / (hd as f64).sqrt());
@@ -447,6 +487,7 @@ impl Transformer {
 
     /// Logits `(..., V)` of hidden states `(..., H)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let _precision = autocast(self.bf16.clone());
         linear(&self.lm_head, hidden)
     }
 
@@ -459,6 +500,7 @@ impl Transformer {
         targets: &Tensor,
         chunk_rows: usize,
     ) -> Result<(Tensor, Tensor)> {
+        let _precision = autocast(self.bf16.clone());
         crate::ops::head_log_prob_entropy(hidden, self.lm_head.weight(), targets, chunk_rows)
     }
 

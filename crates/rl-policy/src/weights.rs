@@ -10,7 +10,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::model::Transformer;
+use crate::ops::ComputeDtype;
 use crate::{ModelConfig, PolicyError, Result};
+
+/// bf16 products need f32 master weights.
+pub(crate) fn check_compute(compute: ComputeDtype, dtype: DType) -> Result<()> {
+    if compute == ComputeDtype::Bf16 && dtype != DType::F32 {
+        return Err(PolicyError::config(
+            "compute_dtype",
+            format!("bf16 products need f32 weights (the f32 masters), the model is {dtype:?}"),
+        ));
+    }
+    Ok(())
+}
 
 /// A decoder's configuration and weights. Every weight is a [`Var`] named as in Hugging Face
 /// checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...); [`VarMap::all_vars`] on
@@ -20,6 +32,7 @@ pub struct LanguageModel {
     varmap: VarMap,
     dtype: DType,
     device: Device,
+    compute: ComputeDtype,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -28,6 +41,7 @@ impl std::fmt::Debug for LanguageModel {
             .field("architecture", &self.cfg.architecture)
             .field("params", &self.num_params())
             .field("dtype", &self.dtype)
+            .field("compute_dtype", &self.compute)
             .finish()
     }
 }
@@ -79,7 +93,7 @@ impl LanguageModel {
                 data.insert(name, Var::from_tensor(&t)?);
             }
         }
-        Ok(Self { cfg, varmap, dtype, device: device.clone() })
+        Ok(Self { cfg, varmap, dtype, device: device.clone(), compute: ComputeDtype::F32 })
     }
 
     /// A randomly initialised model (reproducible for a `seed`): matrices `N(0, 0.02²)` like
@@ -116,7 +130,13 @@ impl LanguageModel {
                 dst.insert(name, Var::from_tensor(&var.as_tensor().copy()?)?);
             }
         }
-        Ok(Self { cfg: self.cfg.clone(), varmap, dtype: self.dtype, device: self.device.clone() })
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            varmap,
+            dtype: self.dtype,
+            device: self.device.clone(),
+            compute: self.compute,
+        })
     }
 
     /// The configuration.
@@ -127,6 +147,57 @@ impl LanguageModel {
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype of the matrix products of the decoders this model builds ([`Self::trainable`],
+    /// [`Self::detached`]): f32 (the default) or bf16 with f32 accumulation (mixed precision;
+    /// see [`crate::ops::precision`]).
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        self.compute
+    }
+
+    /// Sets the [`Self::compute_dtype`] of the decoders built from now on. The weights stay in
+    /// their dtype (the f32 masters the optimizer updates); each decoder converts them to bf16
+    /// once, on first use.
+    ///
+    /// # Errors
+    /// [`PolicyError::Config`] (`compute_dtype`) for bf16 on weights that are not f32.
+    pub fn set_compute_dtype(&mut self, compute: ComputeDtype) -> Result<()> {
+        check_compute(compute, self.dtype)?;
+        self.compute = compute;
+        Ok(())
+    }
+
+    /// `self` with [`Self::set_compute_dtype`] applied.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use rl_policy::{ComputeDtype, LanguageModel, Mode, ModelConfig};
+    ///
+    /// let cfg = ModelConfig::from_hf_json(serde_json::json!({
+    ///     "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+    ///     "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+    /// }))?;
+    /// let model = LanguageModel::random(cfg.clone(), 0, DType::F32, &Device::Cpu)?;
+    /// let ids = Tensor::new(&[[0u32, 5, 7]], &Device::Cpu)?;
+    /// let valid = vec![vec![true; 3]];
+    /// let f32_logits = model.trainable()?.forward(&ids, &valid, Mode::Diff)?;
+    /// let model = model.with_compute_dtype(ComputeDtype::Bf16)?;
+    /// let bf16_logits = model.trainable()?.forward(&ids, &valid, Mode::Diff)?;
+    /// assert_eq!(bf16_logits.dtype(), DType::F32);
+    /// let diff = (f32_logits - bf16_logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    /// assert!(diff > 0.0 && diff < 0.05, "{diff}");
+    /// // bf16 products need f32 master weights.
+    /// let f64_model = LanguageModel::random(cfg, 0, DType::F64, &Device::Cpu)?;
+    /// assert!(f64_model.with_compute_dtype(ComputeDtype::Bf16).is_err());
+    /// # Ok::<(), rl_policy::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Self::set_compute_dtype`].
+    pub fn with_compute_dtype(mut self, compute: ComputeDtype) -> Result<Self> {
+        self.set_compute_dtype(compute)?;
+        Ok(self)
     }
 
     /// The weights' device.
@@ -162,7 +233,8 @@ impl LanguageModel {
         Transformer::from_weights(&self.cfg, |name| {
             data.get(name)
                 .map(|v| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() })
-        })
+        })?
+        .with_compute_dtype(self.compute)
     }
 
     /// The decoder over the trainable vars: gradients of its outputs reach [`Self::vars`].
@@ -174,7 +246,9 @@ impl LanguageModel {
     }
 
     /// The decoder over detached views of the vars (same storage, so later optimizer updates are
-    /// visible; no autograd graph is recorded). Use for sampling and reference log-probs.
+    /// visible, except through the bf16 weight copies of a bf16 [`Self::compute_dtype`], made
+    /// once per decoder: build a new one after an update; no autograd graph is recorded). Use
+    /// for sampling and reference log-probs.
     ///
     /// # Errors
     /// Never for a model built by this crate.

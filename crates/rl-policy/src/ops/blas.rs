@@ -9,12 +9,12 @@
 //! row-major weight (decoding: one token per sequence) skip gemm's packing copy of the weight and
 //! run in a streaming dot-product kernel (AVX-512 tiles with prefetch, portable fallback).
 //!
-//! With [`use_mkl`] (or `RLZ_BLAS=/path/to/libmkl_rt.so` and [`use_blas_from_env`]) the products
-//! run in MKL's `cblas_sgemm` / `cblas_dgemm` instead, the same library PyTorch's CPU build uses.
-//! MKL is opened with `dlopen`, so building rl-zero never needs it; it runs in MKL's sequential
-//! threading layer and rl-zero splits each product over its own rayon threads (two thread pools
-//! spinning on the same cores slowed both). `scripts/setup_mkl.sh` installs MKL from its PyPI
-//! wheel. Results differ from the `gemm` crate's by float rounding only.
+//! With [`use_mkl`] (or `RLZ_BLAS=/path/to/libmkl_rt.so` and [`use_blas_from_env`], or
+//! [`crate::runtime::init`]) the products run in MKL's `cblas_sgemm` / `cblas_dgemm` instead, the
+//! same library PyTorch's CPU build uses. MKL is opened with `dlopen`, so building rl-zero never
+//! needs it; it runs in MKL's sequential threading layer and rl-zero splits each product over its
+//! own rayon threads (why: `docs/benchmarks.md`). `scripts/setup_mkl.sh` installs MKL from its
+//! PyPI wheel. Results differ from the `gemm` crate's by float rounding only.
 
 #![allow(unsafe_code)]
 
@@ -45,6 +45,25 @@ type Cblas<T> = unsafe extern "C" fn(
     c_int,
 );
 
+/// `cblas_gemm_bf16bf16f32(layout, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c,
+/// ldc)`, LP64: bf16 (`MKL_BF16`, the raw bits) operands, f32 accumulation and output.
+type CblasBf16 = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const u16,
+    c_int,
+    *const u16,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
@@ -57,6 +76,8 @@ pub(crate) struct Mkl {
     path: PathBuf,
     sgemm: Cblas<f32>,
     dgemm: Cblas<f64>,
+    /// `cblas_gemm_bf16bf16f32` (MKL 2020 and later; AMX tiles on CPUs that have them).
+    gemm_bf16: Option<CblasBf16>,
     /// Keeps the symbols valid for the life of the process.
     _lib: libloading::Library,
 }
@@ -93,10 +114,11 @@ pub fn use_mkl(path: &Path) -> Result<()> {
             .map_err(|e| err(e.to_string()))?;
         let sgemm = *lib.get::<Cblas<f32>>(b"cblas_sgemm\0").map_err(|e| err(e.to_string()))?;
         let dgemm = *lib.get::<Cblas<f64>>(b"cblas_dgemm\0").map_err(|e| err(e.to_string()))?;
+        let gemm_bf16 = lib.get::<CblasBf16>(b"cblas_gemm_bf16bf16f32\0").ok().map(|f| *f);
         if set_interface(MKL_INTERFACE_LP64) < 0 || set_threading(MKL_THREADING_SEQUENTIAL) < 0 {
             return Err(err("MKL refused the LP64 interface or the sequential layer".into()));
         }
-        Mkl { path: path.to_path_buf(), sgemm, dgemm, _lib: lib }
+        Mkl { path: path.to_path_buf(), sgemm, dgemm, gemm_bf16, _lib: lib }
     };
     match MKL.set(mkl) {
         Ok(()) => Ok(()),
@@ -626,7 +648,8 @@ fn extent(l: &Layout) -> usize {
 
 /// candle's `BackendStorage::matmul` for CPU storages: `bmnk = (batch, m, n, k)`, operands of any
 /// matmul-compatible layout, contiguous `(batch·m, n)` result. f32/f64 run here, other dtypes
-/// (and layouts whose batch dims do not collapse) in candle.
+/// (and layouts whose batch dims do not collapse) in candle; a bf16 operand makes it a bf16
+/// product with f32 result ([`matmul_bf16_storage`]).
 pub(crate) fn matmul_storage(
     lhs: &CpuStorage,
     l1: &Layout,
@@ -636,6 +659,9 @@ pub(crate) fn matmul_storage(
 ) -> candle_core::Result<CpuStorage> {
     use candle_core::backend::BackendStorage;
     let (_, m, n, k) = bmnk;
+    if matches!(lhs, CpuStorage::BF16(_)) || matches!(rhs, CpuStorage::BF16(_)) {
+        return matmul_bf16_storage(lhs, l1, rhs, l2, bmnk);
+    }
     let typed = |sa: Strides, sb: Strides| -> candle_core::Result<Option<CpuStorage>> {
         Ok(Some(match (lhs, rhs) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
@@ -680,28 +706,38 @@ pub(crate) fn operand(t: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// candle's `matmul` of `a` and `b`, with an f32 result for bf16 operands (the precision policy:
+/// bf16 products return f32).
+fn mm_elsewhere(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    match a.dtype() {
+        DType::BF16 => a.matmul(b)?.to_dtype(DType::F32),
+        _ => a.matmul(b),
+    }
+}
+
 /// `a · b` of CPU tensors `a: (..., m, k)`, `b: (..., k, n)` with equal leading dims (or `b` of
-/// rank 2 when `a` is) without recording a graph node: f32/f64 run here, everything else in
-/// candle's `matmul`. The inputs need not be contiguous.
+/// rank 2 when `a` is) without recording a graph node: f32/f64 run here, bf16 operands give an
+/// f32 result (f32 accumulation), everything else runs in candle's `matmul`. The inputs need not
+/// be contiguous.
 pub(crate) fn mm(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let same_batch =
         ra == rb && a.dims()[..ra.saturating_sub(2)] == b.dims()[..rb.saturating_sub(2)];
-    let real = matches!(a.dtype(), DType::F32 | DType::F64);
+    let real = matches!(a.dtype(), DType::F32 | DType::F64 | DType::BF16);
     if !a.device().is_cpu() || ra < 2 || !same_batch || a.dtype() != b.dtype() || !real {
-        return a.matmul(b);
+        return mm_elsewhere(a, b);
     }
     let (m, k) = (a.dims()[ra - 2], a.dims()[ra - 1]);
     let (k2, n) = (b.dims()[rb - 2], b.dims()[rb - 1]);
     if k != k2 {
-        return a.matmul(b);
+        return mm_elsewhere(a, b);
     }
     let batch = a.dims()[..ra - 2].iter().product::<usize>();
     let (a, b) = (&operand(a)?, &operand(b)?);
     let (sa, la) = a.storage_and_layout();
     let (sb, lb) = b.storage_and_layout();
     let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb) else {
-        return a.matmul(b);
+        return mm_elsewhere(a, b);
     };
     let out = matmul_storage(sa, la, sb, lb, (batch, m, n, k))?;
     let mut dims = a.dims().to_vec();
@@ -712,6 +748,240 @@ pub(crate) fn mm(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         CpuStorage::F64(v) => Tensor::from_vec(v, dims, dev)?,
         _ => a.matmul(b)?,
     })
+}
+
+// ----------------------------------------------------------------------------------------------
+// bf16 operands, f32 accumulation
+
+/// How the CPU runs matrix products with bf16 operands ([`super::precision`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Path {
+    /// MKL's `cblas_gemm_bf16bf16f32` on a CPU with AMX-BF16 tiles.
+    MklAmx,
+    /// MKL's `cblas_gemm_bf16bf16f32` on a CPU without AMX (AVX-512 BF16 or MKL's emulation).
+    Mkl,
+    /// No bf16 GEMM (MKL not loaded, or too old): the bf16 operands are widened to f32 and
+    /// multiplied by the f32 backend. Same rounding of the inputs, f32 accumulation, no speed-up.
+    F32Fallback,
+}
+
+impl std::fmt::Display for Bf16Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MklAmx => "mkl-bf16 (AMX)",
+            Self::Mkl => "mkl-bf16 (no AMX)",
+            Self::F32Fallback => "f32 fallback (bf16-rounded operands, f32 products)",
+        })
+    }
+}
+
+/// `true` when the CPU has AMX-BF16 tiles and the OS enabled them, detected at run time from
+/// the flags Linux lists in `/proc/cpuinfo` (`amx_bf16`, `amx_tile`; the kernel lists them
+/// only when it supports the tile state). `false` elsewhere. (Rust's
+/// `is_x86_feature_detected!("amx-bf16")` is not stable yet.)
+pub fn cpu_has_amx_bf16() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return false };
+        info.lines().find(|l| l.starts_with("flags")).is_some_and(|l| {
+            let flags: Vec<&str> = l.split_whitespace().collect();
+            flags.contains(&"amx_bf16") && flags.contains(&"amx_tile")
+        })
+    })
+}
+
+/// Which path the CPU's bf16 products take now (it changes when [`use_mkl`] succeeds).
+///
+/// ```
+/// use rl_policy::ops::blas::{Bf16Path, bf16_path, cpu_backend};
+///
+/// if cpu_backend() == "gemm" {
+///     assert_eq!(bf16_path(), Bf16Path::F32Fallback);
+/// }
+/// ```
+pub fn bf16_path() -> Bf16Path {
+    match MKL.get().and_then(|m| m.gemm_bf16) {
+        Some(_) if cpu_has_amx_bf16() => Bf16Path::MklAmx,
+        Some(_) => Bf16Path::Mkl,
+        None => Bf16Path::F32Fallback,
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), NaN kept NaN (quiet).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded }
+}
+
+/// Elements per rayon task of the conversions.
+const CONVERT: usize = 1 << 15;
+
+/// `x` rounded to bf16, in parallel.
+fn f32_to_bf16(x: &[f32]) -> Vec<half::bf16> {
+    let mut out = vec![half::bf16::ZERO; x.len()];
+    out.par_chunks_mut(CONVERT).zip(x.par_chunks(CONVERT)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, &x)| *o = half::bf16::from_bits(bf16_bits(x)));
+    });
+    out
+}
+
+/// `x` widened to f32 (exact), in parallel.
+fn bf16_to_f32(x: &[half::bf16]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CONVERT).zip(x.par_chunks(CONVERT)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, x)| *o = f32::from_bits(u32::from(x.to_bits()) << 16));
+    });
+    out
+}
+
+/// `t` (any layout) as a contiguous bf16 tensor of the same shape, without a graph node: CPU
+/// f32 is rounded in parallel here, anything else by candle's `to_dtype`.
+pub(crate) fn to_bf16(t: &Tensor) -> candle_core::Result<Tensor> {
+    if t.dtype() == DType::BF16 {
+        return Ok(t.detach());
+    }
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return t.detach().to_dtype(DType::BF16);
+    }
+    let t = t.detach().contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*s else {
+        candle_core::bail!("to_bf16: expected a CPU f32 tensor");
+    };
+    let (a, b) = l.contiguous_offsets().expect("contiguous");
+    let out = f32_to_bf16(&v[a..b]);
+    drop(s);
+    Tensor::from_vec(out, t.shape(), t.device())
+}
+
+/// The elements `l` addresses in `s` (from its start offset on) as bf16: borrowed when `s` is
+/// bf16, rounded from f32 otherwise.
+fn bf16_elems<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<std::borrow::Cow<'a, [half::bf16]>> {
+    let (a, b) = (l.start_offset(), extent(l));
+    let bad = || candle_core::Error::Msg("rl-matmul-bf16: layout exceeds its storage".into());
+    Ok(match s {
+        CpuStorage::BF16(v) => std::borrow::Cow::Borrowed(v.get(a..b).ok_or_else(bad)?),
+        CpuStorage::F32(v) => std::borrow::Cow::Owned(f32_to_bf16(v.get(a..b).ok_or_else(bad)?)),
+        _ => candle_core::bail!("rl-matmul-bf16: f32 or bf16 operands only"),
+    })
+}
+
+/// [`matmul_storage`] with bf16 operands (f32 operands are rounded first) and f32 accumulation
+/// and result: `bmnk = (batch, m, n, k)`, contiguous `(batch·m, n)` f32 output.
+pub(crate) fn matmul_bf16_storage(
+    lhs: &CpuStorage,
+    l1: &Layout,
+    rhs: &CpuStorage,
+    l2: &Layout,
+    bmnk: (usize, usize, usize, usize),
+) -> candle_core::Result<CpuStorage> {
+    let (_, m, n, k) = bmnk;
+    let (Some(sa), Some(sb)) = (strides(l1, m, k), strides(l2, k, n)) else {
+        candle_core::bail!("rl-matmul-bf16: layouts {:?} / {:?} do not collapse", l1, l2);
+    };
+    let (a, b) = (bf16_elems(lhs, l1)?, bf16_elems(rhs, l2)?);
+    Ok(CpuStorage::F32(batched_bf16(bmnk, &a, sa, &b, sb)))
+}
+
+/// BLAS transpose flag and leading dimension of a `rows × cols` operand, when it has unit
+/// stride along one axis.
+fn blas_ld(s: Strides, rows: usize, cols: usize) -> Option<(c_int, usize)> {
+    if s.rs == 0 || s.cs == 0 {
+        None
+    } else if s.cs == 1 || cols <= 1 {
+        Some((NO_TRANS, s.rs.max(cols).max(1)))
+    } else if s.rs == 1 || rows <= 1 {
+        Some((TRANS, s.cs.max(rows).max(1)))
+    } else {
+        None
+    }
+}
+
+/// `batch` products `(m × k) · (k × n)` of bf16 operands into a new contiguous `batch × m × n`
+/// f32 vector: MKL's `cblas_gemm_bf16bf16f32` on blocks of the output spread over the rayon
+/// threads (as [`gemm_par`]), or, without it, the operands widened to f32 and [`batched`].
+fn batched_bf16(
+    (batch, m, n, k): (usize, usize, usize, usize),
+    a: &[half::bf16],
+    sa: Strides,
+    b: &[half::bf16],
+    sb: Strides,
+) -> Vec<f32> {
+    let len = batch * m * n;
+    if k == 0 || len == 0 {
+        return vec![0.0; len];
+    }
+    let fits = |v: usize| c_int::try_from(v).is_ok();
+    let f = MKL.get().and_then(|mkl| mkl.gemm_bf16);
+    let (Some(f), Some((ta, lda)), Some((tb, ldb))) = (f, blas_ld(sa, m, k), blas_ld(sb, k, n))
+    else {
+        return batched((batch, m, n, k), &bf16_to_f32(a), sa, &bf16_to_f32(b), sb);
+    };
+    if ![m, n, k, lda, ldb].into_iter().all(fits) {
+        return batched((batch, m, n, k), &bf16_to_f32(a), sa, &bf16_to_f32(b), sb);
+    }
+    let mut out = Vec::<f32>::with_capacity(len);
+    let c = Out(out.as_mut_ptr());
+    let (pa, pb) = (a.as_ptr().cast::<u16>(), b.as_ptr().cast::<u16>());
+    let (pa, pb) = (Mat { ptr: pa, rs: sa.rs, cs: sa.cs }, Mat { ptr: pb, rs: sb.rs, cs: sb.cs });
+    // One call: `m × n` outputs at `c` (row stride `n`) from operands at `a` and `b`.
+    // SAFETY (of every call below): the operands' strides and leading dimensions describe
+    // elements inside `a` and `b` (checked by the caller through `extent`), each call writes
+    // only its own block of `out`, which has capacity for `len` elements.
+    let call = move |m: usize, n_blk: usize, a: *const u16, b: *const u16, c: *mut f32| unsafe {
+        f(
+            ROW_MAJOR,
+            ta,
+            tb,
+            m as c_int,
+            n_blk as c_int,
+            k as c_int,
+            1.0,
+            a,
+            lda as c_int,
+            b,
+            ldb as c_int,
+            0.0,
+            c,
+            n as c_int,
+        );
+    };
+    let threads = rayon::current_num_threads();
+    if batch > 1 {
+        (0..batch).into_par_iter().for_each(|i| {
+            let (c, pa, pb) = (c, pa, pb);
+            // SAFETY: item `i`'s operands and output block, as above.
+            unsafe {
+                call(m, n, pa.ptr.add(i * sa.batch), pb.ptr.add(i * sb.batch), c.0.add(i * m * n))
+            };
+        });
+    } else if threads <= 1 || m.saturating_mul(n).saturating_mul(k) < 1 << 21 {
+        call(m, n, pa.ptr, pb.ptr, c.0);
+    } else {
+        let by_rows = m >= n.min(MIN_SPLIT * threads);
+        let extent = if by_rows { m } else { n };
+        let block = extent.div_ceil(threads * BLOCKS_PER_THREAD).max(MIN_SPLIT.min(extent));
+        (0..extent.div_ceil(block)).into_par_iter().for_each(|i| {
+            let (s, e) = (i * block, ((i + 1) * block).min(extent));
+            let (c, pa, pb) = (c, pa, pb);
+            // SAFETY: block `i` of the output and the operand rows / columns it reads.
+            unsafe {
+                if by_rows {
+                    call(e - s, n, pa.ptr.add(s * pa.rs), pb.ptr, c.0.add(s * n));
+                } else {
+                    call(m, e - s, pa.ptr, pb.ptr.add(s * pb.cs), c.0.add(s));
+                }
+            }
+        });
+    }
+    // SAFETY: the calls above wrote all `len` elements (`m, n, k > 0`).
+    unsafe { out.set_len(len) };
+    out
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! CUDA versions of the fused kernels (feature `cuda`).
 //!
 //! The kernels live in `kernels/ops.cu` and are compiled to PTX by `build.rs` with nvcc; each one
-//! computes the formula of the CPU kernel of the same name in `ops.rs`, which is its test oracle
+//! computes the formula of the CPU kernel of the same name in `ops/*.rs`, which is its test oracle
 //! (`tests::cuda_kernels_match_cpu_kernels`, run only where a GPU is present). Element types on
 //! CUDA: f32, f64, bf16 and f16 (half types computed in f32). [`CudaKernel`] is the CUDA half of a
 //! [`Kernel`]; [`run`] is what `Op<K>::cuda_fwd` calls.
 //!
-//! The only `unsafe` code of the workspace is here: allocating uninitialised device buffers and
-//! launching the kernels (FFI), each with its safety argument.
+//! This module's `unsafe` code allocates uninitialised device buffers and launches the kernels
+//! (FFI), each with its safety argument. (The crate's other `unsafe` code is the MKL FFI of
+//! [`super::blas`] and the allocator setting of the runtime module.)
 #![allow(unsafe_code)]
 
 use candle_core::backend::BackendStorage;

@@ -4,12 +4,12 @@
 
 use candle_core::Var;
 use candle_core::backprop::GradStore;
+use rl_core::grad::GradSink;
 use rl_core::{LossOutput, Metrics};
-use rl_policy::ops::GradSink;
 
 use super::scalar;
 use crate::optim::{AdamW, accumulate, clip_grad_norm};
-use crate::{OptimizerConfig, Result, TrainerError};
+use crate::{OptimizerConfig, Result};
 
 /// Gradient accumulation of one optimizer over the micro-batches of a mini-batch.
 pub(super) struct Accum {
@@ -29,7 +29,7 @@ impl Accum {
     /// `sink`: the vars whose gradients accumulate in place (`None`: all through `grads`).
     pub(super) fn new(enabled: bool, sink: Option<&[Var]>) -> Result<Self> {
         let sink = match sink {
-            Some(vars) if enabled => Some(GradSink::new(vars).map_err(TrainerError::wrap)?),
+            Some(vars) if enabled => Some(GradSink::new(vars).map_err(rl_core::Error::from)?),
             _ => None,
         };
         Ok(Self {
@@ -84,7 +84,7 @@ pub(super) fn apply(
         return Ok(None);
     }
     if let Some(sink) = &acc.sink {
-        sink.drain_into(&mut acc.grads).map_err(TrainerError::wrap)?;
+        sink.drain_into(&mut acc.grads).map_err(rl_core::Error::from)?;
     }
     let vars = optim.vars().to_vec();
     let report = clip_grad_norm(&mut acc.grads, &vars, cfg.max_grad_norm)?;

@@ -1,0 +1,160 @@
+//! Mixed precision: bf16 matrix products with f32 accumulation over f32 master weights, as
+//! PyTorch's `torch.autocast(dtype=torch.bfloat16)` defines it.
+//!
+//! While an [`autocast`] scope is open on a thread, every matrix product that [`crate::ops`]
+//! records there for f32 tensors ([`linear`](super::linear), [`linear_add`](super::linear_add),
+//! [`swiglu_linear`](super::swiglu_linear), [`matmul`](super::matmul),
+//! [`attention_probs`](super::attention_probs),
+//! [`head_log_prob_entropy`](super::head_log_prob_entropy)) rounds its operands to bf16 and
+//! accumulates in f32, forward and backward; results and gradients stay f32, so norms, softmax,
+//! log-softmax + gather, entropy, losses and the optimizer run in f32 and the weights' gradients
+//! reach the f32 masters. Each op captures the setting when it is recorded, so its backward pass
+//! follows it wherever it runs.
+//!
+//! The bf16 copies of the weights live in a [`Bf16Weights`] cache: made on first use, kept while
+//! the cache lives (a [`crate::Transformer`] holds one, so the decode steps of one sampling call
+//! and the products of one forward + backward pass convert each weight once), and never
+//! refreshed: a cache must not outlive an optimizer step (a new `Transformer` per step does it).
+//!
+//! On the CPU the products run in MKL's `cblas_gemm_bf16bf16f32` when MKL is loaded (AMX tiles on
+//! CPUs that have them), else the bf16-rounded operands are multiplied in f32
+//! ([`super::blas::bf16_path`]). Elsewhere (CUDA) the operands are cast to bf16 per product and
+//! multiplied by candle (cuBLAS with f32 accumulation), the result cast back to f32.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Tensor, TensorId};
+use serde::{Deserialize, Serialize};
+
+/// The dtype of the matrix products (the precision policy's `compute_dtype`); the weights
+/// (`param_dtype`) and the AdamW moments stay in the model's dtype, f32. Serialised as `"f32"` /
+/// `"bf16"` (`[policy] compute_dtype = "bf16"`).
+///
+/// ```
+/// use rl_policy::ComputeDtype;
+///
+/// let c: ComputeDtype = serde_json::from_str("\"bf16\"")?;
+/// assert_eq!(c, ComputeDtype::Bf16);
+/// assert_eq!(ComputeDtype::default(), ComputeDtype::F32);
+/// assert!(serde_json::from_str::<ComputeDtype>("\"fp8\"").is_err());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDtype {
+    /// Every product in the weights' dtype (f32).
+    #[default]
+    F32,
+    /// Matrix products with bf16 operands and f32 accumulation; everything else f32.
+    Bf16,
+}
+
+/// bf16 copies of f32 weights, keyed by the weight tensor, made on first use; with conversion
+/// statistics (to quantify the cost per step).
+#[derive(Debug, Default)]
+pub struct Bf16Weights {
+    copies: Mutex<HashMap<TensorId, Tensor>>,
+    converted_elems: AtomicU64,
+    convert_nanos: AtomicU64,
+}
+
+impl Bf16Weights {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bf16 copy of `w` (a CPU f32 tensor of any shape), converted now if this cache has
+    /// none yet. The copy is detached: gradients of products with it are routed to `w` by the
+    /// ops.
+    ///
+    /// # Errors
+    /// `w` is not an f32 tensor.
+    pub fn get(&self, w: &Tensor) -> candle_core::Result<Tensor> {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = copies.get(&w.id()) {
+            return Ok(c.clone());
+        }
+        if w.dtype() != DType::F32 {
+            candle_core::bail!("bf16 weights: {:?} weight, expected f32", w.dtype());
+        }
+        let t0 = std::time::Instant::now();
+        let c = super::blas::to_bf16(&w.detach())?;
+        self.convert_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.converted_elems.fetch_add(w.elem_count() as u64, Ordering::Relaxed);
+        copies.insert(w.id(), c.clone());
+        Ok(c)
+    }
+
+    /// `(elements converted, seconds spent converting)` so far.
+    pub fn conversion_stats(&self) -> (u64, f64) {
+        (
+            self.converted_elems.load(Ordering::Relaxed),
+            self.convert_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        )
+    }
+}
+
+thread_local! {
+    /// The open [`autocast`] scope of this thread.
+    static AUTOCAST: RefCell<Option<Arc<Bf16Weights>>> = const { RefCell::new(None) };
+}
+
+/// Closes an [`autocast`] scope when dropped (restoring the enclosing one).
+#[derive(Debug)]
+#[must_use = "the scope closes when the guard is dropped"]
+pub struct AutocastGuard {
+    prev: Option<Arc<Bf16Weights>>,
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        AUTOCAST.with(|a| *a.borrow_mut() = prev);
+    }
+}
+
+/// Opens a mixed-precision scope on this thread: with `Some(weights)` the matrix products the
+/// ops record for f32 tensors run with bf16 operands (weights' copies from `weights`) and f32
+/// accumulation until the guard drops; `None` opens an f32 scope (products in f32).
+///
+/// ```
+/// use std::sync::Arc;
+/// use candle_core::{DType, Device, Tensor, Var};
+/// use rl_policy::ops::{self, precision::{autocast, Bf16Weights}};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let w = Var::from_tensor(&Tensor::new(&[[1.0f32 + 1.0 / 512.0, 3.0]], &Device::Cpu)?)?;
+/// let x = Tensor::new(&[[1.0f32, 1.0]], &Device::Cpu)?;
+/// let f32_out = ops::linear(&x, w.as_tensor(), None)?;
+/// let cache = Arc::new(Bf16Weights::new());
+/// let (bf16_out, grads) = {
+///     let _scope = autocast(Some(cache.clone()));
+///     let y = ops::linear(&x, w.as_tensor(), None)?;
+///     let g = y.sum_all()?.backward()?;
+///     (y, g)
+/// };
+/// // 1 + 2⁻⁹ is not a bf16 number: it rounds to 1 in the product.
+/// assert_eq!(f32_out.to_vec2::<f32>()?[0][0], 4.0 + 1.0 / 512.0);
+/// assert_eq!(bf16_out.to_vec2::<f32>()?[0][0], 4.0);
+/// assert_eq!(bf16_out.dtype(), DType::F32);
+/// // The weight's gradient is f32, for the f32 master.
+/// assert_eq!(grads.get(w.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![1.0, 1.0]]);
+/// assert_eq!(cache.conversion_stats().0, 2);
+/// # Ok(()) }
+/// ```
+pub fn autocast(weights: Option<Arc<Bf16Weights>>) -> AutocastGuard {
+    let prev = AUTOCAST.with(|a| std::mem::replace(&mut *a.borrow_mut(), weights));
+    AutocastGuard { prev }
+}
+
+/// The open bf16 scope's weight cache when it applies to a product of `x` (f32).
+pub(crate) fn bf16_for(x: &Tensor) -> Option<Arc<Bf16Weights>> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    AUTOCAST.with(|a| a.borrow().clone())
+}

@@ -1,0 +1,102 @@
+//! SwiGLU (the Llama MLP activation).
+
+use crate::Result;
+use candle_core::{Shape, Tensor};
+use rayon::prelude::*;
+
+use super::*;
+
+pub(super) struct Swiglu;
+
+pub(super) fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp_k())
+}
+
+impl Swiglu {
+    pub(super) fn check_sizes(gate: usize, up: usize) -> candle_core::Result<()> {
+        if gate != up {
+            candle_core::bail!("rl-swiglu: gate ({gate}) and up ({up}) differ in size");
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for Swiglu {
+    const NAME: &'static str = "rl-swiglu";
+
+    fn run<T: Real>(&self, xs: &[&[T]], dims: &[&[usize]]) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [a, u] = inputs(xs, Self::NAME)?;
+        Self::check_sizes(a.len(), u.len())?;
+        let mut y = vec![T::zero(); a.len()];
+        y.par_chunks_mut(ELEMS).zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS))).for_each(
+            |(y, (a, u))| {
+                for ((y, &a), &u) in y.iter_mut().zip(a).zip(u) {
+                    *y = a * sigmoid(a) * u;
+                }
+            },
+        );
+        Ok((y, Shape::from(dims[0])))
+    }
+
+    fn grads(
+        &self,
+        args: &[&Tensor],
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let (gate, up) = (args[0], args[1]);
+        let n = gate.elem_count();
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &Op(SwigluBwd))?;
+        let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
+        let du = both.narrow(0, n, n)?.reshape(up.shape())?;
+        Ok(vec![Some(dg), Some(du)])
+    }
+}
+
+/// Backward of [`Swiglu`]: `(a, u, g)` → `[∂a; ∂u]` (flat, `2·N`) with `σ = sigmoid(a)`:
+/// `∂a = g·u·σ·(1 + a·(1 − σ))`, `∂u = g·a·σ`.
+pub(super) struct SwigluBwd;
+
+impl Kernel for SwigluBwd {
+    const NAME: &'static str = "rl-swiglu-bwd";
+
+    fn run<T: Real>(
+        &self,
+        xs: &[&[T]],
+        _dims: &[&[usize]],
+    ) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [a, u, g] = inputs(xs, Self::NAME)?;
+        let n = a.len();
+        let mut out = vec![T::zero(); 2 * n];
+        let (da, du) = out.split_at_mut(n);
+        da.par_chunks_mut(ELEMS)
+            .zip(du.par_chunks_mut(ELEMS))
+            .zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS).zip(g.par_chunks(ELEMS))))
+            .for_each(|((da, du), (a, (u, g)))| {
+                for ((da, du), ((&a, &u), &g)) in da.iter_mut().zip(du).zip(a.iter().zip(u).zip(g))
+                {
+                    let s = sigmoid(a);
+                    *da = g * u * s * (T::one() + a * (T::one() - s));
+                    *du = g * a * s;
+                }
+            });
+        Ok((out, Shape::from(2 * n)))
+    }
+}
+
+/// `silu(gate) · up` (the Llama MLP activation). `gate, up: (..., I)`, same shape and dtype.
+/// Differentiable in both.
+///
+/// # Errors
+/// Shape or dtype mismatches.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused_available(gate) && gate.dtype() == up.dtype() && gate.dims() == up.dims() {
+        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, Op(Swiglu))?);
+    }
+    swiglu_composed(gate, up)
+}
+
+/// [`swiglu`] from primitive candle ops.
+pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((candle_nn::ops::silu(gate)? * up)?)
+}
