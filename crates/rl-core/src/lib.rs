@@ -39,6 +39,7 @@ pub mod host;
 pub mod masked;
 mod metrics;
 pub mod rng;
+mod rollout;
 mod stages;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -46,9 +47,11 @@ pub mod testing;
 pub use batch::{
     Advantages, FinishReason, Groups, Metadata, Prompt, Rewards, RolloutBatch, Sample,
 };
+pub use batch::{RolloutParts, SampledSequence};
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
+pub use rollout::{Sampler, SyncReport, TokenCodec, TokenScorer, WeightSource, WeightSync};
 pub use stages::{
     AdvantageEstimator, AdvantageInput, Critic, GlobalCounts, LossOutput, Policy, PolicyLoss,
     PolicyLossInput, RewardFn, SamplingConfig, TokenLogProbs, ValueLoss, ValueLossInput,

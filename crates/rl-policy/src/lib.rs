@@ -36,6 +36,7 @@ pub mod logprobs;
 pub mod model;
 pub mod ops;
 pub mod policy;
+pub mod rollout;
 pub mod sampling;
 pub mod template;
 pub mod testing_assets;
