@@ -36,6 +36,8 @@ fn retryable(e: &RolloutError) -> bool {
     }
 }
 
+// ureq 2's `Error` is large (it carries the response); it never leaves this module.
+#[allow(clippy::result_large_err)]
 impl Http {
     /// A client with `cfg`'s timeouts, retries and body limit.
     pub fn new(cfg: &EngineConfig) -> Self {

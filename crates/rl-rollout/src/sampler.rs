@@ -61,6 +61,7 @@ impl Client {
     }
 
     /// One generation request for prompt `prompt_index`: validated sequences.
+    #[allow(clippy::too_many_arguments)]
     fn generate_one(
         &self,
         url_index: usize,
@@ -270,7 +271,7 @@ impl Client {
             let diff =
                 s.log_probs.iter().zip(local).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>()
                     / s.log_probs.len() as f64;
-            if !(diff <= self.cfg.probe_tolerance) {
+            if diff.is_nan() || diff > self.cfg.probe_tolerance {
                 return Err(RolloutError::ProbeMismatch {
                     url: self.cfg.urls[i].clone(),
                     mean_abs_diff: diff,

@@ -144,7 +144,7 @@ fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<
             format!("versions must increase: {version} after {last}"),
         ));
     }
-    let verify = s.cfg.verify_every > 0 && (s.count + 1) % s.cfg.verify_every as u64 == 0;
+    let verify = s.cfg.verify_every > 0 && (s.count + 1).is_multiple_of(s.cfg.verify_every as u64);
     if verify && source.scorer().is_none() {
         return Err(RolloutError::config(
             "weight_sync.verify_every",

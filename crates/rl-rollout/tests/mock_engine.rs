@@ -70,7 +70,7 @@ fn http_equals_local(engine: Engine) {
                 .flat_map(|k| {
                     let seed = engine.wire_seed(request_seed(cfg.seed, i, k));
                     let c = SamplingConfig { n: 1, seed, ..cfg.clone() };
-                    rows(&policy.generate_ids(&[prompt.clone()], None, &c).unwrap())
+                    rows(&policy.generate_ids(std::slice::from_ref(prompt), None, &c).unwrap())
                 })
                 .collect()
         } else {
@@ -78,7 +78,7 @@ fn http_equals_local(engine: Engine) {
                 seed: engine.wire_seed(request_seed(cfg.seed, i, 0)),
                 ..cfg.clone()
             };
-            rows(&policy.generate_ids(&[prompt.clone()], None, &c).unwrap())
+            rows(&policy.generate_ids(std::slice::from_ref(prompt), None, &c).unwrap())
         };
         for (k, l) in local.iter().enumerate() {
             let r = &remote[i * cfg.n + k];

@@ -56,7 +56,7 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let pgid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &format!("-{pgid}")]).status();
+        let _ = Command::new("kill").args(["-s", "TERM", "--", &format!("-{pgid}")]).status();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -64,7 +64,7 @@ impl Drop for Server {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = Command::new("kill").args(["-KILL", &format!("-{pgid}")]).status();
+        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
         let _ = self.child.wait();
     }
 }
