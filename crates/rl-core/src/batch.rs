@@ -46,13 +46,27 @@ pub enum FinishReason {
     StopString,
     /// The response hit `max_new_tokens` without stopping: it is truncated.
     Length,
+    /// The sampler cut the response short for its own reasons (an inference engine paused or
+    /// aborted the request, e.g. vLLM's `finish_reason: "abort"` during a weight update). The
+    /// response is neither a natural stop nor a truncation by length: never score it as a stop;
+    /// re-queue or drop it.
+    Aborted,
 }
 
 impl FinishReason {
     /// `true` when the model stopped by itself (EOS or stop string), as Open-Reasoner-Zero's
-    /// `stop_reason == "stop"`.
+    /// `stop_reason == "stop"`. `false` for [`FinishReason::Length`] and
+    /// [`FinishReason::Aborted`].
     pub fn stopped(self) -> bool {
-        !matches!(self, FinishReason::Length)
+        match self {
+            FinishReason::Eos | FinishReason::StopString => true,
+            FinishReason::Length | FinishReason::Aborted => false,
+        }
+    }
+
+    /// `true` for [`FinishReason::Aborted`]: the response was cut by the sampler, not the model.
+    pub fn aborted(self) -> bool {
+        matches!(self, FinishReason::Aborted)
     }
 }
 
@@ -96,6 +110,7 @@ impl Sample {
 /// | `response_ids` | `(B, T)` right-padded | u32 |
 /// | `response_mask` | `(B, T)` 1.0 on response tokens incl. EOS | f32 |
 /// | `old_log_probs` | `(B, T)` log π_old of each chosen token, 0.0 on padding | f32 |
+/// | `rollout_log_probs` | `(B, T)` the sampler's own log-probs, never overwritten | f32 |
 /// | `ref_log_probs` | `(B, T)` reference-policy log-probs, when KL is used | f32 |
 /// | `values` | `(B, T)` critic values, for GAE | f32 |
 #[derive(Clone, Debug)]
@@ -114,6 +129,15 @@ pub struct RolloutBatch {
     pub ref_log_probs: Option<Tensor>,
     /// `(B, T)` f32 critic values, if computed.
     pub values: Option<Tensor>,
+    /// `(B, T)` f32 log-probs of the chosen tokens as the **sampler** reported them (the local
+    /// sampler's, or an inference engine's), 0.0 on padding. Unlike `old_log_probs`, which a
+    /// trainer may overwrite with its own recomputation, this field keeps the behaviour policy's
+    /// numbers for the rollout/trainer importance-sampling correction (TIS). `None` when the
+    /// sampler did not report any.
+    pub rollout_log_probs: Option<Tensor>,
+    /// Version of the weights each row was sampled with (length `B`; see
+    /// `rl_core::Sampler::policy_version`), `None` when the sampler does not track versions.
+    pub policy_version: Option<Vec<u64>>,
     /// Group id of each response, length `B`.
     pub group_ids: Vec<usize>,
     /// Texts, finish reasons and answers of each response, length `B`.
@@ -153,14 +177,22 @@ impl RolloutBatch {
             ("old_log_probs", Some(&self.old_log_probs)),
         ]
         .into_iter()
-        .chain([("ref_log_probs", self.ref_log_probs.as_ref()), ("values", self.values.as_ref())])
-        {
+        .chain([
+            ("ref_log_probs", self.ref_log_probs.as_ref()),
+            ("values", self.values.as_ref()),
+            ("rollout_log_probs", self.rollout_log_probs.as_ref()),
+        ]) {
             if let Some(x) = x {
                 check::shape(x, &[b, t], name)?;
             }
         }
         if self.samples.len() != b {
             return Err(Error::shape("samples", &[b], &[self.samples.len()]));
+        }
+        if let Some(v) = &self.policy_version
+            && v.len() != b
+        {
+            return Err(Error::shape("policy_version", &[b], &[v.len()]));
         }
         check::mask_lengths(&self.response_mask, "response_mask")?;
         Ok(())
@@ -183,6 +215,11 @@ impl RolloutBatch {
             old_log_probs: pick(&self.old_log_probs)?,
             ref_log_probs: self.ref_log_probs.as_ref().map(pick).transpose()?,
             values: self.values.as_ref().map(pick).transpose()?,
+            rollout_log_probs: self.rollout_log_probs.as_ref().map(pick).transpose()?,
+            policy_version: self
+                .policy_version
+                .as_ref()
+                .map(|v| idx.iter().map(|&i| v.get(i).copied().unwrap_or(0)).collect()),
             group_ids: idx.iter().map(|&i| self.group_ids[i]).collect(),
             samples: idx.iter().map(|&i| self.samples[i].clone()).collect(),
         })
@@ -223,6 +260,17 @@ impl RolloutBatch {
             old_log_probs: cat(&|b, i| right(&b.old_log_probs, t[i]))?,
             ref_log_probs: opt(&|b| b.ref_log_probs.as_ref())?,
             values: opt(&|b| b.values.as_ref())?,
+            rollout_log_probs: opt(&|b| b.rollout_log_probs.as_ref())?,
+            policy_version: if batches.iter().all(|b| b.policy_version.is_some()) {
+                Some(
+                    batches
+                        .iter()
+                        .flat_map(|b| b.policy_version.iter().flatten().copied())
+                        .collect(),
+                )
+            } else {
+                None
+            },
             group_ids: batches.iter().flat_map(|b| b.group_ids.iter().copied()).collect(),
             samples: batches.iter().flat_map(|b| b.samples.iter().cloned()).collect(),
         })
@@ -232,6 +280,202 @@ impl RolloutBatch {
     pub fn response_lengths(&self) -> Result<Vec<usize>> {
         check::mask_lengths(&self.response_mask, "response_mask")
     }
+
+    /// The one batch constructor every sampler uses (the local [`crate::Sampler`] of rl-policy
+    /// and the HTTP engine clients of rl-rollout), so that both produce identical batches from
+    /// identical tokens.
+    ///
+    /// Row `r` is `parts.sequences[r]`; its prompt is `parts.prompt_ids[seq.prompt_index]` and its
+    /// group id is `seq.prompt_index`. Prompts are left-padded to `P` and responses right-padded
+    /// to `T` (the longest row) with `parts.pad_id`; `response_mask` is 1.0 on every returned
+    /// token (EOS included); `old_log_probs` **and** `rollout_log_probs` both hold the sampler's
+    /// log-probs (0.0 on padding); `policy_version` is `parts.policy_version` on every row.
+    /// Responses are decoded with `decode` (special tokens should be skipped); prompt texts,
+    /// answers and metadata come from `parts.prompts` when given.
+    ///
+    /// ```
+    /// use rl_core::{Device, FinishReason, RolloutBatch, RolloutParts, SampledSequence};
+    /// let prompts = vec![vec![5u32, 6, 7], vec![8]];
+    /// let seqs = vec![
+    ///     SampledSequence::new(0, vec![1, 2], vec![-0.5, -0.25], FinishReason::Eos),
+    ///     SampledSequence::new(1, vec![3], vec![-1.0], FinishReason::Length),
+    /// ];
+    /// let parts = RolloutParts::new(&prompts, &seqs, 0);
+    /// let decode = |ids: &[u32]| Ok(format!("{ids:?}"));
+    /// let batch = RolloutBatch::from_sequences(&parts, &decode, &Device::Cpu)?;
+    /// assert_eq!(batch.prompt_ids.to_vec2::<u32>()?, vec![vec![5, 6, 7], vec![0, 0, 8]]);
+    /// assert_eq!(batch.response_mask.to_vec2::<f32>()?, vec![vec![1.0, 1.0], vec![1.0, 0.0]]);
+    /// assert_eq!(batch.group_ids, vec![0, 1]);
+    /// assert_eq!(batch.samples[1].finish, FinishReason::Length);
+    /// # Ok::<(), rl_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for no sequences or an empty prompt; [`Error::ShapeMismatch`] for a
+    /// prompt index out of range or log-probs whose length differs from the token ids;
+    /// [`Error::NonFinite`] for a NaN/infinite log-prob; errors of `decode`.
+    pub fn from_sequences(
+        parts: &RolloutParts<'_>,
+        decode: &dyn Fn(&[u32]) -> Result<String>,
+        device: &Device,
+    ) -> Result<RolloutBatch> {
+        let seqs = parts.sequences;
+        if seqs.is_empty() {
+            return Err(Error::Empty { what: "sampled sequences".into() });
+        }
+        for (r, s) in seqs.iter().enumerate() {
+            let prompt = parts.prompt_ids.get(s.prompt_index).ok_or_else(|| {
+                Error::shape(
+                    format!("sequence {r}: prompt_index"),
+                    &[parts.prompt_ids.len()],
+                    &[s.prompt_index],
+                )
+            })?;
+            if prompt.is_empty() {
+                return Err(Error::Empty { what: format!("prompt {}", s.prompt_index) });
+            }
+            if s.log_probs.len() != s.token_ids.len() {
+                return Err(Error::shape(
+                    format!("sequence {r}: log_probs"),
+                    &[s.token_ids.len()],
+                    &[s.log_probs.len()],
+                ));
+            }
+            if let Some(i) = s.log_probs.iter().position(|x| !x.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("sequence {r}: log_probs"),
+                    index: i,
+                    value: f64::from(s.log_probs[i]),
+                });
+            }
+        }
+        let prompt_rows: Vec<&[u32]> =
+            seqs.iter().map(|s| parts.prompt_ids[s.prompt_index].as_slice()).collect();
+        let (prompt_ids, prompt_mask) = padded_rows(&prompt_rows, true, parts.pad_id, device)?;
+        let resp_rows: Vec<&[u32]> = seqs.iter().map(|s| s.token_ids.as_slice()).collect();
+        let (response_ids, response_mask) = padded_rows(&resp_rows, false, parts.pad_id, device)?;
+        let t = response_ids.dim(1)?;
+        let lp: Vec<f32> = seqs
+            .iter()
+            .flat_map(|s| {
+                s.log_probs.iter().copied().chain(std::iter::repeat_n(0.0, t - s.log_probs.len()))
+            })
+            .collect();
+        let old_log_probs = Tensor::from_vec(lp, (seqs.len(), t), device)?;
+        let samples = seqs
+            .iter()
+            .map(|s| {
+                let prompt = parts.prompts.and_then(|p| p.get(s.prompt_index));
+                Ok(Sample {
+                    prompt: prompt.map(|p| p.text.clone()).unwrap_or_default(),
+                    response: decode(&s.token_ids)?,
+                    answer: prompt.and_then(|p| p.answer.clone()),
+                    finish: s.finish,
+                    response_tokens: s.token_ids.len(),
+                    group_id: s.prompt_index,
+                    metadata: prompt.map(|p| p.metadata.clone()).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RolloutBatch {
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            rollout_log_probs: Some(old_log_probs.clone()),
+            old_log_probs,
+            ref_log_probs: None,
+            values: None,
+            policy_version: parts.policy_version.map(|v| vec![v; seqs.len()]),
+            group_ids: seqs.iter().map(|s| s.prompt_index).collect(),
+            samples,
+        })
+    }
+}
+
+/// One sampled response on the host, as every sampler produces it before batching
+/// ([`RolloutBatch::from_sequences`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampledSequence {
+    /// Index of the prompt this responds to (its group id).
+    pub prompt_index: usize,
+    /// The response token ids, EOS / stop tokens included when the sampler stopped on them.
+    pub token_ids: Vec<u32>,
+    /// The sampler's log-prob of each token in `token_ids` (same length), f32.
+    pub log_probs: Vec<f32>,
+    /// Why the response ended.
+    pub finish: FinishReason,
+}
+
+impl SampledSequence {
+    /// A sequence from its parts.
+    pub fn new(
+        prompt_index: usize,
+        token_ids: Vec<u32>,
+        log_probs: Vec<f32>,
+        finish: FinishReason,
+    ) -> Self {
+        Self { prompt_index, token_ids, log_probs, finish }
+    }
+}
+
+/// What [`RolloutBatch::from_sequences`] assembles a batch from.
+#[derive(Clone, Copy, Debug)]
+pub struct RolloutParts<'a> {
+    /// Token ids of each prompt (non-empty), indexed by [`SampledSequence::prompt_index`].
+    pub prompt_ids: &'a [Vec<u32>],
+    /// The sampled responses, one batch row each, in row order.
+    pub sequences: &'a [SampledSequence],
+    /// The prompts' texts, answers and metadata (same indexing as `prompt_ids`), if known.
+    pub prompts: Option<&'a [Prompt]>,
+    /// Padding id of the id tensors.
+    pub pad_id: u32,
+    /// Weight version every row was sampled with, when tracked.
+    pub policy_version: Option<u64>,
+}
+
+impl<'a> RolloutParts<'a> {
+    /// Parts without prompt texts and without a version.
+    pub fn new(prompt_ids: &'a [Vec<u32>], sequences: &'a [SampledSequence], pad_id: u32) -> Self {
+        Self { prompt_ids, sequences, prompts: None, pad_id, policy_version: None }
+    }
+
+    /// Adds the prompts' texts, answers and metadata.
+    pub fn with_prompts(mut self, prompts: &'a [Prompt]) -> Self {
+        self.prompts = Some(prompts);
+        self
+    }
+
+    /// Tags every row with a weight version.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.policy_version = Some(version);
+        self
+    }
+}
+
+/// `(rows, width)` u32 ids and f32 mask, padded on the left or right with `pad`.
+fn padded_rows(rows: &[&[u32]], left: bool, pad: u32, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let (mut ids, mut mask) =
+        (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
+    for r in rows {
+        let padding = width - r.len();
+        if left {
+            ids.extend(std::iter::repeat_n(pad, padding).chain(r.iter().copied()));
+            mask.extend(
+                std::iter::repeat_n(0f32, padding).chain(std::iter::repeat_n(1.0, r.len())),
+            );
+        } else {
+            ids.extend(r.iter().copied().chain(std::iter::repeat_n(pad, padding)));
+            mask.extend(
+                std::iter::repeat_n(1f32, r.len()).chain(std::iter::repeat_n(0.0, padding)),
+            );
+        }
+    }
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), width), dev)?,
+        Tensor::from_vec(mask, (rows.len(), width), dev)?,
+    ))
 }
 
 /// Outcome or process rewards of a batch.
@@ -424,5 +668,66 @@ mod tests {
         assert!(FinishReason::Eos.stopped());
         assert!(FinishReason::StopString.stopped());
         assert!(!FinishReason::Length.stopped());
+        assert!(!FinishReason::Aborted.stopped());
+        assert!(FinishReason::Aborted.aborted());
+        assert_eq!(serde_json::to_string(&FinishReason::Aborted).unwrap(), "\"aborted\"");
+    }
+
+    fn two_rows() -> Result<RolloutBatch> {
+        let prompts = vec![vec![5u32, 6, 7], vec![8]];
+        let seqs = vec![
+            SampledSequence::new(1, vec![3], vec![-1.0], FinishReason::Aborted),
+            SampledSequence::new(0, vec![1, 2], vec![-0.5, -0.25], FinishReason::Eos),
+        ];
+        let texts = [Prompt::new("a", "1"), Prompt::new("b", "2")];
+        let parts = RolloutParts::new(&prompts, &seqs, 9).with_prompts(&texts).with_version(4);
+        RolloutBatch::from_sequences(&parts, &|ids| Ok(format!("{ids:?}")), &Device::Cpu)
+    }
+
+    #[test]
+    fn from_sequences_pads_masks_and_keeps_sampler_log_probs() -> Result<()> {
+        let b = two_rows()?;
+        b.validate()?;
+        assert_eq!(b.prompt_ids.to_vec2::<u32>()?, vec![vec![9, 9, 8], vec![5, 6, 7]]);
+        assert_eq!(b.prompt_mask.to_vec2::<f32>()?, vec![vec![0.0, 0.0, 1.0], vec![1.0; 3]]);
+        assert_eq!(b.response_ids.to_vec2::<u32>()?, vec![vec![3, 9], vec![1, 2]]);
+        let lp = vec![vec![-1.0, 0.0], vec![-0.5, -0.25]];
+        assert_eq!(b.old_log_probs.to_vec2::<f32>()?, lp);
+        assert_eq!(b.rollout_log_probs.as_ref().unwrap().to_vec2::<f32>()?, lp);
+        assert_eq!(b.group_ids, vec![1, 0]);
+        assert_eq!(b.policy_version, Some(vec![4, 4]));
+        assert_eq!(b.samples[0].prompt, "b");
+        assert_eq!(b.samples[0].response, "[3]");
+        assert_eq!(b.samples[1].answer.as_deref(), Some("1"));
+        // select / concat keep the new fields.
+        let s = b.select(&[1])?;
+        assert_eq!(s.rollout_log_probs.unwrap().to_vec2::<f32>()?, vec![vec![-0.5, -0.25]]);
+        assert_eq!(s.policy_version, Some(vec![4]));
+        let c = RolloutBatch::concat(&[b.clone(), b])?;
+        assert_eq!(c.policy_version.as_ref().map(Vec::len), Some(4));
+        c.validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn from_sequences_rejects_bad_rows() {
+        let prompts = vec![vec![5u32]];
+        let dec = |_: &[u32]| Ok(String::new());
+        let d = Device::Cpu;
+        let bad_index = [SampledSequence::new(1, vec![1], vec![-1.0], FinishReason::Eos)];
+        let e = RolloutBatch::from_sequences(&RolloutParts::new(&prompts, &bad_index, 0), &dec, &d);
+        assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
+        let bad_len = [SampledSequence::new(0, vec![1, 2], vec![-1.0], FinishReason::Eos)];
+        let e = RolloutBatch::from_sequences(&RolloutParts::new(&prompts, &bad_len, 0), &dec, &d);
+        assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
+        let nan = [SampledSequence::new(0, vec![1], vec![f32::NAN], FinishReason::Eos)];
+        let e = RolloutBatch::from_sequences(&RolloutParts::new(&prompts, &nan, 0), &dec, &d);
+        assert!(matches!(e, Err(Error::NonFinite { .. })), "{e:?}");
+        let e = RolloutBatch::from_sequences(&RolloutParts::new(&prompts, &[], 0), &dec, &d);
+        assert!(matches!(e, Err(Error::Empty { .. })), "{e:?}");
+        let empty_prompt = vec![vec![]];
+        let ok = [SampledSequence::new(0, vec![1], vec![-1.0], FinishReason::Eos)];
+        let e = RolloutBatch::from_sequences(&RolloutParts::new(&empty_prompt, &ok, 0), &dec, &d);
+        assert!(matches!(e, Err(Error::Empty { .. })), "{e:?}");
     }
 }

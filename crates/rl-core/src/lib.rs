@@ -45,6 +45,7 @@ pub mod host;
 pub mod masked;
 pub mod metrics;
 pub mod rng;
+mod rollout;
 mod stages;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -52,11 +53,13 @@ pub mod testing;
 pub use batch::{
     Advantages, FinishReason, Groups, Metadata, Prompt, Rewards, RolloutBatch, Sample,
 };
+pub use batch::{RolloutParts, SampledSequence};
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use checkpoint::Checkpointable;
 pub use data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
+pub use rollout::{Sampler, SyncReport, TokenCodec, TokenScorer, WeightSource, WeightSync};
 pub use stages::{
     AdvantageEstimator, AdvantageInput, Critic, GlobalCounts, LossOutput, LossTerm, Policy,
     PolicyLoss, PolicyLossInput, PolicyStats, ReferenceModel, RewardFn, SamplingConfig, TermInput,

@@ -124,9 +124,11 @@ impl Policy for MockPolicy {
             prompt_mask: Tensor::ones((b, p), DType::F32, &dev)?,
             response_ids: Tensor::from_vec(ids, (b, t), &dev)?,
             response_mask: Tensor::from_vec(mask, (b, t), &dev)?,
+            rollout_log_probs: Some(Tensor::from_vec(olp.clone(), (b, t), &dev)?),
             old_log_probs: Tensor::from_vec(olp, (b, t), &dev)?,
             ref_log_probs: None,
             values: None,
+            policy_version: None,
             group_ids,
             samples,
         })
@@ -230,6 +232,8 @@ impl BatchBuilder {
             old_log_probs: Tensor::from_vec(olp, (b, t), d)?,
             ref_log_probs: None,
             values: None,
+            rollout_log_probs: None,
+            policy_version: None,
             group_ids: self.rows.iter().map(|r| r.0).collect(),
             samples,
         })

@@ -37,6 +37,7 @@ pub mod logprobs;
 pub mod model;
 pub mod ops;
 pub mod policy;
+pub mod rollout;
 pub mod runtime;
 pub mod sampling;
 pub mod template;

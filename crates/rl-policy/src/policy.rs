@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor, Var};
-use rl_core::{Critic, Policy, Prompt, RolloutBatch, Sample, SamplingConfig, TokenLogProbs};
+use rl_core::{Critic, Policy, Prompt, RolloutBatch, SamplingConfig, TokenLogProbs};
 
 use crate::logprobs::{PromptResponse, token_log_probs};
 use crate::model::{Mode, Transformer};
@@ -18,30 +18,6 @@ pub trait TextCodec: Send + Sync {
     fn encode(&self, text: &str) -> Result<Vec<u32>>;
     /// Text of `ids` (special tokens removed).
     fn decode(&self, ids: &[u32]) -> Result<String>;
-}
-
-fn rows_tensor(
-    rows: &[&[u32]],
-    left: bool,
-    pad: u32,
-    dev: &candle_core::Device,
-) -> Result<(Tensor, Tensor)> {
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let (mut ids, mut mask) =
-        (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
-    for r in rows {
-        let padding = width - r.len();
-        let pads = std::iter::repeat_n((pad, 0f32), padding);
-        let real = r.iter().map(|&t| (t, 1f32));
-        let row: Vec<(u32, f32)> =
-            if left { pads.chain(real).collect() } else { real.chain(pads).collect() };
-        ids.extend(row.iter().map(|x| x.0));
-        mask.extend(row.iter().map(|x| x.1));
-    }
-    Ok((
-        Tensor::from_vec(ids, (rows.len(), width), dev)?,
-        Tensor::from_vec(mask, (rows.len(), width), dev)?,
-    ))
 }
 
 fn batch_view(batch: &RolloutBatch) -> PromptResponse<'_> {
@@ -277,49 +253,23 @@ impl LmPolicy {
         };
         let Generation { tokens, log_probs, finish } =
             generate(&model, prompts, config, rules, self.pad_id)?;
-        let dev = self.model.device();
         let n = config.n;
-        let prompt_rows: Vec<&[u32]> =
-            (0..tokens.len()).map(|r| prompts[r / n].as_slice()).collect();
-        let (prompt_ids, prompt_mask) = rows_tensor(&prompt_rows, true, self.pad_id, dev)?;
-        let resp_rows: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
-        let (response_ids, response_mask) = rows_tensor(&resp_rows, false, self.pad_id, dev)?;
-        let t = response_ids.dim(1)?;
-        let lp: Vec<f32> = log_probs
-            .iter()
-            .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, t - r.len())))
-            .collect();
-        let old_log_probs = Tensor::from_vec(lp, (tokens.len(), t), dev)?;
-        let samples = tokens
-            .iter()
+        let sequences: Vec<rl_core::SampledSequence> = tokens
+            .into_iter()
+            .zip(log_probs)
+            .zip(finish)
             .enumerate()
-            .map(|(r, toks)| {
-                let prompt = texts.and_then(|p| p.get(r / n));
-                Ok(Sample {
-                    prompt: prompt.map(|p| p.text.clone()).unwrap_or_default(),
-                    response: match &self.codec {
-                        Some(c) => c.decode(toks)?,
-                        None => String::new(),
-                    },
-                    answer: prompt.and_then(|p| p.answer.clone()),
-                    finish: finish[r],
-                    response_tokens: toks.len(),
-                    group_id: r / n,
-                    metadata: prompt.map(|p| p.metadata.clone()).unwrap_or_default(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(RolloutBatch {
-            prompt_ids,
-            prompt_mask,
-            response_ids,
-            response_mask,
-            old_log_probs,
-            ref_log_probs: None,
-            values: None,
-            group_ids: (0..tokens.len()).map(|r| r / n).collect(),
-            samples,
-        })
+            .map(|(r, ((ids, lp), fin))| rl_core::SampledSequence::new(r / n, ids, lp, fin))
+            .collect();
+        let mut parts = rl_core::RolloutParts::new(prompts, &sequences, self.pad_id);
+        parts.prompts = texts;
+        let decode = |ids: &[u32]| -> rl_core::Result<String> {
+            match &self.codec {
+                Some(c) => Ok(c.decode(ids)?),
+                None => Ok(String::new()),
+            }
+        };
+        Ok(RolloutBatch::from_sequences(&parts, &decode, self.model.device())?)
     }
 }
 
