@@ -34,6 +34,7 @@
 
 mod batch;
 pub mod check;
+pub mod dist;
 mod error;
 pub mod host;
 pub mod masked;
