@@ -14,6 +14,16 @@
 //! adding the per-rank tensors in rank order. It is *not* bitwise equal to one process computing
 //! the whole batch's gradient in one backward pass (that sums in a different order), only equal
 //! up to rounding.
+//!
+//! ## Timeouts and failures
+//!
+//! Every read and write has a deadline (`DistEnv::timeout` per collective) and every payload a
+//! size known before it is read. Rank 0 judges failures: when a peer closes, dies, sends a frame
+//! that is out of step or stays silent past the deadline, rank 0 sends the resulting
+//! [`DistError`] (naming that peer) to every other rank, so all survivors report the same rank.
+//! Non-zero ranks wait [`REPLY_GRACE`] (5 s) longer than the timeout for rank 0's reply, to
+//! receive that verdict rather than time out on their own; if rank 0 itself dies they see the
+//! closed connection and name rank 0.
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -43,7 +53,7 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Extra time a non-zero rank waits for rank 0's reply beyond the timeout: rank 0 judges
 /// which peer failed and forwards its verdict, so the others should not give up first.
-const REPLY_GRACE: Duration = Duration::from_secs(5);
+pub const REPLY_GRACE: Duration = Duration::from_secs(5);
 
 /// A CPU process group over TCP (see the [module docs](self) for topology and reduction
 /// order). Created by a rendezvous on `MASTER_ADDR:MASTER_PORT`.
