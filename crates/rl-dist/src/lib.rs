@@ -8,7 +8,7 @@
 //! * [`TcpGroup`]: a TCP rendezvous on `MASTER_ADDR:MASTER_PORT` and a CPU implementation of
 //!   [`rl_core::dist::ProcessGroup`] on top of it. **For development and tests only**, not a
 //!   performance path (rank 0 is a hub; see the [`tcp`] module for the reduction order).
-//! * [`Launcher`] / [`launch`]: start `N` local ranks, prefix their output with `[rank N]`, tear
+//! * [`Launcher`] / [`launch()`]: start `N` local ranks, prefix their output with `[rank N]`, tear
 //!   the group down when one fails.
 //! * `NcclGroup` (feature `nccl`): NCCL collectives on candle's CUDA stream, with the unique id
 //!   handed out by the TCP rendezvous. **Compiled, never run** in rl-zero's CI (no GPU): treat
