@@ -97,6 +97,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    // === Data parallelism ===
+    /// A collective, rendezvous or launch failed ([`crate::dist::DistError`] names the rank).
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     // === Foreign errors ===
     /// An I/O error.
     #[error(transparent)]

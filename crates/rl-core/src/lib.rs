@@ -39,6 +39,7 @@ mod batch;
 pub mod check;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 mod error;
 pub mod grad;
 pub mod host;
