@@ -4,9 +4,13 @@
 
 use std::sync::Arc;
 
-use rl_zero::core::{Device, Metrics, Prompt, Sample, SamplingConfig};
-use rl_zero::policy::{LanguageModel, LmPolicy, ModelConfig, TextCodec, ValueModel};
-use rl_zero::trainer::{Recipe, Trainer};
+use rl_zero::core::{
+    Device, Metrics, Policy, Prompt, ReferenceModel, RolloutBatch, Sample, SamplingConfig, Tensor,
+    TokenLogProbs, Var,
+};
+use rl_zero::loss::{Aggregation, Kl, KlEstimator, KlLoss};
+use rl_zero::policy::{LanguageModel, LmPolicy, Mode, ModelConfig, TextCodec, ValueModel};
+use rl_zero::trainer::{AlgorithmConfig, Recipe, Trainer, TrainerConfig};
 
 type R<T = ()> = rl_zero::trainer::Result<T>;
 
@@ -102,5 +106,93 @@ fn ppo_on_a_tiny_lm_resumes_exactly() -> R {
         .max_all()?
         .to_scalar::<f32>()?;
     assert!(diff > 0.0, "trained weights differ from the initial ones");
+    Ok(())
+}
+
+/// The policy under training, recording each rollout batch with its log-probs under the weights
+/// that sampled it (detached), so a test can recompute what the trainer saw.
+struct Recording {
+    inner: LmPolicy,
+    last: Option<(RolloutBatch, Tensor)>,
+}
+
+impl Policy for Recording {
+    fn generate(
+        &mut self,
+        prompts: &[Prompt],
+        config: &SamplingConfig,
+    ) -> rl_core::Result<RolloutBatch> {
+        let batch = self.inner.generate(prompts, config)?;
+        let lp = self
+            .inner
+            .log_probs_detached(&batch, false, Mode::Diff)
+            .map_err(rl_core::Error::from)?
+            .log_probs;
+        self.last = Some((batch.clone(), lp));
+        Ok(batch)
+    }
+
+    fn log_probs(
+        &self,
+        batch: &RolloutBatch,
+        with_entropy: bool,
+    ) -> rl_core::Result<TokenLogProbs> {
+        self.inner.log_probs(batch, with_entropy)
+    }
+
+    fn trainable_vars(&self) -> Vec<Var> {
+        self.inner.trainable_vars()
+    }
+}
+
+/// GRPO with a k3 KL loss against a frozen copy of the initial tiny decoder: the KL is exactly 0
+/// in the first update (π = π_ref), positive in the second, and equal to a hand computation of
+/// `mean_t(exp(ref − lp) − (ref − lp) − 1)` from the two models on the second step's batch.
+#[test]
+fn grpo_k3_kl_matches_a_hand_computation_from_the_two_models() -> R {
+    let policy = LmPolicy::new(model()?).with_codec(Arc::new(Letters)).with_eos_ids(vec![1]);
+    // Two frozen deep copies: one for the trainer, one for the hand computation.
+    let frozen = || policy.reference().map_err(rl_core::Error::from);
+    let (reference, hand_ref) = (frozen()?, frozen()?);
+    let mut r = Recipe { trainer: TrainerConfig::default(), algorithm: AlgorithmConfig::grpo() };
+    r.algorithm.kl_loss = Some(KlLoss {
+        kl: Kl::new(KlEstimator::K3),
+        coef: 0.5,
+        aggregation: Aggregation::TokenMean,
+    });
+    r.trainer.sampling = SamplingConfig { n: 4, max_new_tokens: 6, ..SamplingConfig::default() };
+    // One mini-batch, one micro-batch, one epoch: the metric is one token mean over the batch.
+    r.trainer.micro_batch_size = 8;
+    r.trainer.mini_batch_groups = None;
+    r.trainer.actor.lr = 5e-2;
+    let vowel = |s: &Sample| -> rl_core::Result<f32> {
+        Ok(s.response.contains(['a', 'e', 'i', 'o', 'u']) as u8 as f32)
+    };
+    let recording = Recording { inner: policy, last: None };
+    let mut t = r.builder(recording, vowel)?.reference(reference).build()?;
+    let prompts = [Prompt::new("ab", "x"), Prompt::new("cd", "y")];
+    let first = t.step(&prompts)?.metrics;
+    let kl0 = first.get("actor/kl/kl").expect("the KL metric");
+    assert!(kl0.abs() < 1e-7, "π = π_ref in the first update: {kl0}");
+    assert!(first.get("actor/grad_norm").expect("grad norm") > 0.0, "the first update moved");
+
+    let second = t.step(&prompts)?.metrics;
+    let kl1 = second.get("actor/kl/kl").expect("the KL metric");
+    let (batch, lp) = t.policy().last.clone().expect("the second step's batch");
+    let ref_lp = hand_ref.reference_log_probs(&batch)?;
+    let (lp, ref_lp) = (lp.to_vec2::<f32>()?, ref_lp.to_vec2::<f32>()?);
+    let mask = batch.response_mask.to_vec2::<f32>()?;
+    let (mut sum, mut tokens) = (0f64, 0f64);
+    for ((lp, rl), m) in lp.iter().zip(&ref_lp).zip(&mask) {
+        for ((&a, &b), &m) in lp.iter().zip(rl).zip(m) {
+            let d = f64::from(b) - f64::from(a);
+            sum += f64::from(m) * (d.exp() - d - 1.0);
+            tokens += f64::from(m);
+        }
+    }
+    let want = sum / tokens;
+    eprintln!("k3 KL: first update {kl0:e}, second {kl1:e}, by hand {want:e}");
+    assert!(want > 1e-6, "the policy moved away from the reference: {want}");
+    assert!((kl1 - want).abs() <= 1e-4 * want.max(1e-6) + 1e-7, "trainer {kl1} vs hand {want}");
     Ok(())
 }
