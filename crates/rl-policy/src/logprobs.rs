@@ -86,7 +86,8 @@ impl PromptResponse<'_> {
     /// (`P - 1 .. P + T - 2` of the joint sequence).
     ///
     /// # Errors
-    /// Those of [`PromptResponse::check`].
+    /// Those of [`PromptResponse::check`]; [`PolicyError::Input`] naming the row when a row's
+    /// prompt + response tokens exceed the model's context (`max_position_embeddings`).
     pub fn response_hidden(&self, model: &Transformer, mode: Mode) -> Result<Tensor> {
         let (_, p, t) = self.check(model.config().vocab_size)?;
         let ids = Tensor::cat(
@@ -101,6 +102,21 @@ impl PromptResponse<'_> {
                 a
             })
             .collect();
+        let context = model.config().max_position_embeddings;
+        if let Some((row, n)) = valid
+            .iter()
+            .map(|v| v.iter().filter(|&&x| x).count())
+            .enumerate()
+            .find(|&(_, n)| n > context)
+        {
+            return Err(PolicyError::input(
+                format!("batch row {row}"),
+                format!(
+                    "{n} prompt + response tokens, over the model's context of {context} \
+                     (max_position_embeddings)"
+                ),
+            ));
+        }
         let layout = AttentionLayout::new(&valid, p + t, model.dtype(), model.device())?;
         let hidden = model.hidden_states(&ids, &layout, None, mode)?;
         Ok(hidden.narrow(1, p - 1, t)?)

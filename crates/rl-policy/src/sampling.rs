@@ -186,7 +186,9 @@ impl std::fmt::Debug for StopRules<'_> {
 /// Prompts are left-padded with `pad_id`; finished rows are removed from the batch and the cache.
 ///
 /// # Errors
-/// Invalid sampling config, empty prompts, ids outside the vocabulary, `max_new_tokens == 0`.
+/// Invalid sampling config, empty prompts, ids outside the vocabulary, `max_new_tokens == 0`, a
+/// prompt whose length plus `max_new_tokens` exceeds the model's context
+/// (`max_position_embeddings`; the error names the prompt's index and both lengths).
 pub fn generate(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -209,6 +211,26 @@ pub fn generate(
     }
     if cfg.max_new_tokens == 0 {
         return Err(PolicyError::input("max_new_tokens", "must be >= 1"));
+    }
+    // Checked before any allocation sized by the prompts (a 10 KB prompt would otherwise grow
+    // the prefill attention to gigabytes).
+    let context = model.config().max_position_embeddings;
+    if let Some((i, len)) = prompts
+        .iter()
+        .map(Vec::len)
+        .enumerate()
+        .find(|&(_, len)| len.saturating_add(cfg.max_new_tokens) > context)
+    {
+        return Err(PolicyError::input(
+            format!("prompts[{i}]"),
+            format!(
+                "{len} prompt tokens + max_new_tokens {} = {} positions, over the model's \
+                 context of {context} (max_position_embeddings); shorten the prompt or lower \
+                 max_new_tokens",
+                cfg.max_new_tokens,
+                len.saturating_add(cfg.max_new_tokens),
+            ),
+        ));
     }
     let rows: Vec<&Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.n)).collect();
     let r = rows.len();

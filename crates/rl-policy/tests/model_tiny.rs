@@ -517,3 +517,44 @@ fn bf16_forward_is_close_to_f32() -> R {
 fn blas_from_env() {
     rl_policy::ops::blas::use_blas_from_env().expect("RLZ_BLAS names a usable MKL library");
 }
+
+/// The tiny llama with a context of `ctx` positions.
+fn tiny_with_context(ctx: usize) -> LmPolicy {
+    let mut json = config("llama", true).to_hf_json();
+    json["max_position_embeddings"] = ctx.into();
+    let cfg = ModelConfig::from_hf_json(json).expect("valid config");
+    LmPolicy::new(LanguageModel::random(cfg, 42, DType::F32, &Device::Cpu).expect("model"))
+        .with_pad_id(0)
+}
+
+/// Prompts longer than the context (with the generation budget) are typed errors naming the
+/// prompt and both lengths, checked before anything sized by them is allocated: a 10 M-token
+/// prompt fails at once instead of asking for petabytes. Batches scored past the context too.
+#[test]
+fn prompts_past_the_context_are_typed_errors() -> R {
+    let policy = tiny_with_context(16);
+    let cfg = SamplingConfig { max_new_tokens: 6, ..SamplingConfig::greedy(6) };
+    // 10 + 6 = 16 positions fit exactly.
+    policy.generate_ids(&[vec![5; 10]], None, &cfg)?;
+    let err = policy.generate_ids(&[vec![5; 10], vec![5; 11]], None, &cfg).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PolicyError::Input { .. }), "{msg}");
+    assert!(msg.contains("prompts[1]") && msg.contains("11 prompt tokens"), "{msg}");
+    assert!(msg.contains("17 positions") && msg.contains("context of 16"), "{msg}");
+    let started = std::time::Instant::now();
+    let huge = vec![5u32; 10_000_000];
+    let err = policy.generate_ids(&[huge], None, &cfg).unwrap_err();
+    assert!(err.to_string().contains("10000000 prompt tokens"), "{err}");
+    assert!(started.elapsed().as_secs() < 5, "checked before any work");
+
+    // A batch sampled with a longer context (no EOS: 3 + 6 = 9 tokens per row), scored by a
+    // model with a context of 8.
+    let long =
+        tiny_with_context(64).with_eos_ids(vec![]).generate_ids(&[vec![5, 6, 7]], None, &cfg)?;
+    assert_eq!(long.response_mask.sum_all()?.to_scalar::<f32>()?, 6.0);
+    let err =
+        tiny_with_context(8).log_probs(&long, false).err().ok_or("scored past the context")?;
+    assert!(err.to_string().contains("batch row 0"), "{err}");
+    tiny_with_context(9).log_probs(&long, false)?;
+    Ok(())
+}
