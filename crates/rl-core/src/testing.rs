@@ -60,6 +60,20 @@ impl crate::Checkpointable for MockPolicy {
     }
 }
 
+/// The mock's logits as the one weight `logits` (`export_hf` writes `model.safetensors` only).
+impl crate::WeightSource for MockPolicy {
+    fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![("logits".into(), self.logits.as_tensor().detach())])
+    }
+
+    fn export_hf(&self, dir: &std::path::Path, dtype: DType) -> Result<u64> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("model.safetensors");
+        self.logits.as_tensor().to_dtype(dtype)?.save_safetensors("logits", &path)?;
+        Ok(std::fs::metadata(&path)?.len())
+    }
+}
+
 impl Policy for MockPolicy {
     fn generate(&mut self, prompts: &[Prompt], config: &SamplingConfig) -> Result<RolloutBatch> {
         config.validate()?;

@@ -237,7 +237,7 @@ pub struct DiskSyncConfig {
     pub dir: PathBuf,
     /// Dtype of the exported tensors: `float32`, `bfloat16` or `float16`.
     pub dtype: String,
-    /// Publish every `sync_every` trainer steps (used by the trainer's loop).
+    /// Publish every `sync_every` trainer steps (pass it to `rl_trainer::TrainerBuilder::weight_sync`).
     pub sync_every: usize,
     /// Run the log-prob probe after every `verify_every`-th publication (0 = never).
     pub verify_every: usize,

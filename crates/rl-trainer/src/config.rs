@@ -84,6 +84,37 @@ impl Default for DynamicSampling {
     }
 }
 
+/// How the trainer corrects the mismatch between an external sampler's log-probs and its own
+/// (inference engines run other kernels, precisions and batching). Applied only when the
+/// rollouts come from a sampler whose [`rl_core::Sampler::is_external`] is `true` and that
+/// returned its log-probs (`RolloutBatch::rollout_log_probs`); a local sampler is unaffected.
+///
+/// ```
+/// use rl_trainer::{RolloutCorrection, TrainerConfig};
+/// let c: TrainerConfig = toml::from_str("[rollout_correction]\ntype = \"off\"").unwrap();
+/// assert_eq!(c.rollout_correction, RolloutCorrection::Off);
+/// let c: TrainerConfig =
+///     toml::from_str("[rollout_correction]\ntype = \"tis\"\nthreshold = 5.0").unwrap();
+/// assert!(matches!(c.rollout_correction, RolloutCorrection::Tis(t) if t.threshold == 5.0));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RolloutCorrection {
+    /// No correction: the PPO ratio alone (old log-probs are still recomputed by the trainer).
+    Off,
+    /// Truncated importance sampling ([`rl_loss::TruncatedIs`]): every policy loss gets
+    /// `min(π_old / π_rollout, threshold)` as `rollout_is_weights` (verl rollout correction,
+    /// oat `tis_c`); metrics `rollout_is/weight_mean`, `rollout_is/truncated_frac`.
+    Tis(rl_loss::TruncatedIs),
+}
+
+impl Default for RolloutCorrection {
+    /// Token-level TIS with threshold 2 (verl `rollout_is_threshold`, oat `tis_c`).
+    fn default() -> Self {
+        Self::Tis(rl_loss::TruncatedIs::default())
+    }
+}
+
 /// Everything a [`crate::Trainer`] needs besides its stages.
 ///
 /// ```
@@ -138,6 +169,9 @@ pub struct TrainerConfig {
     pub accuracy_threshold: f64,
     /// Append one JSON object per step to this file (JSONL).
     pub metrics_path: Option<PathBuf>,
+    /// Rollout/trainer mismatch correction for an external sampler (default: token-level TIS,
+    /// threshold 2; a local sampler never uses it).
+    pub rollout_correction: RolloutCorrection,
 }
 
 impl Default for TrainerConfig {
@@ -162,6 +196,7 @@ impl Default for TrainerConfig {
             max_skipped_updates: 10,
             accuracy_threshold: 0.0,
             metrics_path: None,
+            rollout_correction: RolloutCorrection::default(),
         }
     }
 }
@@ -230,6 +265,14 @@ impl TrainerConfig {
         }
         if !self.accuracy_threshold.is_finite() {
             return Err(TrainerError::config("accuracy_threshold", "must be finite"));
+        }
+        if let RolloutCorrection::Tis(t) = &self.rollout_correction
+            && !(t.threshold > 0.0 && t.threshold.is_finite())
+        {
+            return Err(TrainerError::config(
+                "rollout_correction.threshold",
+                "must be a finite number > 0",
+            ));
         }
         self.actor.validate("actor")?;
         self.critic.validate("critic")

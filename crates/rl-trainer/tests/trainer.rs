@@ -734,3 +734,237 @@ mod recipes {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// External samplers, rollout correction and weight sync
+
+mod external {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use rl_core::{Policy, Sampler, SyncReport, WeightSource, WeightSync};
+    use rl_loss::{IsLevel, PpoLoss, TruncatedIs};
+    use rl_trainer::RolloutCorrection;
+
+    use super::*;
+
+    /// A stand-in inference engine: its own mock model (its own logits), external, recording
+    /// the batches it returns.
+    struct Engine {
+        model: Rc<RefCell<MockPolicy>>,
+        seen: Rc<RefCell<Vec<RolloutBatch>>>,
+    }
+
+    /// Loads the published weights into the engine's model (what a reload does).
+    struct Reload(Rc<RefCell<MockPolicy>>);
+
+    impl WeightSync for Reload {
+        fn publish(
+            &mut self,
+            source: &dyn WeightSource,
+            version: u64,
+        ) -> rl_core::Result<SyncReport> {
+            let w = source.named_weights()?;
+            self.0.borrow().logits().set(&w[0].1)?;
+            Ok(SyncReport { version, ..SyncReport::default() })
+        }
+        fn published_version(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    impl Sampler for Engine {
+        fn sample(
+            &mut self,
+            prompts: &[Prompt],
+            config: &SamplingConfig,
+        ) -> rl_core::Result<RolloutBatch> {
+            let batch = self.model.borrow_mut().generate(prompts, config)?;
+            assert!(batch.rollout_log_probs.is_some(), "the mock fills the sampler's log-probs");
+            self.seen.borrow_mut().push(batch.clone());
+            Ok(batch)
+        }
+
+        fn is_external(&self) -> bool {
+            true
+        }
+    }
+
+    fn engine(logits: &[f32]) -> (Engine, Rc<RefCell<Vec<RolloutBatch>>>) {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let model = Rc::new(RefCell::new(MockPolicy::new(logits, &Device::Cpu).expect("mock")));
+        (Engine { model, seen: seen.clone() }, seen)
+    }
+
+    /// A continuous reward (share of `b` tokens), so group advantages are rarely all zero.
+    fn share_of_b(s: &Sample) -> rl_core::Result<f32> {
+        let n = s.response.chars().count().max(1) as f32;
+        Ok(s.response.chars().filter(|&c| c == 'b').count() as f32 / n)
+    }
+
+    /// GRPO with 2 prompts × 4 responses in two micro-batches, with `sampler` (reloaded after
+    /// every step when `reload`).
+    fn trainer(
+        sampler: Option<Engine>,
+        correction: RolloutCorrection,
+        reload: bool,
+    ) -> R<rl_trainer::GrpoTrainer<MockPolicy>> {
+        let mut b = Trainer::builder(mock(), share_of_b)
+            .estimator(MeanCentered)
+            .policy_loss(PpoLoss::grpo())
+            .config(TrainerConfig { rollout_correction: correction, ..config(4, 0.1) });
+        if let Some(s) = sampler {
+            if reload {
+                b = b.weight_sync(Reload(s.model.clone()), 1);
+            }
+            b = b.sampler(s);
+        }
+        b.build()
+    }
+
+    fn deterministic(m: &Metrics) -> Vec<(String, f64)> {
+        m.iter()
+            .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("perf/"))
+            .filter(|(k, _)| !k.contains("is_weight") && !k.contains("is_truncated"))
+            .filter(|(k, _)| !k.starts_with("rollout_is/") && !k.starts_with("sync/"))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    /// An engine with the policy's own weights, reloaded after every step, reproduces the local
+    /// run (IS weights 1).
+    #[test]
+    fn an_external_sampler_with_the_same_weights_reproduces_the_local_run() -> R {
+        let mut local = trainer(None, RolloutCorrection::default(), false)?;
+        let (e, _) = engine(&[0.0, 0.0, 0.0, 0.0]);
+        let mut remote = trainer(Some(e), RolloutCorrection::default(), true)?;
+        for _ in 0..3 {
+            let a = local.step(&prompts(2))?.metrics;
+            let b = remote.step(&prompts(2))?.metrics;
+            let w = b.get("rollout_is/weight_mean").expect("TIS ran");
+            assert!((w - 1.0).abs() < 1e-5, "{w}");
+            assert_eq!(b.get("rollout_is/truncated_frac"), Some(0.0));
+            assert!(a.get("rollout_is/weight_mean").is_none(), "a local sampler is not corrected");
+            let (a, b) = (deterministic(&a), deterministic(&b));
+            assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
+            for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+                assert_eq!(ka, kb);
+                assert!((va - vb).abs() <= 1e-5 * va.abs().max(1.0), "{ka}: {va} vs {vb}");
+            }
+        }
+        Ok(())
+    }
+
+    /// An engine with other weights: the truncated IS weights are `min(π_old / π_engine, c)`
+    /// token by token, equal to a hand computation, and they change the policy loss.
+    #[test]
+    fn truncated_is_weights_match_a_hand_computation_and_reach_the_loss() -> R {
+        let engine_logits = [0.0f32, 1.0, 0.0, 0.0];
+        let tis = TruncatedIs { level: IsLevel::Token, threshold: 1.2 };
+        let (e, seen) = engine(&engine_logits);
+        let mut t = trainer(Some(e), RolloutCorrection::Tis(tis), false)?;
+        let m = t.step(&prompts(2))?.metrics;
+        // π_old is the (untrained) uniform policy: 1/4 for every token; the engine's softmax.
+        let z: f64 = engine_logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let batch = seen.borrow()[0].clone();
+        let (ids, mask) =
+            (batch.response_ids.to_vec2::<u32>()?, batch.response_mask.to_vec2::<f32>()?);
+        let (mut sum, mut truncated, mut n) = (0.0, 0.0, 0.0);
+        for (row, m) in ids.iter().zip(&mask) {
+            for (&id, &m) in row.iter().zip(m) {
+                if m == 0.0 {
+                    continue;
+                }
+                let raw = 0.25 / (f64::from(engine_logits[id as usize]).exp() / z);
+                sum += raw.min(1.2);
+                truncated += f64::from(u8::from(raw > 1.2));
+                n += 1.0;
+            }
+        }
+        let (want_mean, want_frac) = (sum / n, truncated / n);
+        let got = m.get("rollout_is/weight_mean").expect("TIS metric");
+        assert!((got - want_mean).abs() < 1e-5, "{got} vs {want_mean}");
+        let got = m.get("rollout_is/truncated_frac").expect("TIS metric");
+        assert!((got - want_frac).abs() < 1e-9, "{got} vs {want_frac}");
+        assert!(want_frac > 0.0 && want_frac < 1.0, "both kinds of token were sampled");
+
+        // The same rollout without the correction: another policy loss (the weights reach it).
+        let (e, _) = engine(&engine_logits);
+        let mut off = trainer(Some(e), RolloutCorrection::Off, false)?;
+        let m_off = off.step(&prompts(2))?.metrics;
+        assert!(m_off.get("rollout_is/weight_mean").is_none());
+        let (pg, pg_off) = (m.get("actor/pg_loss").unwrap(), m_off.get("actor/pg_loss").unwrap());
+        assert_eq!(m.get("reward/mean"), m_off.get("reward/mean"), "the same rollout");
+        assert!((pg - pg_off).abs() > 1e-6, "{pg} vs {pg_off}");
+        Ok(())
+    }
+
+    /// Publishes every `sync_every` steps, with the step as version and the updated weights.
+    #[test]
+    fn weights_are_published_every_sync_every_steps() -> R {
+        /// (version, weights) of each publish.
+        type Published = Rc<RefCell<Vec<(u64, Vec<f32>)>>>;
+        #[derive(Default)]
+        struct Recorder(Published);
+        impl WeightSync for Recorder {
+            fn publish(
+                &mut self,
+                source: &dyn WeightSource,
+                version: u64,
+            ) -> rl_core::Result<SyncReport> {
+                let w = source.named_weights()?;
+                assert_eq!(w[0].0, "logits");
+                self.0.borrow_mut().push((version, w[0].1.to_vec1::<f32>()?));
+                Ok(SyncReport { version, bytes: 16, ..SyncReport::default() })
+            }
+            fn published_version(&self) -> Option<u64> {
+                self.0.borrow().last().map(|(v, _)| *v)
+            }
+        }
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let (e, _) = engine(&[0.0, 0.0, 0.0, 0.0]);
+        let mut t = Trainer::builder(mock(), share_of_b)
+            .estimator(MeanCentered)
+            .policy_loss(PpoLoss::grpo())
+            .sampler(e)
+            .weight_sync(Recorder(log.clone()), 2)
+            .config(config(2, 0.1))
+            .build()?;
+        for step in 1..=4u64 {
+            let m = t.step(&prompts(2))?.metrics;
+            let published = m.get("sync/version");
+            assert_eq!(published, (step % 2 == 0).then_some(step as f64), "step {step}");
+            if step % 2 == 0 {
+                assert_eq!(m.get("sync/bytes"), Some(16.0));
+                let (v, w) = log.borrow().last().cloned().expect("published");
+                assert_eq!(v, step);
+                assert_eq!(w, t.policy().logits().to_vec1::<f32>()?, "the updated weights");
+            }
+        }
+        assert_eq!(log.borrow().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![2, 4]);
+        Ok(())
+    }
+
+    /// An external sampler needs the trainer's own old log-probs.
+    #[test]
+    fn an_external_sampler_without_recomputed_old_log_probs_is_refused() {
+        let (e, _) = engine(&[0.0, 0.0, 0.0, 0.0]);
+        let built = Trainer::builder(mock(), share_of_b)
+            .estimator(MeanCentered)
+            .policy_loss(PpoLoss::grpo())
+            .sampler(e)
+            .config(TrainerConfig { recompute_old_log_probs: false, ..config(2, 0.1) })
+            .build();
+        let Err(err) = built else { panic!("built") };
+        assert!(err.to_string().contains("trainer.recompute_old_log_probs"), "{err}");
+        let bad = TrainerConfig {
+            rollout_correction: RolloutCorrection::Tis(TruncatedIs {
+                threshold: 0.0,
+                ..TruncatedIs::default()
+            }),
+            ..TrainerConfig::default()
+        };
+        let err = bad.validate().unwrap_err();
+        assert!(err.to_string().contains("rollout_correction.threshold"), "{err}");
+    }
+}

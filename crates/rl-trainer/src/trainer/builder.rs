@@ -1,11 +1,12 @@
 //! [`TrainerBuilder`]: the stages of a trainer, named one at a time, checked together once.
 
 use rl_core::{
-    AdvantageEstimator, Critic, LossTerm, Policy, PolicyLoss, ReferenceModel, RewardFn, ValueLoss,
+    AdvantageEstimator, Critic, LossTerm, Policy, PolicyLoss, ReferenceModel, RewardFn, Sampler,
+    ValueLoss, WeightSource, WeightSync,
 };
 use rl_loss::{EntropyBonus, KlInReward};
 
-use super::{CriticStage, NoCritic, Trainer, optimizer};
+use super::{CriticStage, NoCritic, SyncFn, Trainer, optimizer};
 use crate::checkpoint::TrainerState;
 use crate::config::TrainerConfig;
 use crate::metrics::MetricsLog;
@@ -24,6 +25,8 @@ pub struct TrainerBuilder<P: Policy, C: Critic = NoCritic> {
     terms: Vec<Box<dyn LossTerm>>,
     kl_in_reward: Option<KlInReward>,
     config: TrainerConfig,
+    sampler: Option<Box<dyn Sampler>>,
+    sync: Option<(SyncFn<P>, usize)>,
 }
 
 impl<P: Policy, C: Critic> std::fmt::Debug for TrainerBuilder<P, C> {
@@ -35,6 +38,8 @@ impl<P: Policy, C: Critic> std::fmt::Debug for TrainerBuilder<P, C> {
             .field("reference", &self.reference.is_some())
             .field("terms", &self.terms.len())
             .field("kl_in_reward", &self.kl_in_reward)
+            .field("sampler", &self.sampler.is_some())
+            .field("weight_sync", &self.sync.is_some())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -52,6 +57,8 @@ impl<P: Policy> TrainerBuilder<P, NoCritic> {
             terms: Vec::new(),
             kl_in_reward: None,
             config: TrainerConfig::default(),
+            sampler: None,
+            sync: None,
         }
     }
 }
@@ -86,6 +93,8 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             terms: self.terms,
             kl_in_reward: self.kl_in_reward,
             config: self.config,
+            sampler: self.sampler,
+            sync: self.sync,
         }
     }
 
@@ -113,6 +122,16 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
         self
     }
 
+    /// Rollouts from `sampler` instead of the policy's own [`Policy::generate`]: an inference
+    /// engine (`rl_rollout::RemoteSampler` for vLLM, SGLang, llama.cpp) or any [`Sampler`]. The
+    /// trainer still recomputes the old log-probs with its own forward; with an external sampler
+    /// the mismatch is corrected by [`TrainerConfig::rollout_correction`] (truncated IS by
+    /// default) and reported as `rollout/log_prob_abs_diff`.
+    pub fn sampler(mut self, sampler: impl Sampler + 'static) -> Self {
+        self.sampler = Some(Box::new(sampler));
+        self
+    }
+
     /// The loop settings (default [`TrainerConfig::default`]).
     pub fn config(mut self, config: TrainerConfig) -> Self {
         self.config = config;
@@ -120,6 +139,9 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
     }
 
     /// Validates the configuration and the stages together and builds the trainer.
+    ///
+    /// With an external [`Sampler`], `recompute_old_log_probs` must be on (the engine's
+    /// log-probs come from other numerics; the PPO ratio needs the trainer's own).
     ///
     /// # Errors
     /// [`TrainerError::Config`] naming the field: an invalid config, a missing estimator or
@@ -137,8 +159,21 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             mut terms,
             kl_in_reward,
             config,
+            sampler,
+            sync,
         } = self;
         config.validate()?;
+        if sync.as_ref().is_some_and(|(_, every)| *every == 0) {
+            return Err(TrainerError::config("trainer.weight_sync.sync_every", "must be >= 1"));
+        }
+        let sync = sync.map(|(f, every)| (f, every as u64));
+        if sampler.as_ref().is_some_and(|s| s.is_external()) && !config.recompute_old_log_probs {
+            return Err(TrainerError::config(
+                "trainer.recompute_old_log_probs",
+                "must be true with an external sampler: the PPO ratio needs the trainer's own \
+                 old log-probs (the engine's are corrected by trainer.rollout_correction)",
+            ));
+        }
         let estimator =
             estimator.ok_or_else(|| TrainerError::config("algorithm.advantage", "not set"))?;
         let policy_loss =
@@ -193,7 +228,24 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             state: TrainerState::default(),
             log,
             on_policy: false,
+            sampler,
+            sync,
         })
+    }
+}
+
+impl<P: Policy + WeightSource + 'static, C: Critic> TrainerBuilder<P, C> {
+    /// Publishes the policy's weights through `sync` every `every` steps (verl and OpenRLHF
+    /// publish after every step: 1; `rl_rollout::WeightSyncConfig::sync_every` in a recipe),
+    /// after the step's update, as version = the step number (so the engine behind the
+    /// [`Sampler`] samples the next rollout from the new weights). Metrics of a publishing step:
+    /// `time/sync_s`, `time/sync_export_s`, `sync/bytes`, `sync/version` and, when the sync
+    /// probes the engine, `sync/probe_log_prob_abs_diff`. A failed publish (including an engine
+    /// that keeps stale weights) fails the step.
+    pub fn weight_sync(mut self, mut sync: impl WeightSync + 'static, every: usize) -> Self {
+        let publish: SyncFn<P> = Box::new(move |policy: &P, version| sync.publish(policy, version));
+        self.sync = Some((publish, every));
+        self
     }
 }
 

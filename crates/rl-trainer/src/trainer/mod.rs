@@ -32,7 +32,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 use rl_core::{
     AdvantageEstimator, Critic, Metrics, Policy, PolicyLoss, Prompt, ReferenceModel, RewardFn,
-    RolloutBatch, ValueLoss,
+    RolloutBatch, Sampler, SyncReport, ValueLoss,
 };
 use rl_loss::KlInReward;
 
@@ -114,7 +114,15 @@ pub struct Trainer<P: Policy, C: Critic = NoCritic> {
     /// This step's batch gets exactly one actor update, whose own forward pass supplies the old
     /// log-probs (see [`TrainerConfig::recompute_old_log_probs`]).
     on_policy: bool,
+    /// Where rollouts come from when not from `policy` (an inference engine).
+    sampler: Option<Box<dyn Sampler>>,
+    /// Publishes the policy's weights to the sampler every `.1` steps
+    /// (`TrainerBuilder::weight_sync`).
+    sync: Option<(SyncFn<P>, u64)>,
 }
+
+/// A weight sync bound to the policy type: publishes `policy`'s weights as `version`.
+pub(super) type SyncFn<P> = Box<dyn FnMut(&P, u64) -> rl_core::Result<SyncReport>>;
 
 impl<P: Policy, C: Critic> std::fmt::Debug for Trainer<P, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +132,8 @@ impl<P: Policy, C: Critic> std::fmt::Debug for Trainer<P, C> {
             .field("reward", &self.reward.name())
             .field("terms", &self.terms.iter().map(|t| t.name().to_string()).collect::<Vec<_>>())
             .field("kl_in_reward", &self.kl_in_reward)
+            .field("sampler", &self.sampler.is_some())
+            .field("weight_sync", &self.sync.is_some())
             .field("state", &self.state)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -270,6 +280,20 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
 
         self.state.step += 1;
         self.state.data = source.position();
+        for (from, to) in [
+            ("actor/is_weight_mean", "rollout_is/weight_mean"),
+            ("actor/is_truncated_frac", "rollout_is/truncated_frac"),
+        ] {
+            if let Some(v) = metrics.get(from) {
+                metrics.insert(to, v);
+            }
+        }
+        if let Some((sync, every)) = &mut self.sync
+            && self.state.step.is_multiple_of(*every)
+        {
+            let report = sync(&self.policy, self.state.step)?;
+            metrics.extend_prefixed("", &report.metrics());
+        }
         metrics.insert("time/step_s", started.elapsed().as_secs_f64());
         if let Some(log) = &mut self.log {
             log.write(self.state.step, &metrics)?;

@@ -1,5 +1,6 @@
-//! Phase 1, **rollout**: generate responses, score them, and (DAPO) keep only the groups whose
-//! rewards differ, generating again until the batch is full.
+//! Phase 1, **rollout**: generate responses (with the policy itself, or with the trainer's
+//! [`Sampler`](rl_core::Sampler), e.g. an inference engine), score them, and (DAPO) keep only the
+//! groups whose rewards differ, generating again until the batch is full.
 
 use std::time::Instant;
 
@@ -34,7 +35,10 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
                 ..self.config.sampling.clone()
             };
             let t = Instant::now();
-            let mut batch = self.policy.generate(&prompts, &cfg)?;
+            let mut batch = match &mut self.sampler {
+                Some(sampler) => sampler.sample(&prompts, &cfg)?,
+                None => self.policy.generate(&prompts, &cfg)?,
+            };
             gen_s += t.elapsed().as_secs_f64();
             batch.validate()?;
             let offset = next_id;

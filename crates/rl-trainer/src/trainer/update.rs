@@ -16,7 +16,7 @@ use rl_core::{
 
 use super::accum::{Accum, UpdateStats, apply};
 use super::{SEED_SHUFFLE, Trainer, masked_abs_diff, scalar, select_rows};
-use crate::{Result, TrainerError};
+use crate::{Result, RolloutCorrection, TrainerError};
 use candle_core::Tensor;
 
 impl<P: Policy, C: Critic> Trainer<P, C> {
@@ -139,10 +139,22 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let lp = self.policy.log_probs(micro, with_entropy)?;
         let current = lp.log_probs.detach();
         let old = if self.on_policy { &current } else { &micro.old_log_probs };
+        // Rollout correction: truncated IS weights π_old / π_sampler of an external sampler.
+        let external = self.sampler.as_ref().is_some_and(|s| s.is_external());
+        let is_weights = match (&self.config.rollout_correction, &micro.rollout_log_probs) {
+            (RolloutCorrection::Tis(tis), Some(rollout)) if external => {
+                Some(tis.weights(old, rollout, &micro.response_mask)?)
+            }
+            _ => None,
+        };
         let mut input = PolicyLossInput::new(&lp.log_probs, old, adv, &micro.response_mask);
         input.group_ids = Some(&micro.group_ids);
         input.counts = Some(counts);
+        input.rollout_is_weights = is_weights.as_ref().map(|(w, _)| w);
         let LossOutput { mut loss, mut metrics } = self.policy_loss.compute(&input)?;
+        if let Some((_, m)) = &is_weights {
+            metrics.extend_prefixed("", m);
+        }
         metrics.insert_with("pg_loss", scalar(&loss)?, Reduce::Sum);
         if self.on_policy {
             // The sampler/trainer mismatch a recompute would have reported.
