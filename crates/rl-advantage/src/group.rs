@@ -214,6 +214,11 @@ impl AdvantageEstimator for BatchStd {
         let den = batch_std(&o.scores, self.std) + self.eps;
         o.finish(|i, r| ratio(r - o.stat(&stats, i).mean, den))
     }
+
+    /// The std is the batch's.
+    fn batch_statistics(&self) -> bool {
+        true
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -280,6 +285,11 @@ impl AdvantageEstimator for ReinforcePlusPlusBaseline {
             None => o.finish(|i, _| s[i]),
         }
     }
+
+    /// Whitened over the batch (unless `whiten` is `None`).
+    fn batch_statistics(&self) -> bool {
+        self.whiten != Whiten::None
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -339,6 +349,11 @@ impl AdvantageEstimator for Gpg {
         let alpha = o.b as f64 / nonzero as f64;
         let stats = group_stats(&o.scores, &o.groups, StdKind::Unbiased, self.singleton);
         o.finish(|i, r| alpha * (r - o.stat(&stats, i).mean))
+    }
+
+    /// `α` counts the non-zero rewards of the whole batch.
+    fn batch_statistics(&self) -> bool {
+        true
     }
 }
 

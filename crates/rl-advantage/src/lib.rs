@@ -269,4 +269,8 @@ impl AdvantageEstimator for Advantage {
     fn requires_values(&self) -> bool {
         self.as_estimator().requires_values()
     }
+
+    fn batch_statistics(&self) -> bool {
+        self.as_estimator().batch_statistics()
+    }
 }

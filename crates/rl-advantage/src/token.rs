@@ -137,6 +137,11 @@ impl AdvantageEstimator for Gae {
     fn requires_values(&self) -> bool {
         true
     }
+
+    /// Whitened over the batch (unless `whiten` is `None`).
+    fn batch_statistics(&self) -> bool {
+        self.whiten != Whiten::None
+    }
 }
 
 /// REINFORCE++ (arXiv 2501.03262; verl `compute_reinforce_plus_plus_outcome_advantage`,
@@ -184,6 +189,11 @@ impl AdvantageEstimator for ReinforcePlusPlus {
             }
             Ok(())
         })
+    }
+
+    /// Whitened over the batch (unless `whiten` is `None`).
+    fn batch_statistics(&self) -> bool {
+        self.whiten != Whiten::None
     }
 }
 

@@ -172,6 +172,15 @@ pub trait AdvantageEstimator {
     fn requires_values(&self) -> bool {
         false
     }
+
+    /// `true` when a row's advantages depend on statistics of the whole batch beyond its own
+    /// group (batch whitening, a batch std, batch-wide counts). Under data parallelism each rank
+    /// holds part of the batch, so a trainer refuses such an estimator there (until the
+    /// statistics are all-reduced). Estimators that normalise over the batch must override this;
+    /// the default is `false` (group-local or row-local).
+    fn batch_statistics(&self) -> bool {
+        false
+    }
 }
 
 // ------------------------------------------------------------------------------------------------

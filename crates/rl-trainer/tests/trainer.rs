@@ -968,3 +968,71 @@ mod external {
         assert!(err.to_string().contains("rollout_correction.threshold"), "{err}");
     }
 }
+
+/// Under more than one rank, what cannot be data-parallel yet is refused at build time.
+#[test]
+fn data_parallel_refuses_batch_statistics_dynamic_sampling_and_kl_in_reward() -> R {
+    use rl_core::dist::{ProcessGroup, ReduceOp};
+
+    /// A group that claims two ranks (build never communicates).
+    #[derive(Debug)]
+    struct TwoRanks;
+    impl ProcessGroup for TwoRanks {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn backend(&self) -> &'static str {
+            "none"
+        }
+        fn all_reduce_sum(&mut self, _: &Tensor) -> rl_core::Result<()> {
+            unreachable!("build does not communicate")
+        }
+        fn broadcast(&mut self, _: &Tensor, _: usize) -> rl_core::Result<()> {
+            unreachable!("build does not communicate")
+        }
+        fn barrier(&mut self) -> rl_core::Result<()> {
+            unreachable!("build does not communicate")
+        }
+        fn all_gather_bytes(&mut self, _: &[u8]) -> rl_core::Result<Vec<Vec<u8>>> {
+            unreachable!("build does not communicate")
+        }
+        fn all_reduce_u64(&mut self, _: &mut [u64], _: ReduceOp) -> rl_core::Result<()> {
+            unreachable!("build does not communicate")
+        }
+        fn all_reduce_f64(&mut self, _: &mut [f64], _: ReduceOp) -> rl_core::Result<()> {
+            unreachable!("build does not communicate")
+        }
+    }
+    let critic = || BiasCritic(Var::new(&[0f32], &Device::Cpu).expect("var"));
+    let whitened = Trainer::builder(mock(), contains_b)
+        .critic(critic(), HalfSquared)
+        .estimator(rl_advantage::Gae::open_reasoner_zero())
+        .policy_loss(PpoClip)
+        .process_group(Box::new(TwoRanks))
+        .config(config(2, 0.1))
+        .build();
+    let Err(err) = whitened else { panic!("whitened GAE under DP") };
+    assert!(err.to_string().contains("algorithm.advantage"), "{err}");
+    // Without whitening, the same PPO builds.
+    Trainer::builder(mock(), contains_b)
+        .critic(critic(), HalfSquared)
+        .estimator(rl_advantage::Gae { whiten: rl_advantage::Whiten::None, ..Default::default() })
+        .policy_loss(PpoClip)
+        .process_group(Box::new(TwoRanks))
+        .config(config(2, 0.1))
+        .build()?;
+    let dynamic =
+        TrainerConfig { dynamic_sampling: Some(DynamicSampling::default()), ..config(2, 0.1) };
+    let built = Trainer::builder(mock(), contains_b)
+        .estimator(MeanCentered)
+        .policy_loss(PpoClip)
+        .process_group(Box::new(TwoRanks))
+        .config(dynamic)
+        .build();
+    let Err(err) = built else { panic!("dynamic sampling under DP") };
+    assert!(err.to_string().contains("trainer.dynamic_sampling"), "{err}");
+    Ok(())
+}

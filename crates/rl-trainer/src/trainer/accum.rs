@@ -4,6 +4,7 @@
 
 use candle_core::Var;
 use candle_core::backprop::GradStore;
+use rl_core::dist::ProcessGroup;
 use rl_core::grad::GradSink;
 use rl_core::{LossOutput, Metrics};
 
@@ -73,20 +74,32 @@ pub(super) struct Update {
     metrics: Metrics,
 }
 
-/// Clips and steps; `None` when the update must be skipped (non-finite loss or norm).
+/// Clips and steps; `None` when the update must be skipped (non-finite loss or norm). Under
+/// data parallelism (`dp`), the skip is decided together, the gradients, the loss and the
+/// metrics are summed / merged over the ranks first.
 pub(super) fn apply(
     acc: &mut Accum,
     optim: &mut AdamW,
     cfg: &OptimizerConfig,
     updates: u64,
+    mut dp: Option<&mut dyn ProcessGroup>,
 ) -> Result<Option<Update>> {
-    if acc.failure.is_some() {
+    let mut failed = acc.failure.is_some();
+    if let Some(pg) = dp.as_deref_mut() {
+        failed = rl_core::dist::any_rank(pg, failed)?;
+    }
+    if failed {
         return Ok(None);
     }
     if let Some(sink) = &acc.sink {
         sink.drain_into(&mut acc.grads).map_err(rl_core::Error::from)?;
     }
     let vars = optim.vars().to_vec();
+    if let Some(pg) = dp {
+        rl_core::dist::all_reduce_grads(pg, &mut acc.grads, &vars, 0)?;
+        acc.loss = super::dist::sum_f64(pg, acc.loss)?;
+        acc.metrics = super::dist::gather_parts(pg, &acc.metrics)?;
+    }
     let report = clip_grad_norm(&mut acc.grads, &vars, cfg.max_grad_norm)?;
     if !report.finite {
         return Ok(None);

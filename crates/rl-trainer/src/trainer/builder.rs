@@ -2,7 +2,7 @@
 
 use rl_core::{
     AdvantageEstimator, Critic, LossTerm, Policy, PolicyLoss, ReferenceModel, RewardFn, Sampler,
-    ValueLoss, WeightSource, WeightSync,
+    ValueLoss, WeightSource, WeightSync, dist::ProcessGroup,
 };
 use rl_loss::{EntropyBonus, KlInReward};
 
@@ -27,6 +27,7 @@ pub struct TrainerBuilder<P: Policy, C: Critic = NoCritic> {
     config: TrainerConfig,
     sampler: Option<Box<dyn Sampler>>,
     sync: Option<(SyncFn<P>, usize)>,
+    dist: Option<Box<dyn ProcessGroup>>,
 }
 
 impl<P: Policy, C: Critic> std::fmt::Debug for TrainerBuilder<P, C> {
@@ -59,6 +60,7 @@ impl<P: Policy> TrainerBuilder<P, NoCritic> {
             config: TrainerConfig::default(),
             sampler: None,
             sync: None,
+            dist: None,
         }
     }
 }
@@ -95,6 +97,7 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             config: self.config,
             sampler: self.sampler,
             sync: self.sync,
+            dist: self.dist,
         }
     }
 
@@ -132,6 +135,24 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
         self
     }
 
+    /// Trains data-parallel over `group`'s ranks (`rl_dist::init()` reads the torchrun / Slurm
+    /// environment): every rank draws the same global prompt batch and keeps a contiguous share
+    /// of whole groups; batch counts are summed over the ranks before the loss normalisation
+    /// and the gradients before clipping and the optimizer step, so every rank takes the
+    /// single-process step on the whole batch (up to summation order); a non-finite loss or
+    /// norm on one rank skips the step on all; metrics are merged over the ranks; only rank 0
+    /// writes the metrics log (save checkpoints from [`Trainer::rank`] 0).
+    ///
+    /// Refused at build time under more than one rank: estimators with batch-wide statistics
+    /// ([`AdvantageEstimator::batch_statistics`], e.g. whitened GAE), dynamic sampling, KL in
+    /// the reward (its adaptive controller reads the batch KL), and a weight sync.
+    /// Local generation uses a seed mixed with the rank's first group, so the responses are
+    /// statistically but not bit-for-bit those of one process.
+    pub fn process_group(mut self, group: Box<dyn ProcessGroup>) -> Self {
+        self.dist = Some(group);
+        self
+    }
+
     /// The loop settings (default [`TrainerConfig::default`]).
     pub fn config(mut self, config: TrainerConfig) -> Self {
         self.config = config;
@@ -161,8 +182,36 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             config,
             sampler,
             sync,
+            dist,
         } = self;
         config.validate()?;
+        if let Some(pg) = dist.as_ref().filter(|pg| pg.world_size() > 1) {
+            let refuse = |field: &str, why: &str| {
+                Err(TrainerError::config(
+                    field,
+                    format!(
+                        "{why}: not supported under data parallelism ({} ranks)",
+                        pg.world_size()
+                    ),
+                ))
+            };
+            if estimator.as_ref().is_some_and(|e| e.batch_statistics()) {
+                return refuse(
+                    "algorithm.advantage",
+                    "the estimator normalises with batch-wide statistics (e.g. whitening: set \
+                     whiten = \"none\")",
+                );
+            }
+            if config.dynamic_sampling.is_some() {
+                return refuse("trainer.dynamic_sampling", "groups are kept per rank");
+            }
+            if kl_in_reward.is_some() {
+                return refuse("algorithm.kl_in_reward", "its controller reads the batch KL");
+            }
+            if sync.is_some() {
+                return refuse("trainer.weight_sync", "publishing from rank 0 only is not built");
+            }
+        }
         if sync.as_ref().is_some_and(|(_, every)| *every == 0) {
             return Err(TrainerError::config("trainer.weight_sync.sync_every", "must be >= 1"));
         }
@@ -213,7 +262,9 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             })
             .transpose()?;
         let actor_optim = optimizer(policy.trainable_vars(), &config.actor, "trainer.actor")?;
-        let log = config.metrics_path.as_ref().map(MetricsLog::append).transpose()?;
+        let rank0 = dist.as_ref().is_none_or(|pg| pg.rank() == 0);
+        let log =
+            config.metrics_path.as_ref().filter(|_| rank0).map(MetricsLog::append).transpose()?;
         Ok(Trainer {
             policy,
             critic,
@@ -230,6 +281,7 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             on_policy: false,
             sampler,
             sync,
+            dist,
         })
     }
 }

@@ -22,6 +22,7 @@
 
 mod accum;
 mod builder;
+mod dist;
 mod prepare;
 mod rollout;
 mod update;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
+use rl_core::dist::ProcessGroup;
 use rl_core::{
     AdvantageEstimator, Critic, Metrics, Policy, PolicyLoss, Prompt, ReferenceModel, RewardFn,
     RolloutBatch, Sampler, SyncReport, ValueLoss,
@@ -119,6 +121,8 @@ pub struct Trainer<P: Policy, C: Critic = NoCritic> {
     /// Publishes the policy's weights to the sampler every `.1` steps
     /// (`TrainerBuilder::weight_sync`).
     sync: Option<(SyncFn<P>, u64)>,
+    /// The data-parallel group (`TrainerBuilder::process_group`); `None`: one process.
+    dist: Option<Box<dyn ProcessGroup>>,
 }
 
 /// A weight sync bound to the policy type: publishes `policy`'s weights as `version`.
@@ -134,6 +138,7 @@ impl<P: Policy, C: Critic> std::fmt::Debug for Trainer<P, C> {
             .field("kl_in_reward", &self.kl_in_reward)
             .field("sampler", &self.sampler.is_some())
             .field("weight_sync", &self.sync.is_some())
+            .field("dist", &self.dist)
             .field("state", &self.state)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -226,6 +231,22 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         builder::check_term(&term, self.reference.is_some())?;
         self.terms.push(Box::new(term));
         Ok(self)
+    }
+
+    /// This process's data-parallel rank (0 without a process group). Rank 0 writes the
+    /// metrics log; callers save checkpoints and evaluate on rank 0 only.
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, |pg| pg.rank())
+    }
+
+    /// Number of data-parallel ranks (1 without a process group).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |pg| pg.world_size())
+    }
+
+    /// The process group when training data-parallel over more than one rank.
+    fn dp(&mut self) -> Option<&mut dyn ProcessGroup> {
+        dist::dp_of(&mut self.dist)
     }
 
     /// The policy being trained.

@@ -23,7 +23,10 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         // One actor update per batch: the policy a recompute would run is the one the update's
         // own forward runs, so its detached log-probs are the old ones (ratio exactly 1) and the
         // extra forward pass is skipped, as TRL does when generation and optimizer steps align.
-        let groups = Groups::new(&batch.group_ids)?.len();
+        let mut groups = Groups::new(&batch.group_ids)?.len();
+        if let Some(pg) = self.dp() {
+            groups = super::dist::sum_u64(pg, groups as u64)? as usize;
+        }
         self.on_policy = self.config.recompute_old_log_probs
             && self.config.ppo_epochs == 1
             && self.config.mini_batch_groups.is_none_or(|g| g >= groups);

@@ -27,13 +27,27 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let (mut kept, mut kept_scores, mut kept_groups) = (Vec::new(), Vec::new(), 0usize);
         let (mut all_samples, mut all_scores) = (Vec::new(), Vec::new());
         let (mut gen_s, mut score_s, mut next_id, mut used_rounds) = (0.0, 0.0, 0usize, 0usize);
+        // Data parallel: every rank draws the same global prompts and keeps its share of whole
+        // groups, whose group ids stay the global ones (dynamic sampling is refused under DP).
+        let (rank, world) = (self.rank(), self.world_size());
+        let mine = super::dist::share(groups, rank, world);
+        if world > 1 && mine.is_empty() {
+            return Err(TrainerError::config(
+                "trainer.dist",
+                format!("{groups} prompt groups per step cannot be shared by {world} ranks"),
+            ));
+        }
         for round in 0..rounds {
             used_rounds = round + 1;
-            let prompts = source.next_prompts(groups)?;
-            let cfg = SamplingConfig {
-                seed: mix_seed(self.config.seed, &[SEED_GENERATE, self.state.step, round as u64]),
-                ..self.config.sampling.clone()
-            };
+            let mut prompts = source.next_prompts(groups)?;
+            let mut seed =
+                mix_seed(self.config.seed, &[SEED_GENERATE, self.state.step, round as u64]);
+            if world > 1 {
+                prompts = prompts.get(mine.clone()).map(<[_]>::to_vec).unwrap_or_default();
+                next_id = mine.start;
+                seed = mix_seed(seed, &[mine.start as u64]);
+            }
+            let cfg = SamplingConfig { seed, ..self.config.sampling.clone() };
             let t = Instant::now();
             let mut batch = match &mut self.sampler {
                 Some(sampler) => sampler.sample(&prompts, &cfg)?,
@@ -77,6 +91,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             if kept_groups == groups {
                 break;
             }
+        }
+        if let Some(pg) = self.dp() {
+            (all_samples, all_scores) = super::dist::gather_rollout(pg, &all_samples, &all_scores)?;
         }
         metrics.extend_prefixed(
             "",

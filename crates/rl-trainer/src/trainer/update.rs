@@ -29,24 +29,45 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         metrics: &mut Metrics,
     ) -> Result<()> {
         let groups = Groups::new(&batch.group_ids)?;
-        let per_mini = self.config.mini_batch_groups.unwrap_or(groups.len()).min(groups.len());
+        // Mini-batches are cut from one order of the global groups. In one process that is the
+        // batch's groups by index; under data parallelism, the global group ids (this rank keeps
+        // a share of them), so every rank takes the same mini-batches and optimizer steps.
+        let (total, local): (usize, std::collections::HashMap<usize, usize>) = match self.dp() {
+            Some(pg) => {
+                let total = super::dist::sum_u64(pg, groups.len() as u64)? as usize;
+                (total, (0..groups.len()).map(|g| (groups.id(g), g)).collect())
+            }
+            None => (groups.len(), (0..groups.len()).map(|g| (g, g)).collect()),
+        };
+        let per_mini = self.config.mini_batch_groups.unwrap_or(total).min(total).max(1);
         let actor_frozen =
             self.critic.is_some() && self.state.step < self.config.critic_warmup_steps as u64;
         let mut acc = UpdateStats::default();
         for epoch in 0..self.config.ppo_epochs {
-            let mut order: Vec<usize> = (0..groups.len()).collect();
+            let mut order: Vec<usize> = (0..total).collect();
             if self.config.shuffle {
                 let seed =
                     mix_seed(self.config.seed, &[SEED_SHUFFLE, self.state.step, epoch as u64]);
                 order.shuffle(&mut StdRng::seed_from_u64(seed));
             }
             for chunk in order.chunks(per_mini) {
-                let rows: Vec<usize> =
-                    chunk.iter().flat_map(|&g| groups.rows(g).iter().copied()).collect();
-                let mini = batch.select(&rows)?;
-                let mini_adv = select_rows(adv, &rows)?;
-                let mini_ret = select_rows(returns, &rows)?;
-                self.update_mini_batch(&mini, &mini_adv, &mini_ret, actor_frozen, &mut acc)?;
+                let rows: Vec<usize> = chunk
+                    .iter()
+                    .filter_map(|k| local.get(k))
+                    .flat_map(|&g| groups.rows(g).iter().copied())
+                    .collect();
+                // Under DP a rank may hold none of a mini-batch's groups: it still takes part in
+                // the collectives and the optimizer step, with no loss terms of its own.
+                let part = if rows.is_empty() {
+                    None
+                } else {
+                    Some((
+                        batch.select(&rows)?,
+                        select_rows(adv, &rows)?,
+                        select_rows(returns, &rows)?,
+                    ))
+                };
+                self.update_mini_batch(part.as_ref(), actor_frozen, &mut acc)?;
             }
         }
         acc.write(metrics, actor_frozen, self.critic.is_some());
@@ -54,16 +75,26 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         Ok(())
     }
 
-    /// One optimizer step per model over the micro-batches of one mini-batch.
+    /// One optimizer step per model over the micro-batches of one mini-batch (this rank's part
+    /// of it: `(rows, advantages, returns)`, `None` when it has none).
     fn update_mini_batch(
         &mut self,
-        mini: &RolloutBatch,
-        adv: &Tensor,
-        returns: &Tensor,
+        part: Option<&(RolloutBatch, Tensor, Tensor)>,
         actor_frozen: bool,
         acc: &mut UpdateStats,
     ) -> Result<()> {
-        let counts = GlobalCounts::from_batch(&mini.response_mask, &mini.group_ids)?;
+        let mut counts = match part {
+            Some((mini, _, _)) => GlobalCounts::from_batch(&mini.response_mask, &mini.group_ids)?,
+            None => GlobalCounts {
+                tokens: Some(0.0),
+                sequences: Some(0.0),
+                groups: Some(0.0),
+                group_tokens: Some(Default::default()),
+            },
+        };
+        if let Some(pg) = self.dp() {
+            rl_core::dist::all_reduce_counts(pg, &mut counts)?;
+        }
         let actor_vars = self.actor_optim.vars().to_vec();
         let critic_vars = self.critic.as_ref().map(|c| c.optim.vars().to_vec()).unwrap_or_default();
         // In-place accumulation needs each weight's gradients to belong to one optimizer.
@@ -72,8 +103,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let mut actor = Accum::new(!actor_frozen, disjoint.then_some(&actor_vars[..]))?;
         let mut critic = Accum::new(self.critic.is_some(), disjoint.then_some(&critic_vars[..]))?;
         let t = Instant::now();
-        let n = mini.len();
+        let n = part.map_or(0, |(mini, _, _)| mini.len());
         for start in (0..n).step_by(self.config.micro_batch_size) {
+            let Some((mini, adv, returns)) = part else { break };
             let idx: Vec<usize> = (start..(start + self.config.micro_batch_size).min(n)).collect();
             let micro = mini.select(&idx)?;
             let micro_adv = select_rows(adv, &idx)?;
@@ -105,8 +137,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let t = Instant::now();
         if actor.enabled {
             let cfg = self.config.actor.clone();
+            let dp = super::dist::dp_of(&mut self.dist);
             if let Some(update) =
-                apply(&mut actor, &mut self.actor_optim, &cfg, self.state.actor_updates)?
+                apply(&mut actor, &mut self.actor_optim, &cfg, self.state.actor_updates, dp)?
             {
                 self.state.actor_updates += 1;
                 acc.actor.push(update);
@@ -116,7 +149,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         if let (true, Some(c)) = (critic.enabled, self.critic.as_mut()) {
             let cfg = self.config.critic.clone();
-            if let Some(update) = apply(&mut critic, &mut c.optim, &cfg, self.state.critic_updates)?
+            let dp = super::dist::dp_of(&mut self.dist);
+            if let Some(update) =
+                apply(&mut critic, &mut c.optim, &cfg, self.state.critic_updates, dp)?
             {
                 self.state.critic_updates += 1;
                 acc.critic.push(update);
