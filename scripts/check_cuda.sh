@@ -9,7 +9,7 @@
 # priority. rl-policy's build script compiles its own kernels (kernels/ops.cu) to PTX with the same
 # nvcc, so this also compiles every rl-policy CUDA kernel; the unit test that runs them against the
 # CPU kernels (`ops::tests::cuda_kernels_match_cpu_kernels`) is type-checked, not run.
-# See docs/policy-tokenizer.md and /work/shared/notes/candle.md section 5. Only `check` works
+# See docs/policy-tokenizer.md and docs/sources.md. Only `check` works
 # without a GPU driver: linking a binary needs libcuda.so, which is not on PyPI.
 #
 # Usage: bash scripts/check_cuda.sh [extra cargo args]

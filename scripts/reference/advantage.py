@@ -2,7 +2,7 @@
 """PyTorch reference for `crates/rl-advantage`: transcriptions (from the formulas, not copied) of the
 advantage estimators of verl, TRL, oat, OpenRLHF and Open-Reasoner-Zero.
 
-Citations are `repo:path Lnnn` at the snapshots listed in `shared/notes/algorithms.md`
+Citations are `repo:path Lnnn` at the snapshots listed in `docs/sources.md`
 (verl b178a3cd56f5, trl f2cd57710ae3, oat c1a074c320ff, orz 3fdd9a07b4fb, orlhf 3c3be6234e0c).
 `CA` = verl:verl/trainer/ppo/core_algos.py, `TF` = verl:verl/utils/torch_functional.py.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch transcription of the rl-loss losses, for golden values, gradients and benchmarks.
 
-Re-implemented from the formulas (not copied) of, at the snapshots of shared/notes/algorithms.md:
+Re-implemented from the formulas (not copied) of, at the snapshots of docs/sources.md:
   verl   verl/trainer/ppo/core_algos.py (CA):  agg_loss L1025-1081, vanilla L1160-1250,
          gspo L1254-1326, sapo L1330-1411, gpg L1415-1447, clip_cov L1451-1552,
          kl_cov L1556-1632, geo_mean L1636-1718, cispo L1722-1779, value loss L1799-1838,

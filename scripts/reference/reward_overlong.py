@@ -2,7 +2,7 @@
 
 Transcribed from the formulas (no code copied):
 * DAPO overlong reward shaping, verl `verl/workers/reward_manager/dapo.py` L116-122
-  (see /work/shared/notes/algorithms.md): expected = max_resp_len - buffer_len;
+  (see docs/sources.md): expected = max_resp_len - buffer_len;
   r += min(-(L - expected) / buffer_len * penalty_factor, 0).
 * Open-Reasoner-Zero outcome reward, `orz_7b_ppo.py` L236-243: 1 if correct and
   stop_reason == "stop" else 0.

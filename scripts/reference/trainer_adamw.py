@@ -1,11 +1,11 @@
 """Golden values for rl-trainer's AdamW, gradient clipping and cosine-with-min-lr schedule.
 
-Run: /work/main/scripts/.venv/bin/python scripts/reference/trainer_adamw.py
+Run: scripts/.venv/bin/python scripts/reference/trainer_adamw.py (from the repository root)
 Writes crates/rl-trainer/tests/fixtures/adamw.json.
 
 * AdamW: torch.optim.AdamW (decoupled weight decay, bias correction), the optimizer verl
   (YAML L8-80: lr, betas (0.9, 0.999), weight_decay 0.01) and OpenRLHF/ORZ/oat (betas (0.9, 0.95))
-  use (see /work/shared/notes/algorithms.md sections 2.3, 4, 5, 6).
+  use (snapshots in docs/sources.md).
 * Clipping: torch.nn.utils.clip_grad_norm_ (max_norm 1.0 in verl `grad_clip`, ORZ/oat/OpenRLHF
   `max_norm`); the total norm is returned before clipping.
 * Schedule: transformers.get_cosine_with_min_lr_schedule_with_warmup, which OpenRLHF/oat select

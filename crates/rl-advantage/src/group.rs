@@ -2,7 +2,7 @@
 //! broadcast over the valid tokens of the response (`adv_it = a_i · M_it`, exactly 0 on padding).
 //!
 //! Sources are `verl/trainer/ppo/core_algos.py` (`CA`) at verl `b178a3cd56f5`, TRL's
-//! `grpo_trainer.py` and oat's `ppo.py`; line numbers as in `shared/notes/algorithms.md`.
+//! `grpo_trainer.py` and oat's `ppo.py`; line numbers as in `docs/sources.md`.
 //! Every estimator returns `returns == advantages`, as verl's outcome estimators do.
 
 use rl_core::{AdvantageEstimator, AdvantageInput, Advantages, Device, Error, Groups, Result};

@@ -1,6 +1,6 @@
 //! Trainer configuration: plain serde structs with `Default`, `deny_unknown_fields` (a typo fails
 //! at parse time naming the field) and named presets whose values cite their source
-//! (`/work/shared/notes/algorithms.md` holds the citations to the frameworks' files and lines).
+//! (`docs/sources.md` holds the citations to the frameworks' files and lines).
 
 use std::path::{Path, PathBuf};
 
