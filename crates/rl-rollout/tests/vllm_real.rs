@@ -9,6 +9,9 @@
 //! * `vllm_plain_reload_keeps_a_stale_tied_head`: without the extension, vLLM 0.32.0's own
 //!   `reload_weights` leaves the tied `lm_head` stale; rl-zero's post-publish probe must catch it.
 //!
+//! * `vllm_drives_dr_grpo_on_smollm2_like_the_local_sampler`: the real trainer with its rollouts
+//!   from vLLM and a publish after every step, next to the local sampler (step-time split).
+//!
 //! The server is always killed (its whole process group) when a test ends.
 
 mod common;
@@ -234,4 +237,84 @@ fn vllm_plain_reload_keeps_a_stale_tied_head() {
     let e = e.downcast_ref::<RolloutError>().unwrap_or_else(|| panic!("{e}"));
     eprintln!("vLLM's own reload_weights with a tied head: {e}");
     assert!(matches!(e, RolloutError::ProbeMismatch { .. }), "{e}");
+}
+
+/// Dr. GRPO on SmolLM2 through the real trainer, rollouts from vLLM with a weight publish after
+/// every step, next to the same steps with the local sampler: the engine/trainer mismatch stays
+/// at f32 noise on every step (the engine samples from the published weights) and the step-time
+/// split of both is printed (docs/benchmarks.md).
+#[test]
+fn vllm_drives_dr_grpo_on_smollm2_like_the_local_sampler() {
+    if !enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("smollm2-hf");
+    let (policy, tok) = smollm2(&model_dir);
+    let server = start(&model_dir, tmp.path(), true);
+    let sampler = RemoteSampler::connect(
+        Engine::Vllm,
+        engine_cfg(&server.url),
+        std::sync::Arc::new(tok.clone()),
+        Some(&policy),
+    )
+    .unwrap()
+    .with_pad_id(policy.pad_id());
+    let sync = sampler.disk_sync(DiskSyncConfig::new(tmp.path().join("sync"))).unwrap();
+    let prompts: Vec<Prompt> = [(12, 30), (7, 58), (41, 41), (23, 19)]
+        .iter()
+        .map(|(a, b)| {
+            let q = format!("What is {a} + {b}? Answer with the number only.");
+            Prompt::new(
+                format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"),
+                (a + b).to_string(),
+            )
+        })
+        .collect();
+    let reward = |s: &rl_core::Sample| -> rl_core::Result<f32> {
+        Ok(f32::from(u8::from(s.answer.as_deref().is_some_and(|a| s.response.contains(a)))))
+    };
+    let config = rl_trainer::TrainerConfig {
+        sampling: SamplingConfig { n: 4, max_new_tokens: 24, ..SamplingConfig::default() },
+        micro_batch_size: 8,
+        actor: rl_trainer::OptimizerConfig { lr: 1e-5, ..Default::default() },
+        ..Default::default()
+    };
+    let build = |p: LmPolicy| {
+        rl_trainer::Trainer::builder(p.with_tokenizer(tok.clone()), reward)
+            .estimator(rl_advantage::DrGrpo::default())
+            .policy_loss(rl_loss::PpoLoss::dr_grpo(24))
+            .config(config.clone())
+    };
+    let split = |m: &rl_core::Metrics| {
+        let g = |k: &str| m.get(k).unwrap_or(0.0);
+        format!(
+            "generate {:.1} s, prepare {:.1} s, train {:.1} s, optimizer {:.1} s, sync {:.1} s; \
+             mismatch {:.2e}, IS weight mean {:.4}",
+            g("time/generate_s"),
+            g("time/prepare_s"),
+            g("time/train_s"),
+            g("time/optimizer_s"),
+            g("time/sync_s"),
+            g("rollout/log_prob_abs_diff"),
+            m.get("rollout_is/weight_mean").unwrap_or(f64::NAN),
+        )
+    };
+    let mut remote = build(policy).sampler(sampler).weight_sync(sync, 1).build().unwrap();
+    for step in 1..=2u64 {
+        let m = remote.step(&prompts).unwrap().metrics;
+        eprintln!("vLLM  step {step}: {}", split(&m));
+        let mismatch = m.get("rollout/log_prob_abs_diff").unwrap();
+        assert!(mismatch < 1e-3, "step {step}: engine/trainer mismatch {mismatch}");
+        assert_eq!(m.get("sync/version"), Some(step as f64));
+        assert!(m.get("sync/probe_log_prob_abs_diff").unwrap() < 2e-3);
+    }
+    drop(remote);
+    let gguf = rl_policy::testing_assets::smollm2_gguf().unwrap();
+    let local_policy = LmPolicy::from_gguf(&gguf, DType::F32, &Device::Cpu).unwrap();
+    let mut local = build(local_policy).build().unwrap();
+    for step in 1..=2u64 {
+        let m = local.step(&prompts).unwrap().metrics;
+        eprintln!("local step {step}: {}", split(&m));
+    }
 }
