@@ -289,3 +289,31 @@ fn score_accepts_openai_and_vllm_finish_reasons() {
         assert!(err.contains("line 1") && err.contains(msg), "{err}");
     }
 }
+
+#[test]
+fn errors_are_typed_and_print_without_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    // The library returns the refusal as a `RunError` a caller can match on.
+    std::fs::write(dir.path().join("metrics.jsonl"), "{}\n").unwrap();
+    let mut file = rl_zero::run::RunFile::default();
+    file.run.out = dir.path().to_path_buf();
+    let err = rl_zero::run::train(&file, false, &mut |_| {}).unwrap_err();
+    match err.downcast_ref::<rl_zero::run::RunError>() {
+        Some(rl_zero::run::RunError::OutDirNotEmpty { dir: d, entries, resumable: true }) => {
+            assert_eq!(
+                (d.as_path(), entries.as_slice()),
+                (dir.path(), &["metrics.jsonl".into()][..])
+            );
+        }
+        other => panic!("{other:?}: {err:#}"),
+    }
+    // `RUST_BACKTRACE=1` (set globally in many environments) adds no backtrace to a user error.
+    let o = Command::new(env!("CARGO_BIN_EXE_rl-zero"))
+        .args(["train", "--config", "/nonexistent/run.toml"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cannot read /nonexistent/run.toml"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+}
