@@ -775,7 +775,9 @@ pub fn train_with(
         Ok(())
     };
     let save = |t: &dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<PathBuf> {
-        let dir = t.save_checkpoint(&root)?;
+        let dir = t
+            .save_checkpoint(&root)
+            .with_context(|| format!("saving a checkpoint under {}", root.display()))?;
         if let Some(keep) = run.keep_last {
             for old in checkpoint::prune(&root, keep)? {
                 log(&format!("keep_last = {keep}: deleted {}", old.display()));

@@ -317,3 +317,16 @@ fn errors_are_typed_and_print_without_a_backtrace() {
     assert!(!o.status.success() && err.contains("cannot read /nonexistent/run.toml"), "{err}");
     assert!(!err.to_lowercase().contains("backtrace"), "{err}");
 }
+
+#[test]
+fn a_failed_checkpoint_save_names_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_file(dir.path(), "r.toml", "dr_grpo", "", "1e-4");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // `checkpoints` is a file: the save at the end of the run cannot create its directory.
+    std::fs::write(out.join("checkpoints"), "").unwrap();
+    let err = fails(&rlz(&["train", "--config", s(&cfg), "--out", s(&out), "--resume"]));
+    let root = out.join("checkpoints");
+    assert!(err.contains(&format!("saving a checkpoint under {}", root.display())), "{err}");
+}
