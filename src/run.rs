@@ -29,6 +29,7 @@ use rl_trainer::{
     AlgorithmConfig, EvalReport, PromptDataset, Recipe, TrainStep, TrainerConfig, checkpoint,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The workspace root (holds `assets/tiny-arith`).
 pub fn workspace_root() -> PathBuf {
@@ -38,6 +39,88 @@ pub fn workspace_root() -> PathBuf {
 /// Directory of the embedded tiny arithmetic model.
 pub fn tiny_model_dir() -> PathBuf {
     workspace_root().join("assets/tiny-arith")
+}
+
+/// The run driver's refusals, typed so that callers can match on them (other failures are
+/// [`anyhow::Error`]s carrying their cause and the file they concern).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A fresh run into an output directory that already holds files: another run's metrics,
+    /// checkpoints and curves would be mixed with this one's.
+    #[error(
+        "output directory {} is not empty (holds {}): {}",
+        dir.display(),
+        entries.join(", "),
+        if *resumable {
+            "pass --resume to continue its run, or --overwrite to delete its run files \
+             (run.toml, metrics.jsonl, curves.svg, checkpoints/) and start again"
+        } else {
+            "pass --overwrite to delete its run files (metrics.jsonl, curves.svg, checkpoints/) \
+             and start again, or choose another --out"
+        }
+    )]
+    OutDirNotEmpty {
+        /// The output directory.
+        dir: PathBuf,
+        /// What it holds (names of its entries, at most 8).
+        entries: Vec<String>,
+        /// Whether the caller can resume (the `rl-zero train` CLI) or only overwrite.
+        resumable: bool,
+    },
+    /// A resume with a run file that differs from the run's saved `run.toml`.
+    #[error(
+        "--resume with a run file that differs from {}: {}; resume with the saved run file, or \
+         pass --allow-config-change to continue with the new settings",
+        saved.display(),
+        changes.join("; ")
+    )]
+    ConfigChanged {
+        /// The run's saved `run.toml`.
+        saved: PathBuf,
+        /// One `field.path: old -> new` entry per differing setting.
+        changes: Vec<String>,
+    },
+    /// A model named by a local path that does not exist (and that is not shaped like a
+    /// Hugging Face Hub id `owner/name`).
+    #[error(
+        "model {}: no such file or directory (a Hugging Face Hub id has the form `owner/name`)",
+        path.display()
+    )]
+    ModelNotFound {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// A checkpoint that this run file cannot continue.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+}
+
+/// `true` when `s` has the shape of a Hugging Face Hub repo id `owner/name`: two non-empty
+/// parts of ASCII letters, digits, `-`, `_` and `.`, neither starting with `.` or `-`, and not
+/// a `.gguf` file name.
+///
+/// ```
+/// use rl_zero::run::is_hub_id;
+/// assert!(is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct"));
+/// assert!(!is_hub_id("./x") && !is_hub_id("/nonexistent/dir") && !is_hub_id("../a/b"));
+/// assert!(!is_hub_id("gpt2") && !is_hub_id("owner/model.gguf"));
+/// ```
+pub fn is_hub_id(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with(['.', '-'])
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match s.split_once('/') {
+        Some((owner, name)) => part(owner) && part(name) && !s.ends_with(".gguf"),
+        None => false,
+    }
 }
 
 /// Sets up the process for a run with [`rl_policy::runtime::init`] (allocator, thread pool with
@@ -69,40 +152,54 @@ pub struct Loaded {
     pub tiny: bool,
 }
 
-/// Loads `model` in f32 on the CPU: `None` is the embedded tiny model, then a `.gguf` file, a
-/// Hugging Face directory, or a Hub repo id at `revision`.
+/// Loads `model` in f32 on the CPU: `None` is the embedded tiny model, then an existing `.gguf`
+/// file or Hugging Face directory, or (only when no such path exists and the string is shaped
+/// `owner/name`, [`is_hub_id`]) a Hub repo id at `revision`.
+///
+/// Errors: [`RunError::ModelNotFound`] naming the path for any other string that is not an
+/// existing path (`/nonexistent/dir`, `./x`, `x.gguf`): a local path never becomes a Hub
+/// request; an existing file that is not `.gguf`; the loaders' errors.
 pub fn load_model(model: Option<&str>, revision: &str) -> Result<Loaded> {
     let dev = Device::Cpu;
-    match model {
-        None => {
-            let dir = tiny_model_dir();
-            Ok(Loaded {
-                model: LanguageModel::from_hf_dir(&dir, DType::F32, &dev)
-                    .with_context(|| format!("loading {}", dir.display()))?,
-                tokenizer: Tokenizer::from_hf_dir(&dir)?,
-                tiny: true,
-            })
-        }
-        Some(m) if m.ends_with(".gguf") => {
-            let path = Path::new(m);
-            Ok(Loaded {
-                model: LanguageModel::from_gguf(path, DType::F32, &dev)
-                    .with_context(|| format!("loading {m}"))?,
-                tokenizer: Tokenizer::from_gguf_file(path)?,
-                tiny: false,
-            })
-        }
-        Some(m) if Path::new(m).is_dir() => Ok(Loaded {
-            model: LanguageModel::from_hf_dir(Path::new(m), DType::F32, &dev)
+    let Some(m) = model else {
+        let dir = tiny_model_dir();
+        return Ok(Loaded {
+            model: LanguageModel::from_hf_dir(&dir, DType::F32, &dev)
+                .with_context(|| format!("loading {}", dir.display()))?,
+            tokenizer: Tokenizer::from_hf_dir(&dir)?,
+            tiny: true,
+        });
+    };
+    let path = Path::new(m);
+    if path.is_dir() {
+        return Ok(Loaded {
+            model: LanguageModel::from_hf_dir(path, DType::F32, &dev)
                 .with_context(|| format!("loading {m}"))?,
             tokenizer: Tokenizer::from_hf_dir(m)?,
             tiny: false,
-        }),
-        Some(m) => {
-            let (model, dir) = LanguageModel::from_hub(m, revision, DType::F32, &dev)?;
-            Ok(Loaded { model, tokenizer: Tokenizer::from_hf_dir(&dir)?, tiny: false })
-        }
+        });
     }
+    if path.is_file() {
+        if !m.ends_with(".gguf") {
+            bail!(
+                "model {m}: a file that is not `.gguf` (give a .gguf file, a Hugging Face directory or a Hub id)"
+            );
+        }
+        return Ok(Loaded {
+            model: LanguageModel::from_gguf(path, DType::F32, &dev)
+                .with_context(|| format!("loading {m}"))?,
+            tokenizer: Tokenizer::from_gguf_file(path)?,
+            tiny: false,
+        });
+    }
+    if !is_hub_id(m) {
+        return Err(RunError::ModelNotFound { path: path.to_path_buf() }.into());
+    }
+    let (model, dir) =
+        LanguageModel::from_hub(m, revision, DType::F32, &dev).with_context(|| {
+            format!("model {m}: not a local path; loading it as a Hugging Face Hub id")
+        })?;
+    Ok(Loaded { model, tokenizer: Tokenizer::from_hf_dir(&dir)?, tiny: false })
 }
 
 /// The policy directory of a checkpoint: `dir` itself when it holds `config.json`, else
@@ -238,6 +335,11 @@ pub struct RunSettings {
     pub eval_every: usize,
     /// Save a checkpoint every this many steps (0: only at the end).
     pub save_every: usize,
+    /// Keep only the newest this many `checkpoints/step-NNNNNN` directories: older ones are
+    /// deleted after each successful save (never the one `checkpoints/latest` names). Absent
+    /// (the default): keep every checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<usize>,
     /// Output directory: `metrics.jsonl`, `run.toml`, `checkpoints/step-NNNNNN`.
     pub out: PathBuf,
 }
@@ -256,10 +358,15 @@ impl Default for RunSettings {
             eval_prompts: 200,
             eval_every: 10,
             save_every: 0,
+            keep_last: None,
             out: PathBuf::from("runs/cli"),
         }
     }
 }
+
+/// Upper bound on `run.prompts_per_step × trainer.sampling.n` (responses sampled per step),
+/// checked by [`RunFile::validate`] so that a typo cannot ask for an unbounded batch.
+pub const MAX_RESPONSES_PER_STEP: usize = 1 << 20;
 
 /// A run file: a [`Recipe`] plus the `[run]` table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -316,6 +423,18 @@ impl RunFile {
             if v == 0 {
                 bail!("{name}: must be > 0");
             }
+        }
+        let responses = r.prompts_per_step.saturating_mul(self.trainer.sampling.n);
+        if responses > MAX_RESPONSES_PER_STEP {
+            bail!(
+                "run.prompts_per_step × trainer.sampling.n = {} × {} = {responses} responses per \
+                 step: at most {MAX_RESPONSES_PER_STEP}",
+                r.prompts_per_step,
+                self.trainer.sampling.n
+            );
+        }
+        if r.keep_last == Some(0) {
+            bail!("run.keep_last: must be >= 1 (leave it out to keep every checkpoint)");
         }
         Ok(())
     }
@@ -376,56 +495,274 @@ pub struct TrainOutcome {
     pub curves: Option<PathBuf>,
 }
 
+/// How [`train_with`] treats an output directory that already holds a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrainOptions {
+    /// Continue from the latest checkpoint under `run.out/checkpoints` (the run file must equal
+    /// the saved `run.toml`, up to the fields [`config_changes`] ignores).
+    pub resume: bool,
+    /// Delete the run files in `run.out` ([`clear_run_files`]) and start again; other files in
+    /// the directory are kept.
+    pub overwrite: bool,
+    /// With `resume`: accept a run file that differs from the saved `run.toml` (each change
+    /// is logged, and `run.toml` is rewritten).
+    pub allow_config_change: bool,
+}
+
+/// Settings that may change between a run and its resumption: they do not change what a step
+/// computes (`run.steps` is the total to reach, `run.out` where the run lives).
+const RESUMABLE_CHANGES: [&str; 5] =
+    ["run.steps", "run.out", "run.eval_every", "run.save_every", "run.keep_last"];
+
+/// The settings in which `new` differs from `old`, one `field.path: old -> new` entry per
+/// differing value (values as JSON, `absent` for an unset one), comparing the parsed files, not
+/// their text. `run.steps`, `run.out`, `run.eval_every`, `run.save_every` and `run.keep_last`
+/// are not compared.
+///
+/// ```
+/// use rl_zero::run::{RunFile, config_changes};
+/// let old = RunFile::from_toml("[trainer.actor]\nlr = 1e-4")?;
+/// let new = RunFile::from_toml("[run]\nsteps = 99\n[trainer.actor]\nlr = 1e-2")?;
+/// assert_eq!(config_changes(&old, &new)?, ["trainer.actor.lr: 0.0001 -> 0.01"]);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn config_changes(old: &RunFile, new: &RunFile) -> Result<Vec<String>> {
+    fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+        if RESUMABLE_CHANGES.contains(&path) || old == new {
+            return;
+        }
+        if let (Some(Value::Object(o)), Some(Value::Object(n))) = (old, new) {
+            let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+            for k in keys {
+                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                walk(&sub, o.get(k), n.get(k), out);
+            }
+            return;
+        }
+        let show = |v: Option<&Value>| match v {
+            None | Some(Value::Null) => "absent".to_string(),
+            Some(v) => v.to_string(),
+        };
+        if show(old) != show(new) {
+            out.push(format!("{path}: {} -> {}", show(old), show(new)));
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(&serde_json::to_value(old)?), Some(&serde_json::to_value(new)?), &mut out);
+    Ok(out)
+}
+
+/// The run files a training run writes into its output directory `dir`: `run.toml`, the metrics
+/// file (`metrics`, default `dir/metrics.jsonl`), `curves.svg` next to it and `checkpoints/`.
+pub fn run_files(dir: &Path, metrics: Option<&Path>) -> Vec<PathBuf> {
+    let metrics = metrics.map_or_else(|| dir.join("metrics.jsonl"), Path::to_path_buf);
+    let curves = rl_trainer::plot::curves_path(&metrics);
+    vec![dir.join("run.toml"), metrics, curves, dir.join("checkpoints")]
+}
+
+/// Refuses a fresh run into `dir` when it is a non-empty directory, or when the metrics file
+/// `metrics` (which would be appended to) already holds data: [`RunError::OutDirNotEmpty`]
+/// (`resumable` picks the advice: `--resume` or `--overwrite`). A missing or empty `dir` is fine.
+pub fn check_out_dir(dir: &Path, metrics: Option<&Path>, resumable: bool) -> Result<()> {
+    let mut entries = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+                entries.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    }
+    if let Some(m) = metrics.filter(|m| !m.starts_with(dir))
+        && std::fs::metadata(m).is_ok_and(|md| md.len() > 0)
+    {
+        entries.push(m.display().to_string());
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    entries.sort();
+    entries.truncate(8);
+    Err(RunError::OutDirNotEmpty { dir: dir.to_path_buf(), entries, resumable }.into())
+}
+
+/// Deletes the run files of `dir` ([`run_files`]) that exist; everything else in `dir` is kept.
+/// Returns what was deleted.
+pub fn clear_run_files(dir: &Path, metrics: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for p in run_files(dir, metrics) {
+        let r = match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(_) => continue,
+        };
+        r.with_context(|| format!("--overwrite: cannot delete {}", p.display()))?;
+        removed.push(p);
+    }
+    Ok(removed)
+}
+
+/// Before a resume: the run file must equal the saved `run.toml` (unless `allow`, which logs the
+/// changes), and the latest checkpoint must fit the recipe (a critic for a value-based
+/// estimator). Reads only.
+fn check_resume(file: &RunFile, root: &Path, allow: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let saved_path = file.run.out.join("run.toml");
+    if saved_path.is_file() {
+        match RunFile::from_toml_file(&saved_path) {
+            Ok(saved) => {
+                let changes = config_changes(&saved, file)?;
+                if !changes.is_empty() && !allow {
+                    return Err(RunError::ConfigChanged { saved: saved_path, changes }.into());
+                }
+                for c in changes {
+                    log(&format!("resuming with a changed setting: {c}"));
+                }
+            }
+            Err(e) if allow => log(&format!(
+                "cannot compare with the saved run file ({e:#}): resuming with the given one"
+            )),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "cannot compare the run file with the saved {} (pass --allow-config-change \
+                     to resume anyway)",
+                    saved_path.display()
+                )));
+            }
+        }
+    } else if checkpoint::latest(root)?.is_some() {
+        log(&format!(
+            "no {} to compare the run file with: resuming with the given one",
+            saved_path.display()
+        ));
+    }
+    if let Some(dir) = checkpoint::latest(root)? {
+        let has_critic = dir.join("critic_optim.safetensors").is_file();
+        if file.algorithm.advantage.requires_values() && !has_critic {
+            return Err(RunError::Checkpoint {
+                path: dir,
+                reason: "has no critic (the run trained without one), but the recipe's \
+                         estimator needs critic values"
+                    .into(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// [`train_with`] without `--overwrite`: a fresh run (`resume = false`) refuses a non-empty
+/// output directory ([`RunError::OutDirNotEmpty`]).
+pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<TrainOutcome> {
+    train_with(file, TrainOptions { resume, ..TrainOptions::default() }, log)
+}
+
 /// Trains `file`'s recipe: PPO with a critic initialised from the model when the estimator uses
 /// values, else the GRPO family. Evaluates greedily on the held-out prompts before training and
 /// every `run.eval_every` steps, saves checkpoints under `run.out/checkpoints` every
-/// `run.save_every` steps and at the end, writes `run.out/run.toml` and, unless the recipe sets
-/// one, `run.out/metrics.jsonl` (training steps and evaluations), and at the end draws it to
-/// `curves.svg` next to it. With `resume`, continues from the latest checkpoint (model,
-/// optimizers, data order) up to `run.steps`. `log` receives one line per step and evaluation.
-pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<TrainOutcome> {
+/// `run.save_every` steps and at the end (keeping the newest `run.keep_last`), writes
+/// `run.out/run.toml` and, unless the recipe sets one, `run.out/metrics.jsonl` (training steps
+/// and evaluations), and at the end draws it to `curves.svg` next to it. With `opts.resume`,
+/// continues from the latest checkpoint (model, optimizers, data order) up to `run.steps`.
+/// `log` receives one line per step and evaluation.
+///
+/// Everything is checked before anything is written: the run file, the output directory (a
+/// fresh run needs it empty unless `opts.overwrite`, [`check_out_dir`]; a resumed run needs the
+/// saved `run.toml` to match, [`config_changes`]), the model, the dataset and the checkpoint. A
+/// run that fails there leaves the disk as it was.
+pub fn train_with(
+    file: &RunFile,
+    opts: TrainOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<TrainOutcome> {
     file.validate()?;
+    if opts.resume && opts.overwrite {
+        bail!("resume and overwrite exclude each other");
+    }
     let run = &file.run;
     let mut recipe = file.recipe();
-    std::fs::create_dir_all(&run.out)
-        .with_context(|| format!("cannot create {}", run.out.display()))?;
-    std::fs::write(run.out.join("run.toml"), file.to_toml()?)?;
     if recipe.trainer.metrics_path.is_none() {
         recipe.trainer.metrics_path = Some(run.out.join("metrics.jsonl"));
     }
     let metrics = recipe.trainer.metrics_path.clone();
+    let root = run.out.join("checkpoints");
+    // 1. Read-only checks: the output directory, the model, the dataset.
+    if opts.resume {
+        check_resume(file, &root, opts.allow_config_change, log)?;
+    } else if !opts.overwrite {
+        check_out_dir(&run.out, metrics.as_deref(), true)?;
+    }
     let seed = recipe.trainer.seed;
     let loaded = load_model(run.model.as_deref(), &run.revision)?;
     let (train_set, test) = prompts(&loaded, run, seed)?;
-    let critic = if recipe.algorithm.advantage.requires_values() {
-        Some(ValueModel::from_model(&loaded.model, seed)?)
-    } else {
-        None
-    };
-    let policy = policy(loaded.model, loaded.tokenizer);
-    // A KL term or KL in the reward anchors to a frozen copy of the initial policy.
-    let reference: Option<Box<dyn ReferenceModel>> =
-        if recipe.algorithm.needs_reference() { Some(Box::new(policy.reference()?)) } else { None };
-    let reward = run.reward.clone();
-    let mut trainer: Box<dyn TrainStep> = match critic {
-        Some(critic) => Box::new(recipe.ppo_with_reference(policy, critic, reward, reference)?),
-        None => Box::new(recipe.grpo_with_reference(policy, reward, reference)?),
-    };
     let mut data = PromptDataset::new(train_set, seed, true)?;
-    let root = run.out.join("checkpoints");
-    let mut resumed_from = 0;
-    if resume {
-        match trainer.resume(&root)? {
-            Some(state) => {
-                if let Some(pos) = state.data {
-                    data.seek(pos);
-                }
-                resumed_from = state.step;
-                log(&format!("resumed from step {} ({})", state.step, root.display()));
-            }
-            None => log(&format!("no checkpoint under {}: starting afresh", root.display())),
+    // 2. The trainer (it opens the metrics file) and the checkpoint; undone on failure.
+    if opts.overwrite {
+        for p in clear_run_files(&run.out, metrics.as_deref())? {
+            log(&format!("--overwrite: deleted {}", p.display()));
         }
     }
+    let existed = (run.out.exists(), metrics.as_ref().is_some_and(|m| m.exists()));
+    let mut messages = Vec::new();
+    let built = (|| -> Result<(Box<dyn TrainStep>, u64)> {
+        let critic = if recipe.algorithm.advantage.requires_values() {
+            Some(ValueModel::from_model(&loaded.model, seed)?)
+        } else {
+            None
+        };
+        let policy = policy(loaded.model, loaded.tokenizer);
+        // A KL term or KL in the reward anchors to a frozen copy of the initial policy.
+        let reference: Option<Box<dyn ReferenceModel>> = if recipe.algorithm.needs_reference() {
+            Some(Box::new(policy.reference()?))
+        } else {
+            None
+        };
+        let reward = run.reward.clone();
+        let mut trainer: Box<dyn TrainStep> = match critic {
+            Some(critic) => Box::new(recipe.ppo_with_reference(policy, critic, reward, reference)?),
+            None => Box::new(recipe.grpo_with_reference(policy, reward, reference)?),
+        };
+        let mut resumed_from = 0;
+        if opts.resume {
+            match trainer.resume(&root)? {
+                Some(state) => {
+                    if let Some(pos) = state.data {
+                        data.seek(pos);
+                    }
+                    resumed_from = state.step;
+                    messages.push(format!("resumed from step {} ({})", state.step, root.display()));
+                }
+                None => messages
+                    .push(format!("no checkpoint under {}: starting afresh", root.display())),
+            }
+        }
+        Ok((trainer, resumed_from))
+    })();
+    let (mut trainer, resumed_from) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            // Remove what opening the metrics file created (only if still empty).
+            if let Some(m) = metrics.as_ref().filter(|_| !existed.1)
+                && std::fs::metadata(m).is_ok_and(|md| md.len() == 0)
+            {
+                let _ = std::fs::remove_file(m);
+            }
+            if !existed.0 {
+                let _ = std::fs::remove_dir(&run.out);
+            }
+            return Err(e);
+        }
+    };
+    for m in &messages {
+        log(m);
+    }
+    // 3. Writes: the effective run file, then training.
+    std::fs::create_dir_all(&run.out)
+        .with_context(|| format!("cannot create {}", run.out.display()))?;
+    let run_toml = run.out.join("run.toml");
+    std::fs::write(&run_toml, file.to_toml()?)
+        .with_context(|| format!("cannot write {}", run_toml.display()))?;
     let mut curve = Vec::new();
     let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
         let step = t.state().step;
@@ -436,6 +773,17 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
         ));
         curve.push(EvalPoint { step, report });
         Ok(())
+    };
+    let save = |t: &dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<PathBuf> {
+        let dir = t
+            .save_checkpoint(&root)
+            .with_context(|| format!("saving a checkpoint under {}", root.display()))?;
+        if let Some(keep) = run.keep_last {
+            for old in checkpoint::prune(&root, keep)? {
+                log(&format!("keep_last = {keep}: deleted {}", old.display()));
+            }
+        }
+        Ok(dir)
     };
     evaluate(trainer.as_mut(), log)?;
     let mut checkpoint = None;
@@ -455,7 +803,7 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
             evaluate(trainer.as_mut(), log)?;
         }
         if last || (run.save_every > 0 && step.is_multiple_of(run.save_every)) {
-            checkpoint = Some(trainer.save_checkpoint(&root)?);
+            checkpoint = Some(save(trainer.as_ref(), log)?);
         }
     }
     let checkpoint = match checkpoint {
@@ -463,7 +811,7 @@ pub fn train(file: &RunFile, resume: bool, log: &mut dyn FnMut(&str)) -> Result<
         // Nothing left to train (resumed at or past `steps`): the latest checkpoint, or a new one.
         None => match checkpoint::latest(&root)? {
             Some(c) => c,
-            None => trainer.save_checkpoint(&root)?,
+            None => save(trainer.as_ref(), log)?,
         },
     };
     log(&format!("checkpoint {}", checkpoint.display()));

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rl_zero::core::Prompt;
 use rl_zero::policy::LmPolicy;
 
@@ -56,6 +56,11 @@ pub struct Args {
     /// Output directory (metrics JSONL, final checkpoint).
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
+    /// Start again when `<out>/<example>` already holds a run: delete its run files
+    /// (`metrics.jsonl`, `curves.svg`, `checkpoints/`) first; other files are kept. Without it
+    /// a non-empty directory is refused.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub use rl_zero::run::{Loaded, addition_prompts, policy};
@@ -92,10 +97,17 @@ pub fn setup(name: &str) -> Result<Setup> {
     let args = <Args as clap::Parser>::parse();
     // Allocator, threads and `RLZ_BLAS=<libmkl_rt.so>` (MKL matrix products, scripts/setup_mkl.sh).
     rl_zero::run::init_runtime(args.model.as_deref())?;
+    // A new run never mixes its metrics, curves and checkpoints with an earlier run's.
+    let out = args.out.join(name);
+    if !args.overwrite {
+        rl_zero::run::check_out_dir(&out, None, false)?;
+    }
     let loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
     let (train, test) = addition_prompts(&loaded, args.seed, args.eval_prompts)?;
-    let out = args.out.join(name);
-    std::fs::create_dir_all(&out)?;
+    if args.overwrite {
+        rl_zero::run::clear_run_files(&out, None)?;
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let tiny = loaded.tiny;
     let loaded = Some(loaded);
     let steps = args.steps.unwrap_or(if tiny { 30 } else { 20 });

@@ -3,7 +3,8 @@
 //! ```text
 //! rl-zero score --input samples.jsonl [--output scored.jsonl] [--response-field response]
 //!               [--answer-field answer] [--reward '{"type": "orz"}']
-//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR] [--resume]
+//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR]
+//!               [--resume [--allow-config-change] | --overwrite]
 //! rl-zero eval [--model M] [--config F] [--prompts N]
 //! ```
 //!
@@ -15,11 +16,13 @@
 //! `score` reads one JSON object per line, grades the response against the answer with the math
 //! verifier, and writes each object back with `reward`, `extracted`, `correct` and, when no
 //! answer could be found, `reason`. A summary (count, accuracy, parse failures) goes to stderr.
-//! A malformed line stops the run with an error naming its line number; nothing is skipped.
+//! A malformed line stops the run with an error naming its line number; nothing is skipped, and
+//! `--output` is written to a temporary file renamed into place at the end, so a failed run leaves
+//! no partial output (and `--output` may not name the input).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -61,9 +64,19 @@ struct TrainArgs {
     /// Output directory (overrides `run.out`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from the latest checkpoint under `<out>/checkpoints`.
+    /// Continue from the latest checkpoint under `<out>/checkpoints` (the run file must equal the
+    /// run's saved `<out>/run.toml`, except `run.steps`, `run.out`, `run.eval_every`,
+    /// `run.save_every`, `run.keep_last`).
     #[arg(long)]
     resume: bool,
+    /// Start again in a non-empty `<out>`: delete its run files (`run.toml`, `metrics.jsonl`,
+    /// `curves.svg`, `checkpoints/`) first; other files are kept.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// With `--resume`: accept a run file that differs from the saved `run.toml` (each change
+    /// is printed and `run.toml` is rewritten).
+    #[arg(long, requires = "resume")]
+    allow_config_change: bool,
 }
 
 #[derive(Debug, Args)]
@@ -95,13 +108,14 @@ struct ScoreArgs {
     #[arg(long, default_value = "answer")]
     answer_field: String,
     /// A built-in reward as JSON (e.g. '{"type": "orz"}'); `reward` is then its score, computed
-    /// with the optional fields `finish` ("eos" | "stop_string" | "length") and `response_tokens`.
-    /// Default: 1.0 when correct, else 0.0.
+    /// with the optional fields `finish` or `finish_reason` ("stop" | "eos" | "stop_string" |
+    /// "length" | "abort"; "stop" is OpenAI's / vLLM's "stopped by itself", as "eos") and
+    /// `response_tokens`. Default: 1.0 when correct, else 0.0.
     #[arg(long)]
     reward: Option<String>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -110,10 +124,29 @@ fn main() -> Result<()> {
         .init();
     // Each command sets up the runtime first (`RLZ_BLAS=<libmkl_rt.so>`: CPU matrix products in
     // MKL, scripts/setup_mkl.sh).
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Score(args) => score(&args),
         Command::Train(args) => train(&args),
         Command::Eval(args) => eval(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes; the backtrace only when asked for explicitly
+            // (`RUST_BACKTRACE=full`), since many environments set `RUST_BACKTRACE=1` globally.
+            eprintln!("Error: {e}");
+            let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+            if !causes.is_empty() {
+                eprintln!("Caused by:");
+                for c in causes {
+                    eprintln!("    {c}");
+                }
+            }
+            if std::env::var("RUST_BACKTRACE").is_ok_and(|v| v == "full") {
+                eprintln!("{}", e.backtrace());
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -129,7 +162,12 @@ fn train(args: &TrainArgs) -> Result<()> {
         file.run.out = o.clone();
     }
     run::init_runtime(file.run.model.as_deref())?;
-    let out = run::train(&file, args.resume, &mut |line| println!("{line}"))?;
+    let opts = run::TrainOptions {
+        resume: args.resume,
+        overwrite: args.overwrite,
+        allow_config_change: args.allow_config_change,
+    };
+    let out = run::train_with(&file, opts, &mut |line| println!("{line}"))?;
     println!("held-out greedy accuracy curve (step: accuracy):");
     for p in &out.curve {
         println!("  {:>6}: {:.3}", p.step, p.report.accuracy);
@@ -154,6 +192,42 @@ fn eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The `finish` / `finish_reason` field of a `score` line (`n`: its line number), in rl-zero's
+/// spelling or OpenAI's / vLLM's: `"stop"` (stopped by itself: an EOS token or a stop string)
+/// counts as `eos`, `"abort"` as aborted.
+fn finish_reason(obj: &Map<String, Value>, n: usize) -> Result<Option<FinishReason>> {
+    let mut found: Option<(&str, FinishReason)> = None;
+    for key in ["finish", "finish_reason"] {
+        let Some(v) = obj.get(key) else { continue };
+        let reason = match v.as_str() {
+            Some("eos" | "stop") => FinishReason::Eos,
+            Some("stop_string") => FinishReason::StopString,
+            Some("length") => FinishReason::Length,
+            Some("abort" | "aborted") => FinishReason::Aborted,
+            _ => bail!(
+                "line {n}: `{key}` must be \"stop\", \"eos\", \"stop_string\", \"length\" or \
+                 \"abort\", not {v}"
+            ),
+        };
+        match found {
+            None => found = Some((key, reason)),
+            Some((first, r)) if r != reason && !(r.stopped() && reason.stopped()) => {
+                bail!("line {n}: `{first}` and `{key}` disagree ({r:?} vs {reason:?})")
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found.map(|(_, r)| r))
+}
+
+/// `true` when `output` names the same file as `input` (both canonicalised; an output that does
+/// not exist yet is a different file).
+fn same_file(input: &Path, output: &Path) -> Result<bool> {
+    let input =
+        std::fs::canonicalize(input).with_context(|| format!("cannot open {}", input.display()))?;
+    Ok(std::fs::canonicalize(output).is_ok_and(|o| o == input))
+}
+
 fn score(args: &ScoreArgs) -> Result<()> {
     rl_zero::policy::runtime::init(Default::default())?;
     let reward: Option<BuiltinReward> = args
@@ -166,12 +240,54 @@ fn score(args: &ScoreArgs) -> Result<()> {
     }
     let input =
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    let (count, correct, unparsed) = match &args.output {
+        None => {
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            let counts = score_lines(args, reward.as_ref(), input, &mut out)?;
+            out.flush()?;
+            counts
+        }
+        Some(p) => {
+            if same_file(&args.input, p)? {
+                bail!(
+                    "--output {} is the input file: it would be overwritten while it is read; \
+                     write to another file",
+                    p.display()
+                );
+            }
+            // A temporary file next to the output, renamed into place when every line is scored:
+            // a bad line leaves no partial output (the temporary file is deleted on drop).
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let mut builder = tempfile::Builder::new();
+            builder.prefix(".rl-zero-score-").suffix(".tmp");
+            #[cfg(unix)]
+            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+            let tmp = builder
+                .tempfile_in(dir)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            let mut out = BufWriter::new(tmp.as_file());
+            let counts = score_lines(args, reward.as_ref(), input, &mut out)?;
+            out.flush().with_context(|| format!("cannot write {}", p.display()))?;
+            drop(out);
+            tmp.persist(p).with_context(|| format!("cannot write {}", p.display()))?;
+            counts
+        }
     };
+    let acc = if count == 0 { 0.0 } else { correct as f64 / count as f64 };
+    eprintln!(
+        "scored {count} samples: accuracy {:.2}% ({correct} correct), {unparsed} without an extractable answer",
+        acc * 100.0
+    );
+    Ok(())
+}
+
+/// Scores every line of `input` into `out`; returns (samples, correct, without an answer).
+fn score_lines(
+    args: &ScoreArgs,
+    reward: Option<&BuiltinReward>,
+    input: File,
+    out: &mut dyn Write,
+) -> Result<(usize, usize, usize)> {
     let verifier = MathVerifier::default();
     let (mut count, mut correct, mut unparsed) = (0usize, 0usize, 0usize);
     for (i, line) in BufReader::new(input).lines().enumerate() {
@@ -194,17 +310,12 @@ fn score(args: &ScoreArgs) -> Result<()> {
             format!("line {n}: missing field `{}` (string or number)", args.answer_field)
         })?;
         let verdict = verifier.check(&answer, &response);
-        let value = match &reward {
+        let value = match reward {
             None => f32::from(u8::from(verdict.correct)),
             Some(r) => {
                 let mut sample = Sample::new(response.clone(), answer.clone());
-                if let Some(f) = obj.get("finish") {
-                    sample.finish = serde_json::from_value::<FinishReason>(f.clone())
-                        .with_context(|| {
-                            format!(
-                                "line {n}: `finish` must be \"eos\", \"stop_string\" or \"length\""
-                            )
-                        })?;
+                if let Some(f) = finish_reason(&obj, n)? {
+                    sample.finish = f;
                 }
                 if let Some(t) = obj.get("response_tokens") {
                     sample.response_tokens = t.as_u64().with_context(|| {
@@ -223,14 +334,8 @@ fn score(args: &ScoreArgs) -> Result<()> {
         if let Some(reason) = verdict.reason {
             obj.insert("reason".into(), reason.into());
         }
-        serde_json::to_writer(&mut out, &obj)?;
+        serde_json::to_writer(&mut *out, &obj)?;
         out.write_all(b"\n")?;
     }
-    out.flush()?;
-    let acc = if count == 0 { 0.0 } else { correct as f64 / count as f64 };
-    eprintln!(
-        "scored {count} samples: accuracy {:.2}% ({correct} correct), {unparsed} without an extractable answer",
-        acc * 100.0
-    );
-    Ok(())
+    Ok((count, correct, unparsed))
 }

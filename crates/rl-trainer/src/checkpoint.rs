@@ -108,3 +108,59 @@ pub fn load_optimizer(path: &Path) -> Result<(u64, HashMap<String, Tensor>)> {
     };
     Ok((steps, all))
 }
+
+/// Deletes old checkpoints under `root`, keeping the newest `keep` (at least 1) complete
+/// `step-NNNNNN` directories by step number, and never the one `root/latest` names. Also deletes
+/// the `.tmp-step-*` directories that interrupted saves left behind. Call it after a save
+/// succeeded. Returns the deleted checkpoint directories, oldest first.
+///
+/// ```
+/// # fn main() -> rl_trainer::Result<()> {
+/// use rl_trainer::checkpoint::{prune, write_atomic};
+/// let root = tempfile::tempdir()?;
+/// for step in ["step-000001", "step-000002", "step-000003"] {
+///     write_atomic(root.path(), step, |d| Ok(std::fs::write(d.join("trainer.json"), "{}")?))?;
+/// }
+/// let deleted = prune(root.path(), 2)?;
+/// assert_eq!(deleted, [root.path().join("step-000001")]);
+/// assert!(root.path().join("step-000003").is_dir());
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`TrainerError::Checkpoint`] naming a directory that cannot be listed or deleted, or a
+/// `latest` file naming an incomplete checkpoint.
+pub fn prune(root: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let newest = latest(root)?;
+    let io = |p: &Path, what: &str, e: std::io::Error| {
+        TrainerError::checkpoint(p, format!("cannot {what}: {e}"))
+    };
+    let mut steps = Vec::new();
+    let mut stale = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(|e| io(root, "list", e))? {
+        let entry = entry.map_err(|e| io(root, "list", e))?;
+        if !entry.file_type().map_err(|e| io(&entry.path(), "stat", e))?.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-step-") {
+            stale.push(entry.path());
+        } else if let Some(step) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) {
+            steps.push((step, entry.path()));
+        }
+    }
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep.max(1));
+    let mut deleted = Vec::new();
+    for (_, dir) in steps.into_iter().take(excess) {
+        if newest.as_ref() == Some(&dir) {
+            continue;
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, "delete", e))?;
+        deleted.push(dir);
+    }
+    for dir in stale {
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, "delete", e))?;
+    }
+    Ok(deleted)
+}
