@@ -16,9 +16,11 @@
 
 pub use rl_advantage as advantage;
 pub use rl_core as core;
+pub use rl_dist as dist;
 pub use rl_loss as loss;
 pub use rl_policy as policy;
 pub use rl_reward as reward;
+pub use rl_rollout as rollout;
 pub use rl_trainer as trainer;
 
 pub mod run;

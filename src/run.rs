@@ -687,8 +687,15 @@ pub fn train_with(
     }
     let metrics = recipe.trainer.metrics_path.clone();
     let root = run.out.join("checkpoints");
+    // Data parallel: `RANK` / `WORLD_SIZE` (torchrun, Slurm, `rl-zero launch`) make this process
+    // one rank of a group. Rank 0 owns the output directory (checks, run.toml, metrics,
+    // evaluations, checkpoints, curves); every rank trains and resumes.
+    let group = rl_dist::init()?;
+    let (rank, world) = (group.rank(), group.world_size());
+    let main_rank = rank == 0;
     // 1. Read-only checks: the output directory, the model, the dataset.
-    if opts.resume {
+    if !main_rank {
+    } else if opts.resume {
         check_resume(file, &root, opts.allow_config_change, log)?;
     } else if !opts.overwrite {
         check_out_dir(&run.out, metrics.as_deref(), true)?;
@@ -698,7 +705,7 @@ pub fn train_with(
     let (train_set, test) = prompts(&loaded, run, seed)?;
     let mut data = PromptDataset::new(train_set, seed, true)?;
     // 2. The trainer (it opens the metrics file) and the checkpoint; undone on failure.
-    if opts.overwrite {
+    if opts.overwrite && main_rank {
         for p in clear_run_files(&run.out, metrics.as_deref())? {
             log(&format!("--overwrite: deleted {}", p.display()));
         }
@@ -719,9 +726,17 @@ pub fn train_with(
             None
         };
         let reward = run.reward.clone();
+        let mut builder = recipe.builder(policy, reward)?.maybe_reference(reference);
+        if world > 1 {
+            builder = builder.process_group(group);
+        }
         let mut trainer: Box<dyn TrainStep> = match critic {
-            Some(critic) => Box::new(recipe.ppo_with_reference(policy, critic, reward, reference)?),
-            None => Box::new(recipe.grpo_with_reference(policy, reward, reference)?),
+            Some(critic) => {
+                let mut algorithm = recipe.algorithm.clone();
+                algorithm.resolve(&recipe.trainer);
+                Box::new(builder.critic(critic, algorithm.value_loss).build()?)
+            }
+            None => Box::new(builder.build()?),
         };
         let mut resumed_from = 0;
         if opts.resume {
@@ -757,12 +772,14 @@ pub fn train_with(
     for m in &messages {
         log(m);
     }
-    // 3. Writes: the effective run file, then training.
-    std::fs::create_dir_all(&run.out)
-        .with_context(|| format!("cannot create {}", run.out.display()))?;
-    let run_toml = run.out.join("run.toml");
-    std::fs::write(&run_toml, file.to_toml()?)
-        .with_context(|| format!("cannot write {}", run_toml.display()))?;
+    // 3. Writes (rank 0): the effective run file, then training.
+    if main_rank {
+        std::fs::create_dir_all(&run.out)
+            .with_context(|| format!("cannot create {}", run.out.display()))?;
+        let run_toml = run.out.join("run.toml");
+        std::fs::write(&run_toml, file.to_toml()?)
+            .with_context(|| format!("cannot write {}", run_toml.display()))?;
+    }
     let mut curve = Vec::new();
     let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
         let step = t.state().step;
@@ -785,7 +802,9 @@ pub fn train_with(
         }
         Ok(dir)
     };
-    evaluate(trainer.as_mut(), log)?;
+    if main_rank {
+        evaluate(trainer.as_mut(), log)?;
+    }
     let mut checkpoint = None;
     while (trainer.state().step as usize) < run.steps {
         let report = trainer.step_from(&mut data, run.prompts_per_step)?;
@@ -799,12 +818,19 @@ pub fn train_with(
         ));
         let step = report.step as usize;
         let last = step >= run.steps;
+        if !main_rank {
+            continue;
+        }
         if last || (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) {
             evaluate(trainer.as_mut(), log)?;
         }
         if last || (run.save_every > 0 && step.is_multiple_of(run.save_every)) {
             checkpoint = Some(save(trainer.as_ref(), log)?);
         }
+    }
+    if !main_rank {
+        // Rank 0 saves the checkpoints and draws the curves.
+        return Ok(TrainOutcome { curve, resumed_from, checkpoint: root, curves: None });
     }
     let checkpoint = match checkpoint {
         Some(c) => c,

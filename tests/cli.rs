@@ -330,3 +330,38 @@ fn a_failed_checkpoint_save_names_the_directory() {
     let root = out.join("checkpoints");
     assert!(err.contains(&format!("saving a checkpoint under {}", root.display())), "{err}");
 }
+
+/// `rl-zero launch` runs `train` as 2 data-parallel ranks: rank 0 alone writes the run files
+/// (one metrics line per step and evaluation, one checkpoint), both ranks train and print with
+/// their prefix; and a launched command that fails on a rank fails the launch.
+#[test]
+fn launch_trains_data_parallel_with_rank_0_owning_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = run_file(dir.path(), "dp.toml", "dr_grpo", "", "1e-3");
+    let out = dir.path().join("out");
+    let o = rlz(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--config",
+        s(&file),
+        "--steps",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    let stdout = ok(&o);
+    assert!(stdout.contains("[rank 0] train step    2"), "{stdout}");
+    assert!(stdout.contains("[rank 1] train step    2"), "{stdout}");
+    assert!(!stdout.contains("[rank 1] eval"), "rank 1 does not evaluate:\n{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let train_lines = metrics.lines().filter(|l| l.contains("\"reward/mean\"")).count();
+    assert_eq!(train_lines, 2, "one line per step, from rank 0 only:\n{metrics}");
+    assert_eq!(checkpoints(&out), vec!["step-000002".to_string()]);
+    // A failing command on the ranks fails the launch, naming a rank.
+    let bad = rlz(&["launch", "--nproc-per-node", "2", "--", "train", "--config", "nope.toml"]);
+    let err = fails(&bad);
+    assert!(err.contains("rank"), "{err}");
+}

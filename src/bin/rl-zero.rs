@@ -48,6 +48,33 @@ enum Command {
     Train(TrainArgs),
     /// Greedy accuracy of a model or checkpoint on the held-out prompts.
     Eval(EvalArgs),
+    /// Start N ranks of an rl-zero command on this node, data-parallel (torchrun's conventions:
+    /// each rank gets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), e.g.
+    /// `rl-zero launch --nproc-per-node 2 -- train --config recipes/tiny/dr_grpo.toml`.
+    /// Output is prefixed `[rank N]`; when one rank fails, the others are stopped.
+    Launch(LaunchArgs),
+}
+
+#[derive(Debug, Args)]
+struct LaunchArgs {
+    /// Ranks on this node.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// Nodes in the job.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's index (0-based).
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of rank 0's node.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    /// Port of the rendezvous on rank 0's node (0: a free port, single node only).
+    #[arg(long, default_value_t = 0)]
+    master_port: u16,
+    /// The rl-zero command every rank runs (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +155,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(args) => score(&args),
         Command::Train(args) => train(&args),
         Command::Eval(args) => eval(&args),
+        Command::Launch(args) => launch(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -338,4 +366,26 @@ fn score_lines(
         out.write_all(b"\n")?;
     }
     Ok((count, correct, unparsed))
+}
+
+fn launch(args: &LaunchArgs) -> Result<()> {
+    if args.nnodes > 1 && args.master_port == 0 {
+        anyhow::bail!("--master-port is required with --nnodes > 1 (every node must agree on it)");
+    }
+    let exe = std::env::current_exe().context("cannot find the rl-zero executable")?;
+    let mut launcher = rl_zero::dist::Launcher::new(args.nproc_per_node)
+        .nodes(args.nnodes, args.node_rank)
+        .master_addr(args.master_addr.clone());
+    if args.master_port != 0 {
+        launcher = launcher.master_port(args.master_port);
+    }
+    let mut command = vec![exe.into_os_string()];
+    command.extend(args.command.iter().map(Into::into));
+    let report = launcher.run(&command)?;
+    eprintln!(
+        "launch: {} ranks finished in {:.1} s",
+        report.statuses.len(),
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
 }
