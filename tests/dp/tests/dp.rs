@@ -11,20 +11,27 @@ const WORKER: &str = env!("CARGO_BIN_EXE_rl-dp-worker");
 
 /// Runs `n` ranks (1: one plain process) of `algo` for `steps`; every rank's result, by rank.
 fn run(n: usize, algo: &str, steps: &str) -> Vec<Value> {
+    run_mode(n, algo, steps, &[])
+}
+
+/// [`run`] with the worker's mode arguments (`save-after K DIR`, `resume DIR`).
+fn run_mode(n: usize, algo: &str, steps: &str, mode: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("result");
     let out = out.to_str().unwrap();
+    let mut args = vec![algo, steps, out];
+    args.extend_from_slice(mode);
     if n == 1 {
-        let o = std::process::Command::new(WORKER).args([algo, steps, out]).output().unwrap();
+        let o = std::process::Command::new(WORKER).args(&args).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     } else {
         let mut lines = Vec::new();
+        let mut cmd = vec![WORKER];
+        cmd.extend_from_slice(&args);
         Launcher::new(n)
             .timeout(Duration::from_secs(120))
             .kill_grace(Duration::from_secs(2))
-            .run_with(&[WORKER, algo, steps, out], &mut |_: Stream, l: &str| {
-                lines.push(l.to_string())
-            })
+            .run_with(&cmd, &mut |_: Stream, l: &str| lines.push(l.to_string()))
             .unwrap_or_else(|e| panic!("{n} ranks: {e}\n{lines:#?}"));
     }
     (0..n)
@@ -97,4 +104,24 @@ fn dr_grpo_over_two_and_three_ranks_equals_one_process() {
 #[test]
 fn ppo_with_a_critic_over_two_and_three_ranks_equals_one_process() {
     check("ppo");
+}
+
+/// A 2-rank run interrupted after step 1 (rank 0 checkpoints, every rank exits) and resumed on
+/// 2 ranks from that checkpoint ends with exactly the weights of an uninterrupted 2-rank run.
+#[test]
+fn resume_under_data_parallelism_equals_an_uninterrupted_run() {
+    for algo in ["dr_grpo", "ppo"] {
+        let ckpt = tempfile::tempdir().unwrap();
+        let dir = ckpt.path().to_str().unwrap();
+        let whole = run(2, algo, "3");
+        let first = run_mode(2, algo, "3", &["save-after", "1", dir]);
+        assert_eq!(first[0]["metrics"].as_array().unwrap().len(), 1, "{algo}: stopped after 1");
+        let resumed = run_mode(2, algo, "3", &["resume", dir]);
+        assert_eq!(resumed[0]["metrics"].as_array().unwrap().len(), 2, "{algo}: steps 2 and 3");
+        for r in 0..2 {
+            assert_eq!(resumed[r]["params"], whole[r]["params"], "{algo}: rank {r}");
+        }
+        let (a, b) = (&resumed[0]["metrics"][1], &whole[0]["metrics"][2]);
+        assert_eq!(a, b, "{algo}: step 3 metrics");
+    }
 }

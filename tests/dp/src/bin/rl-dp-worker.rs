@@ -1,15 +1,19 @@
-//! `rl-dp-worker <dr_grpo|ppo> <steps> <out>`: one rank of a data-parallel run of the tiny
+//! `rl-dp-worker <dr_grpo|ppo> <steps> <out> [save-after <k> <dir> | resume <dir>]`: one rank of a data-parallel run of the tiny
 //! decoder (a random 1-layer Llama, f32); every rank writes `{"rank", "world", "params",
 //! "metrics"}` to `<out>.<rank>.json` (too long for one forwarded output line). Rollouts come from a sampler that draws each
 //! prompt's responses with a seed of its own (prompt index, step), so a response does not
 //! depend on which rank samples it: the comparison isolates the update.
 
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
+use rl_core::data::FixedPrompts;
 use rl_core::rng::mix_seed;
 use rl_core::{Device, Error, Prompt, Result, RolloutBatch, Sample, Sampler, SamplingConfig};
 use rl_policy::{LanguageModel, LmPolicy, ModelConfig, TextCodec, ValueModel};
-use rl_trainer::{AdamWConfig, OptimizerConfig, Trainer, TrainerConfig};
+use rl_trainer::{AdamWConfig, OptimizerConfig, TrainStep, Trainer, TrainerConfig};
 use serde_json::json;
 
 /// Bytes `a..=z` ↔ ids `2..=27`; id 1 is EOS.
@@ -29,16 +33,17 @@ impl TextCodec for Letters {
 /// weights (an `LmPolicy` clone shares them).
 struct PerPrompt {
     policy: LmPolicy,
-    calls: u64,
+    /// Rollouts drawn so far (set to the step when a run resumes).
+    calls: Rc<Cell<u64>>,
 }
 
 impl Sampler for PerPrompt {
     fn sample(&mut self, prompts: &[Prompt], config: &SamplingConfig) -> Result<RolloutBatch> {
-        self.calls += 1;
+        self.calls.set(self.calls.get() + 1);
         let mut parts = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
             let key = p.text.bytes().fold(7u64, |h, b| mix_seed(h, &[u64::from(b)]));
-            let cfg = SamplingConfig { seed: mix_seed(key, &[self.calls]), ..config.clone() };
+            let cfg = SamplingConfig { seed: mix_seed(key, &[self.calls.get()]), ..config.clone() };
             let mut b = rl_core::Policy::generate(&mut self.policy, std::slice::from_ref(p), &cfg)?;
             b.group_ids.iter_mut().for_each(|g| *g = i);
             b.samples.iter_mut().for_each(|s| s.group_id = i);
@@ -111,54 +116,70 @@ fn report(
     Ok(())
 }
 
-fn run(algo: &str, steps: usize, out: &str) -> Result<()> {
+/// How a run starts and ends.
+enum Mode {
+    /// From the initial weights to `steps`.
+    Fresh,
+    /// Stop after step `.0`, rank 0 saving a checkpoint under `.1` (an interrupted run).
+    SaveAfter(u64, PathBuf),
+    /// Resume every rank from the latest checkpoint under `.0`, then continue to `steps`.
+    Resume(PathBuf),
+}
+
+fn run(algo: &str, steps: usize, out: &str, mode: &Mode) -> Result<()> {
     let group = rl_dist::init()?;
+    let (rank, world) = (group.rank(), group.world_size());
     let m = model()?;
     let policy = LmPolicy::new(m.deep_copy()?).with_codec(Arc::new(Letters)).with_eos_ids(vec![1]);
-    let sampler = PerPrompt { policy: policy.clone(), calls: 0 };
-    let wrap = rl_core::Error::from;
-    match algo {
-        "dr_grpo" => {
-            let mut t = Trainer::builder(policy, vowel)
+    let calls = Rc::new(Cell::new(0));
+    let sampler = PerPrompt { policy: policy.clone(), calls: calls.clone() };
+    // Handles on the trained weights (a `Var` clone shares its storage).
+    let mut vars = rl_core::Policy::trainable_vars(&policy);
+    let builder = Trainer::builder(policy, vowel).sampler(sampler).config(config());
+    let builder = if world > 1 { builder.process_group(group) } else { builder };
+    let wrap = Error::wrap;
+    let mut t: Box<dyn TrainStep> = match algo {
+        "dr_grpo" => Box::new(
+            builder
                 .estimator(rl_advantage::DrGrpo::default())
                 .policy_loss(rl_loss::PpoLoss::dr_grpo(5))
-                .sampler(sampler)
-                .process_group(group)
-                .config(config())
                 .build()
-                .map_err(Error::wrap)?;
-            let metrics = (0..steps)
-                .map(|_| t.step(&prompts()).map(|r| r.metrics))
-                .collect::<rl_trainer::Result<Vec<_>>>()
-                .map_err(Error::wrap)?;
-            let p = params(&rl_core::Policy::trainable_vars(t.policy()))?;
-            report(out, t.rank(), t.world_size(), p, metrics)?;
-        }
+                .map_err(wrap)?,
+        ),
         "ppo" => {
-            let critic = ValueModel::from_model(&m, 1).map_err(wrap)?;
+            let critic = ValueModel::from_model(&m, 1).map_err(rl_core::Error::from)?;
+            vars.extend(rl_core::Critic::trainable_vars(&critic));
             let gae =
                 rl_advantage::Gae { whiten: rl_advantage::Whiten::None, ..Default::default() };
-            let mut t = Trainer::builder(policy, vowel)
-                .critic(critic, rl_loss::ClippedValueLoss::open_reasoner_zero())
-                .estimator(gae)
-                .policy_loss(rl_loss::PpoLoss::open_reasoner_zero())
-                .sampler(sampler)
-                .process_group(group)
-                .config(config())
-                .build()
-                .map_err(Error::wrap)?;
-            let metrics = (0..steps)
-                .map(|_| t.step(&prompts()).map(|r| r.metrics))
-                .collect::<rl_trainer::Result<Vec<_>>>()
-                .map_err(Error::wrap)?;
-            let mut p = params(&rl_core::Policy::trainable_vars(t.policy()))?;
-            let critic = t.critic().ok_or_else(|| Error::msg("no critic"))?;
-            p.extend(params(&rl_core::Critic::trainable_vars(critic))?);
-            report(out, t.rank(), t.world_size(), p, metrics)?;
+            Box::new(
+                builder
+                    .critic(critic, rl_loss::ClippedValueLoss::open_reasoner_zero())
+                    .estimator(gae)
+                    .policy_loss(rl_loss::PpoLoss::open_reasoner_zero())
+                    .build()
+                    .map_err(wrap)?,
+            )
         }
         other => return Err(Error::config("algorithm", format!("unknown {other:?}"))),
+    };
+    if let Mode::Resume(dir) = mode {
+        let state = t.resume(dir).map_err(wrap)?.ok_or_else(|| Error::msg("no checkpoint"))?;
+        calls.set(state.step);
     }
-    Ok(())
+    let mut metrics = Vec::new();
+    while (t.state().step as usize) < steps {
+        let report = t.step_from(&mut FixedPrompts(&prompts()), prompts().len()).map_err(wrap)?;
+        metrics.push(report.metrics);
+        if let Mode::SaveAfter(k, dir) = mode
+            && t.state().step == *k
+        {
+            if rank == 0 {
+                t.save_checkpoint(dir).map_err(wrap)?;
+            }
+            break;
+        }
+    }
+    report(out, rank, world, params(&vars)?, metrics)
 }
 
 fn main() {
@@ -166,7 +187,15 @@ fn main() {
     let algo = args.first().map_or("dr_grpo", String::as_str);
     let steps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
     let out = args.get(2).map_or("rl-dp-worker", String::as_str);
-    if let Err(e) = run(algo, steps, out) {
+    let mode = match args.get(3).map(String::as_str) {
+        Some("save-after") => Mode::SaveAfter(
+            args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1),
+            PathBuf::from(args.get(5).map_or("ckpt", String::as_str)),
+        ),
+        Some("resume") => Mode::Resume(PathBuf::from(args.get(4).map_or("ckpt", String::as_str))),
+        _ => Mode::Fresh,
+    };
+    if let Err(e) = run(algo, steps, out, &mode) {
         eprintln!("ERROR {e}");
         std::process::exit(1);
     }
