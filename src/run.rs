@@ -16,6 +16,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -25,6 +26,7 @@ use rl_policy::tokenizer::Tokenizer;
 use rl_policy::{LanguageModel, LmPolicy, ValueModel};
 use rl_reward::BuiltinReward;
 use rl_reward::tasks::{JsonlFields, arithmetic, load_jsonl};
+use rl_rollout::{RemoteSampler, RolloutConfig, WeightSyncConfig};
 use rl_trainer::{
     AlgorithmConfig, EvalReport, PromptDataset, Recipe, TrainStep, TrainerConfig, checkpoint,
 };
@@ -310,6 +312,50 @@ pub fn addition_prompts(
     Ok((train, test))
 }
 
+/// The prompts a run evaluates on (`run.eval_split`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalSplit {
+    /// The dataset's held-out prompts (never trained on).
+    #[default]
+    Test,
+    /// `run.eval_prompts` prompts removed from the training split (spread over it by a seeded
+    /// stride): tune on these, report on `Test`.
+    Validation,
+}
+
+impl EvalSplit {
+    /// `true` for [`EvalSplit::Test`] (the default, left out of a saved `run.toml`).
+    pub fn is_test(&self) -> bool {
+        *self == EvalSplit::Test
+    }
+}
+
+/// Removes `n` prompts from `train`, spread over it by a stride with a seeded offset, and returns
+/// them in order (the validation split of [`EvalSplit::Validation`]).
+fn take_spread(train: &mut Vec<Prompt>, n: usize, seed: u64) -> Result<Vec<Prompt>> {
+    if n == 0 || n >= train.len() {
+        bail!(
+            "run.eval_split = \"validation\": run.eval_prompts = {n} must be between 1 and the \
+             {} training prompts minus one",
+            train.len()
+        );
+    }
+    let stride = train.len() / n;
+    let offset = (seed as usize) % stride;
+    let mut picked = Vec::with_capacity(n);
+    let mut rest = Vec::with_capacity(train.len() - n);
+    for (i, p) in std::mem::take(train).into_iter().enumerate() {
+        if i >= offset && (i - offset).is_multiple_of(stride) && picked.len() < n {
+            picked.push(p);
+        } else {
+            rest.push(p);
+        }
+    }
+    *train = rest;
+    Ok(picked)
+}
+
 /// The `[run]` table: what to train, on what, for how long, and where to write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -331,6 +377,11 @@ pub struct RunSettings {
     pub prompts_per_step: usize,
     /// Held-out prompts evaluated greedily.
     pub eval_prompts: usize,
+    /// Which prompts the evaluations use: `"test"` (the held-out split, the default) or
+    /// `"validation"` (`eval_prompts` prompts taken out of the training split, for tuning a
+    /// recipe without looking at the held-out prompts).
+    #[serde(skip_serializing_if = "EvalSplit::is_test")]
+    pub eval_split: EvalSplit,
     /// Evaluate every this many steps (0: only before and after training).
     pub eval_every: usize,
     /// Save a checkpoint every this many steps (0: only at the end).
@@ -356,6 +407,7 @@ impl Default for RunSettings {
             steps: 30,
             prompts_per_step: 32,
             eval_prompts: 200,
+            eval_split: EvalSplit::Test,
             eval_every: 10,
             save_every: 0,
             keep_last: None,
@@ -368,7 +420,8 @@ impl Default for RunSettings {
 /// checked by [`RunFile::validate`] so that a typo cannot ask for an unbounded batch.
 pub const MAX_RESPONSES_PER_STEP: usize = 1 << 20;
 
-/// A run file: a [`Recipe`] plus the `[run]` table.
+/// A run file: a [`Recipe`] plus the `[run]` table and, to sample with an inference engine,
+/// the `[rollout]` and `[weight_sync]` tables.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunFile {
@@ -378,6 +431,24 @@ pub struct RunFile {
     pub trainer: TrainerConfig,
     /// Stages (as [`Recipe::algorithm`]).
     pub algorithm: AlgorithmConfig,
+    /// Where rollouts come from (`[rollout]`, `type = "local"` by default: the trained policy
+    /// in this process; `"vllm"`, `"sglang"`, `"llama_cpp"`: a running engine over HTTP,
+    /// `docs/rollout.md`). Not part of the recipe: it changes where samples come from, not
+    /// what a step computes.
+    #[serde(skip_serializing_if = "is_local")]
+    pub rollout: RolloutConfig,
+    /// How the trained weights reach the engine (`[weight_sync]`; required with an engine:
+    /// `type = "disk"`).
+    #[serde(skip_serializing_if = "is_no_sync")]
+    pub weight_sync: WeightSyncConfig,
+}
+
+fn is_local(r: &RolloutConfig) -> bool {
+    *r == RolloutConfig::Local
+}
+
+fn is_no_sync(w: &WeightSyncConfig) -> bool {
+    *w == WeightSyncConfig::None
 }
 
 impl RunFile {
@@ -403,7 +474,7 @@ impl RunFile {
 
     /// A run of `recipe` with default settings.
     pub fn new(recipe: Recipe) -> Self {
-        Self { run: RunSettings::default(), trainer: recipe.trainer, algorithm: recipe.algorithm }
+        Self { trainer: recipe.trainer, algorithm: recipe.algorithm, ..Self::default() }
     }
 
     /// The recipe part.
@@ -416,6 +487,27 @@ impl RunFile {
     pub fn validate(&self) -> Result<()> {
         self.recipe().validate()?;
         self.run.reward.validate()?;
+        self.rollout.validate("rollout")?;
+        self.weight_sync.validate("weight_sync")?;
+        match (&self.rollout, &self.weight_sync) {
+            (RolloutConfig::Local, WeightSyncConfig::None) => {}
+            (RolloutConfig::Local, _) => bail!(
+                "weight_sync: only used with an inference engine ([rollout] type = \"vllm\", \
+                 \"sglang\" or \"llama_cpp\"); the local sampler shares the trained weights"
+            ),
+            (_, WeightSyncConfig::None) => bail!(
+                "weight_sync: an inference engine needs a weight sync ([weight_sync] type = \
+                 \"disk\"), or it samples from the initial weights at every step"
+            ),
+            (_, WeightSyncConfig::Nccl) => {
+                bail!("weight_sync.type: \"nccl\" is not built yet (use \"disk\")")
+            }
+            (RolloutConfig::LlamaCpp(_), WeightSyncConfig::Disk(_)) => bail!(
+                "weight_sync: llama.cpp cannot reload weights in place; train with vllm or \
+                 sglang (llama.cpp serves evaluation and frozen-policy sampling)"
+            ),
+            _ => {}
+        }
         let r = &self.run;
         for (name, v) in
             [("run.prompts_per_step", r.prompts_per_step), ("run.eval_prompts", r.eval_prompts)]
@@ -450,7 +542,7 @@ pub fn prompts(
     let rewrite = |ps: Vec<Prompt>| -> Result<Vec<Prompt>> {
         ps.into_iter().map(|p| Ok(Prompt { text: writer.write(&p.text)?, ..p })).collect()
     };
-    match run.dataset.as_str() {
+    let (mut train, test) = match run.dataset.as_str() {
         "addition" => addition_prompts(loaded, seed, run.eval_prompts),
         "arithmetic" => Ok((
             rewrite(arithmetic(4096, 1, seed)?)?,
@@ -468,7 +560,41 @@ pub fn prompts(
             let test = all.split_off(all.len() - run.eval_prompts);
             Ok((all, test))
         }
+    }?;
+    match run.eval_split {
+        EvalSplit::Test => Ok((train, test)),
+        EvalSplit::Validation => {
+            let validation = take_spread(&mut train, run.eval_prompts, seed)?;
+            Ok((train, validation))
+        }
     }
+}
+
+/// The engine sampler and weight sync of `file.rollout` / `file.weight_sync` (`None` for local
+/// rollouts). The preflight checks the server, model name, tokenizer and context; the log-prob
+/// probe runs after the trainer's first publish (the engine may have been started from other
+/// weights of the same architecture: the trainer publishes its own before the first rollout).
+fn connect_engine(
+    file: &RunFile,
+    codec: Arc<dyn rl_core::TokenCodec>,
+    pad_id: u32,
+    messages: &mut Vec<String>,
+) -> Result<Option<(RemoteSampler, rl_rollout::DiskSync, usize)>> {
+    let Some((engine, cfg)) = file.rollout.engine() else { return Ok(None) };
+    let WeightSyncConfig::Disk(disk) = &file.weight_sync else {
+        bail!("weight_sync: an inference engine needs [weight_sync] type = \"disk\"");
+    };
+    let sampler = RemoteSampler::connect(engine, cfg.clone(), codec, None)
+        .with_context(|| format!("rollout: connecting to {} at {:?}", engine.name(), cfg.urls))?
+        .with_pad_id(pad_id);
+    messages.push(format!(
+        "rollout: {} at {:?} (preflight: {:?})",
+        engine.name(),
+        cfg.urls,
+        sampler.preflight_report()
+    ));
+    let sync = sampler.disk_sync(disk.clone())?;
+    Ok(Some((sampler, sync, disk.sync_every)))
 }
 
 /// One point of the held-out accuracy curve.
@@ -511,8 +637,15 @@ pub struct TrainOptions {
 
 /// Settings that may change between a run and its resumption: they do not change what a step
 /// computes (`run.steps` is the total to reach, `run.out` where the run lives).
-const RESUMABLE_CHANGES: [&str; 5] =
-    ["run.steps", "run.out", "run.eval_every", "run.save_every", "run.keep_last"];
+const RESUMABLE_CHANGES: [&str; 7] = [
+    "run.steps",
+    "run.out",
+    "run.eval_every",
+    "run.save_every",
+    "run.keep_last",
+    "rollout",
+    "weight_sync",
+];
 
 /// The settings in which `new` differs from `old`, one `field.path: old -> new` entry per
 /// differing value (values as JSON, `absent` for an unset one), comparing the parsed files, not
@@ -718,7 +851,9 @@ pub fn train_with(
         } else {
             None
         };
+        let codec: Arc<dyn rl_core::TokenCodec> = Arc::new(loaded.tokenizer.clone());
         let policy = policy(loaded.model, loaded.tokenizer);
+        let engine = connect_engine(file, codec, policy.pad_id(), &mut messages)?;
         // A KL term or KL in the reward anchors to a frozen copy of the initial policy.
         let reference: Option<Box<dyn ReferenceModel>> = if recipe.algorithm.needs_reference() {
             Some(Box::new(policy.reference()?))
@@ -729,6 +864,9 @@ pub fn train_with(
         let mut builder = recipe.builder(policy, reward)?.maybe_reference(reference);
         if world > 1 {
             builder = builder.process_group(group);
+        }
+        if let Some((sampler, sync, every)) = engine {
+            builder = builder.sampler(sampler).weight_sync(sync, every);
         }
         let mut trainer: Box<dyn TrainStep> = match critic {
             Some(critic) => {
@@ -781,11 +919,15 @@ pub fn train_with(
             .with_context(|| format!("cannot write {}", run_toml.display()))?;
     }
     let mut curve = Vec::new();
+    let split = match run.eval_split {
+        EvalSplit::Test => "held-out",
+        EvalSplit::Validation => "validation",
+    };
     let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
         let step = t.state().step;
         let report = t.evaluate(&test, true)?;
         log(&format!(
-            "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} held-out prompts)",
+            "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} {split} prompts)",
             report.accuracy, report.mean_reward, report.responses
         ));
         curve.push(EvalPoint { step, report });

@@ -183,6 +183,19 @@ fn datasets_are_split_and_written_for_the_model() {
     assert!(train.len() > 7000, "{}", train.len());
     assert!(test.iter().all(|t| !train.iter().any(|p| p.text == t.text)), "held-out leak");
 
+    // The validation split comes out of the training prompts: disjoint from both the rest of
+    // training and the held-out prompts, spread over the range, and seeded.
+    let full_train = train.len();
+    settings.eval_split = run::EvalSplit::Validation;
+    let (vtrain, val) = run::prompts(&loaded, &settings, 0).unwrap();
+    assert_eq!((vtrain.len(), val.len()), (full_train - 7, 7));
+    assert!(val.iter().all(|v| !vtrain.iter().any(|p| p.text == v.text)), "validation leak");
+    assert!(val.iter().all(|v| !test.iter().any(|t| t.text == v.text)), "validation = held-out");
+    assert_ne!(val[0].answer, val[6].answer, "validation is not one corner of the range");
+    let (_, val3) = run::prompts(&loaded, &settings, 3).unwrap();
+    assert_ne!(val, val3, "the seed moves the validation split");
+    settings.eval_split = run::EvalSplit::Test;
+
     settings.dataset = "arithmetic".into();
     let (train, test) = run::prompts(&loaded, &settings, 0).unwrap();
     assert_eq!((train.len(), test.len()), (4096, 7));

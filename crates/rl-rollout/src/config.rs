@@ -1,4 +1,4 @@
-//! Serde configs: `[trainer.rollout]` ([`RolloutConfig`]) and `[trainer.weight_sync]`
+//! Serde configs: `[rollout]` ([`RolloutConfig`]) and `[weight_sync]`
 //! ([`WeightSyncConfig`]), each validated with full field paths.
 
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use crate::{Result, RolloutError};
 /// let cfg: rl_rollout::RolloutConfig = serde_json::from_value(serde_json::json!({
 ///     "type": "vllm", "urls": ["http://127.0.0.1:8000"], "model": "policy"
 /// }))?;
-/// cfg.validate("trainer.rollout")?;
+/// cfg.validate("rollout")?;
 /// assert!(matches!(cfg, rl_rollout::RolloutConfig::Vllm(ref e) if e.max_concurrency == 8));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -42,7 +42,7 @@ impl RolloutConfig {
         }
     }
 
-    /// Checks every field; `path` is the config's own path (e.g. `trainer.rollout`).
+    /// Checks every field; `path` is the config's own path (e.g. `rollout`).
     ///
     /// # Errors
     /// [`RolloutError::Config`] naming the full field path.
@@ -128,7 +128,7 @@ impl EngineConfig {
     /// Checks every field; `path` is the config's own path.
     ///
     /// # Errors
-    /// [`RolloutError::Config`] naming the full field path (e.g. `trainer.rollout.urls[1]`).
+    /// [`RolloutError::Config`] naming the full field path (e.g. `rollout.urls[1]`).
     pub fn validate(&self, path: &str) -> Result<()> {
         let err = |field: &str, reason: &str| {
             Err(RolloutError::config(format!("{path}.{field}"), reason))
@@ -195,11 +195,11 @@ impl EngineConfig {
 /// let cfg: rl_rollout::WeightSyncConfig = serde_json::from_value(serde_json::json!({
 ///     "type": "disk", "dir": "/dev/shm/rlz-weights", "verify_every": 2
 /// }))?;
-/// cfg.validate("trainer.weight_sync")?;
+/// cfg.validate("weight_sync")?;
 /// let bad: rl_rollout::WeightSyncConfig =
 ///     serde_json::from_value(serde_json::json!({"type": "disk", "dir": "w", "sync_every": 0}))?;
-/// assert!(bad.validate("trainer.weight_sync").unwrap_err().to_string()
-///     .contains("trainer.weight_sync.sync_every"));
+/// assert!(bad.validate("weight_sync").unwrap_err().to_string()
+///     .contains("weight_sync.sync_every"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -216,7 +216,7 @@ pub enum WeightSyncConfig {
 }
 
 impl WeightSyncConfig {
-    /// Checks every field; `path` is the config's own path (e.g. `trainer.weight_sync`).
+    /// Checks every field; `path` is the config's own path (e.g. `weight_sync`).
     ///
     /// # Errors
     /// [`RolloutError::Config`] naming the full field path.

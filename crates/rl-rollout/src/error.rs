@@ -7,7 +7,7 @@ pub enum RolloutError {
     /// A configuration value is invalid (`field` is the full dotted path).
     #[error("invalid config `{field}`: {reason}")]
     Config {
-        /// Dotted field path, e.g. `trainer.rollout.urls[1]`.
+        /// Dotted field path, e.g. `rollout.urls[1]`.
         field: String,
         /// Why it is invalid.
         reason: String,

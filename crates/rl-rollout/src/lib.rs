@@ -13,8 +13,8 @@
 //! * [`DiskSync`] implements [`rl_core::WeightSync`]: a Hugging Face directory plus the engine's
 //!   reload route, a version check, and a greedy log-prob probe that catches an engine that kept
 //!   stale weights.
-//! * [`RolloutConfig`] / [`WeightSyncConfig`]: the serde configs of `[trainer.rollout]` and
-//!   `[trainer.weight_sync]`.
+//! * [`RolloutConfig`] / [`WeightSyncConfig`]: the serde configs of `[rollout]` and
+//!   `[weight_sync]`.
 //! * With the `testing` feature, `testing::MockServer`: an engine on 127.0.0.1 speaking the three
 //!   protocols, backed by any model, with injectable faults.
 //!

@@ -191,7 +191,7 @@ fn configs_are_typed_and_validated_with_paths() {
         "type": "llama_cpp", "urls": ["http://a:1", "http://b:2"], "max_concurrency": 2
     }))
     .unwrap();
-    ok.validate("trainer.rollout").unwrap();
+    ok.validate("rollout").unwrap();
     let local: RolloutConfig = serde_json::from_value(json!({"type": "local"})).unwrap();
     assert_eq!(local, RolloutConfig::Local);
     assert!(
@@ -201,9 +201,9 @@ fn configs_are_typed_and_validated_with_paths() {
     assert!(serde_json::from_value::<RolloutConfig>(json!({"type": "tgi"})).is_err());
     let bad: RolloutConfig =
         serde_json::from_value(json!({"type": "vllm", "urls": ["http://a:1", "a:2"]})).unwrap();
-    let e = bad.validate("trainer.rollout").unwrap_err();
+    let e = bad.validate("rollout").unwrap_err();
     assert!(
-        matches!(e, RolloutError::Config { ref field, .. } if field == "trainer.rollout.urls[1]"),
+        matches!(e, RolloutError::Config { ref field, .. } if field == "rollout.urls[1]"),
         "{e}"
     );
     let bad: RolloutConfig = serde_json::from_value(
@@ -217,9 +217,9 @@ fn configs_are_typed_and_validated_with_paths() {
     );
     let sync: WeightSyncConfig =
         serde_json::from_value(json!({"type": "disk", "dir": "/tmp/w", "dtype": "int8"})).unwrap();
-    let e = sync.validate("trainer.weight_sync").unwrap_err();
+    let e = sync.validate("weight_sync").unwrap_err();
     assert!(
-        matches!(e, RolloutError::Config { ref field, .. } if field == "trainer.weight_sync.dtype"),
+        matches!(e, RolloutError::Config { ref field, .. } if field == "weight_sync.dtype"),
         "{e}"
     );
     let nccl: WeightSyncConfig = serde_json::from_value(json!({"type": "nccl"})).unwrap();

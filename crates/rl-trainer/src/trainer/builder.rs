@@ -209,11 +209,11 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
                 return refuse("algorithm.kl_in_reward", "its controller reads the batch KL");
             }
             if sync.is_some() {
-                return refuse("trainer.weight_sync", "publishing from rank 0 only is not built");
+                return refuse("weight_sync", "publishing from rank 0 only is not built");
             }
         }
         if sync.as_ref().is_some_and(|(_, every)| *every == 0) {
-            return Err(TrainerError::config("trainer.weight_sync.sync_every", "must be >= 1"));
+            return Err(TrainerError::config("weight_sync.sync_every", "must be >= 1"));
         }
         let sync = sync.map(|(f, every)| (f, every as u64));
         if sampler.as_ref().is_some_and(|s| s.is_external()) && !config.recompute_old_log_probs {
@@ -281,6 +281,7 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             on_policy: false,
             sampler,
             sync,
+            engine_current: false,
             dist,
         })
     }

@@ -121,6 +121,11 @@ pub struct Trainer<P: Policy, C: Critic = NoCritic> {
     /// Publishes the policy's weights to the sampler every `.1` steps
     /// (`TrainerBuilder::weight_sync`).
     sync: Option<(SyncFn<P>, u64)>,
+    /// The engine holds the policy's current weights as far as the trainer knows: `false`
+    /// before the first rollout and after a resume, when the next step first publishes the
+    /// current weights (version = the step count) so the engine never samples from weights the
+    /// trainer does not have.
+    engine_current: bool,
     /// The data-parallel group (`TrainerBuilder::process_group`); `None`: one process.
     dist: Option<Box<dyn ProcessGroup>>,
 }
@@ -292,6 +297,14 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         let started = Instant::now();
         let mut metrics = Metrics::new();
+        if let Some((sync, _)) = &mut self.sync
+            && !self.engine_current
+        {
+            let report = sync(&self.policy, self.state.step)?;
+            tracing::info!(version = self.state.step, seconds = report.seconds, "initial publish");
+            metrics.insert("time/sync_initial_s", report.seconds);
+            self.engine_current = true;
+        }
         let (mut batch, scores) = self.rollout(source, groups, &mut metrics)?;
         let adv = self.prepare(&mut batch, &scores, &mut metrics)?;
         self.update(&batch, &adv.advantages, &adv.returns, &mut metrics)?;
@@ -444,6 +457,8 @@ impl<P: Policy + Checkpointable, C: Critic + Checkpointable> Trainer<P, C> {
             k.controller = ctrl.clone();
         }
         self.state = state.clone();
+        // The engine still serves the weights from before the resume: republish first.
+        self.engine_current = false;
         Ok(state)
     }
 
