@@ -38,9 +38,60 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Directory of the embedded tiny arithmetic model.
+/// Directory of the embedded tiny arithmetic model: `assets/tiny-arith` of the source tree the
+/// binary was built from when it is still there, else a copy of the files compiled into the
+/// binary, written once under the system temp directory (an installed `rl-zero` or a moved
+/// checkout keeps working; see [`embedded_tiny_model_dir`]).
 pub fn tiny_model_dir() -> PathBuf {
-    workspace_root().join("assets/tiny-arith")
+    let source = workspace_root().join("assets/tiny-arith");
+    if source.join("config.json").is_file() {
+        return source;
+    }
+    // On failure the source path is returned: loading it then names the missing file.
+    embedded_tiny_model_dir(&std::env::temp_dir()).unwrap_or(source)
+}
+
+/// The files of `assets/tiny-arith`, compiled into the binary (520 kB).
+const TINY_FILES: [(&str, &[u8]); 5] = [
+    ("config.json", include_bytes!("../assets/tiny-arith/config.json")),
+    ("generation_config.json", include_bytes!("../assets/tiny-arith/generation_config.json")),
+    ("model.safetensors", include_bytes!("../assets/tiny-arith/model.safetensors")),
+    ("tokenizer.json", include_bytes!("../assets/tiny-arith/tokenizer.json")),
+    ("tokenizer_config.json", include_bytes!("../assets/tiny-arith/tokenizer_config.json")),
+];
+
+/// Writes the embedded tiny model's files to `parent/rl-zero-tiny-arith-<content hash>/` (once:
+/// an existing complete copy is reused; a new one is written to a temporary sibling and renamed
+/// into place, so concurrent processes never see half a model) and returns that directory.
+pub fn embedded_tiny_model_dir(parent: &Path) -> Result<PathBuf> {
+    // FNV-1a over every file: the directory name changes whenever the model does.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, bytes) in TINY_FILES {
+        for b in name.as_bytes().iter().chain(bytes.iter()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let dir = parent.join(format!("rl-zero-tiny-arith-{h:016x}"));
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("rl-zero-tiny-arith-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a directory under {}", parent.display()))?;
+    for (name, bytes) in TINY_FILES {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    match std::fs::rename(tmp.path(), &dir) {
+        Ok(()) => {
+            let _ = tmp.keep();
+            Ok(dir)
+        }
+        // Another process renamed its copy first: use it.
+        Err(_) if dir.join("config.json").is_file() => Ok(dir),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
 }
 
 /// The run driver's refusals, typed so that callers can match on them (other failures are
@@ -257,8 +308,9 @@ pub fn held_out(a: u32, b: u32) -> bool {
     (a * 31 + b * 17) % 97 < 10
 }
 
-/// Writes questions for a model: after `<bos>` for the embedded model, through the chat template
-/// (one user turn, generation prompt) for the others.
+/// Writes questions for a model: after `<bos>` for the embedded model and for a model without a
+/// chat template (a base model), through the chat template (one user turn, generation prompt)
+/// for the others.
 #[derive(Debug)]
 pub struct PromptWriter {
     bos: String,
@@ -266,9 +318,14 @@ pub struct PromptWriter {
 }
 
 impl PromptWriter {
-    /// The writer for `loaded` (fails when a non-embedded model has no chat template).
+    /// The writer for `loaded` (fails when the model's chat template does not compile).
     pub fn new(loaded: &Loaded) -> Result<Self> {
-        let chat = if loaded.tiny { None } else { Some(loaded.tokenizer.chat()?) };
+        // The embedded model, and any model whose tokenizer has no chat template (a base
+        // model), reads `<bos>` + the question; a template that exists must compile.
+        let chat = match (loaded.tiny, loaded.tokenizer.chat_template()) {
+            (false, Some(_)) => Some(loaded.tokenizer.chat()?),
+            _ => None,
+        };
         let bos = loaded.tokenizer.bos_token().unwrap_or_default().to_string();
         Ok(Self { bos, chat })
     }

@@ -237,3 +237,25 @@ fn tiny_run_files_keep_their_presets_algorithms() {
     assert_eq!(ppo.trainer.critic.adam, Recipe::open_reasoner_zero().trainer.critic.adam);
     assert_eq!(ppo.run.model, None);
 }
+
+/// The embedded model by its path (`--model assets/tiny-arith`: no chat template, so `<bos>` +
+/// question, as without `--model`), and from the copy compiled into the binary when the source
+/// tree's `assets/` is gone (an installed binary): the same files, loadable, reused.
+#[test]
+fn the_embedded_model_works_by_path_and_without_the_source_tree() {
+    let by_path = run::tiny_model_dir().to_string_lossy().into_owned();
+    let loaded = run::load_model(Some(&by_path), "main").unwrap();
+    let settings = run::RunSettings { eval_prompts: 3, ..Default::default() };
+    let (_, test) = run::prompts(&loaded, &settings, 0).unwrap();
+    assert!(test[0].text.starts_with("<bos>What is "), "{}", test[0].text);
+
+    let parent = tempfile::tempdir().unwrap();
+    let dir = run::embedded_tiny_model_dir(parent.path()).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let copy = std::fs::read(dir.join(name)).unwrap();
+        assert_eq!(copy, std::fs::read(run::tiny_model_dir().join(name)).unwrap(), "{name}");
+    }
+    assert_eq!(run::embedded_tiny_model_dir(parent.path()).unwrap(), dir, "reused");
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1, "no leftovers");
+    run::load_model(Some(dir.to_str().unwrap()), "main").unwrap();
+}
