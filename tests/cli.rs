@@ -365,3 +365,37 @@ fn launch_trains_data_parallel_with_rank_0_owning_the_output() {
     let err = fails(&bad);
     assert!(err.contains("rank"), "{err}");
 }
+
+/// A disk that fills up during a checkpoint (simulated with `ulimit -f`: a write past the limit
+/// fails with EFBIG as on a full disk): the error names the checkpoint, the partial
+/// `.tmp-step-*` directory is removed, and the previous checkpoint and `latest` are unchanged,
+/// so `--resume` without the limit continues from it.
+#[test]
+fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_file(dir.path(), "r.toml", "dr_grpo", "save_every = 1", "1e-4");
+    let out = dir.path().join("out");
+    ok(&rlz(&["train", "--config", s(&cfg), "--out", s(&out)]));
+    let root = out.join("checkpoints");
+    let before = snapshot(&root);
+    assert_eq!(checkpoints(&out), ["step-000001"]);
+    // 600 KiB per file: the policy (508 KiB) fits, the optimizer moments (1 MiB) do not.
+    let limited = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 600; trap '' XFSZ; exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_rl-zero"))
+        .args(["train", "--config", s(&cfg), "--out", s(&out), "--resume", "--steps", "2"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = fails(&limited);
+    assert!(err.contains(&root.join("step-000002").display().to_string()), "{err}");
+    assert!(err.contains("File too large") || err.contains("too large"), "{err}");
+    let after = snapshot(&root);
+    let names = |m: &BTreeMap<PathBuf, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before), "no partial files; `latest` and step 1 kept");
+    assert!(after == before, "the previous checkpoint's bytes changed");
+    ok(&rlz(&["train", "--config", s(&cfg), "--out", s(&out), "--resume", "--steps", "2"]));
+    assert_eq!(checkpoints(&out), ["step-000001", "step-000002"]);
+}

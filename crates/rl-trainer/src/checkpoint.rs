@@ -47,26 +47,56 @@ pub fn step_dir_name(step: u64) -> String {
 
 /// Builds a checkpoint directory `root/name` atomically: `fill` writes into a temporary directory
 /// that is renamed into place, then `root/latest` is updated (by rename). Returns the directory.
+///
+/// # Errors
+/// [`TrainerError::Checkpoint`] naming `root/name` when anything fails (a full disk, a read-only
+/// directory, a failed `fill`): the temporary files are removed, and the previous checkpoints and
+/// `latest` are left as they were (a same-step directory is replaced only once the new one is
+/// complete).
 pub fn write_atomic(
     root: &Path,
     name: &str,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(root)?;
-    let tmp = root.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    fill(&tmp)?;
     let dst = root.join(name);
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst)?;
+    let fail = |e: &dyn std::fmt::Display| {
+        TrainerError::checkpoint(
+            &dst,
+            format!("not written ({e}); partial files removed, earlier checkpoints unchanged"),
+        )
+    };
+    std::fs::create_dir_all(root).map_err(|e| fail(&e))?;
+    let tmp = root.join(format!(".tmp-{name}"));
+    let old = root.join(format!(".old-{name}"));
+    let staged = (|| -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        fill(&tmp)?;
+        if dst.exists() {
+            std::fs::rename(&dst, &old)?;
+        }
+        std::fs::rename(&tmp, &dst)?;
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if old.exists() && !dst.exists() {
+            let _ = std::fs::rename(&old, &dst);
+        }
+        return Err(fail(&e));
     }
-    std::fs::rename(&tmp, &dst)?;
+    if old.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+    }
     let latest_tmp = root.join(format!(".tmp-{LATEST}"));
-    std::fs::write(&latest_tmp, name)?;
-    std::fs::rename(&latest_tmp, root.join(LATEST))?;
+    let pointed = std::fs::write(&latest_tmp, name)
+        .and_then(|()| std::fs::rename(&latest_tmp, root.join(LATEST)));
+    if let Err(e) = pointed {
+        let _ = std::fs::remove_file(&latest_tmp);
+        return Err(fail(&format!("updating {LATEST}: {e}")));
+    }
     Ok(dst)
 }
 
