@@ -27,7 +27,9 @@ else
 fi
 wheel=$(ls "$wheels"/mkl-"$version"-*.whl 2>/dev/null | head -n 1 || true)
 if [ -z "$wheel" ]; then
-  "${pip_cmd[@]}" download -q --no-deps "mkl==$version" -d "$wheels" >&2
+  # Exit 2 = the registry could not be reached (CI skips the MKL phase); any later failure is
+  # exit 1 (CI fails: MKL was found but could not be set up).
+  "${pip_cmd[@]}" download -q --no-deps "mkl==$version" -d "$wheels" >&2 || exit 2
   wheel=$(ls "$wheels"/mkl-"$version"-*.whl | head -n 1)
 fi
 python3 - "$wheel" "$dest" $libs <<'PY'
