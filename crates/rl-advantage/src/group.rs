@@ -9,8 +9,8 @@ use rl_core::{AdvantageEstimator, AdvantageInput, Advantages, Device, Error, Gro
 use serde::{Deserialize, Serialize};
 
 use crate::host::{
-    self, GroupStat, Host, Moments, Singleton, StdKind, Whiten, batch_std, group_stats, lengths,
-    non_negative, nonempty_lengths, outcome_advantages,
+    self, GroupStat, Host, Moments, Singleton, StdKind, Whiten, Whitening, batch_std, group_stats,
+    lengths, non_negative, nonempty_lengths, outcome_advantages,
 };
 
 /// Everything an outcome estimator reads, on the host.
@@ -280,6 +280,7 @@ impl AdvantageEstimator for ReinforcePlusPlusBaseline {
             .iter()
             .zip(&lens)
             .fold(Moments::default(), |m, (&s, &l)| m.merge(Moments::constant(s, l as f64)));
+        let m = if self.whiten == Whiten::None { m } else { input.reduce_moments(m)? };
         match m.whitening(self.whiten)? {
             Some((shift, scale)) => o.finish(|i, _| (s[i] - shift) * scale),
             None => o.finish(|i, _| s[i]),
@@ -289,6 +290,11 @@ impl AdvantageEstimator for ReinforcePlusPlusBaseline {
     /// Whitened over the batch (unless `whiten` is `None`).
     fn batch_statistics(&self) -> bool {
         self.whiten != Whiten::None
+    }
+
+    /// The whitening moments go through [`AdvantageInput::reduce_moments`].
+    fn reduces_batch_statistics(&self) -> bool {
+        true
     }
 }
 

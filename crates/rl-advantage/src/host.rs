@@ -219,57 +219,16 @@ pub enum Whiten {
     Population,
 }
 
-/// Count, mean and sum of squared deviations of a set of values (Chan et al. merge).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct Moments {
-    pub n: f64,
-    pub mean: f64,
-    pub m2: f64,
+pub(crate) use rl_core::masked::Moments;
+
+/// Whitening of [`Moments`] (a local trait: the moments live in rl-core, the kinds here).
+pub(crate) trait Whitening {
+    /// `(shift, scale)` so that whitened = `(x − shift)·scale`, or `None` for [`Whiten::None`].
+    fn whitening(self, kind: Whiten) -> Result<Option<(f64, f64)>>;
 }
 
-impl Moments {
-    /// Moments of the valid elements of one row.
-    pub(crate) fn of_row(v: &[f32], m: &[f32]) -> Self {
-        let (mut n, mut s) = (0f64, 0f64);
-        for (&x, &m) in v.iter().zip(m) {
-            if m != 0.0 {
-                n += 1.0;
-                s += x as f64;
-            }
-        }
-        if n == 0.0 {
-            return Self::default();
-        }
-        let mean = s / n;
-        let m2 = v
-            .iter()
-            .zip(m)
-            .filter(|(_, m)| **m != 0.0)
-            .map(|(&x, _)| (x as f64 - mean).powi(2))
-            .sum();
-        Self { n, mean, m2 }
-    }
-
-    /// `weight` copies of `value`.
-    pub(crate) fn constant(value: f64, weight: f64) -> Self {
-        if weight == 0.0 { Self::default() } else { Self { n: weight, mean: value, m2: 0.0 } }
-    }
-
-    /// The moments of the union of two sets.
-    pub(crate) fn merge(self, o: Self) -> Self {
-        if self.n == 0.0 {
-            return o;
-        }
-        if o.n == 0.0 {
-            return self;
-        }
-        let n = self.n + o.n;
-        let d = o.mean - self.mean;
-        Self { n, mean: self.mean + d * o.n / n, m2: self.m2 + o.m2 + d * d * self.n * o.n / n }
-    }
-
-    /// `(shift, scale)` so that whitened = `(x − shift)·scale`, or `None` for [`Whiten::None`].
-    pub(crate) fn whitening(self, kind: Whiten) -> Result<Option<(f64, f64)>> {
+impl Whitening for Moments {
+    fn whitening(self, kind: Whiten) -> Result<Option<(f64, f64)>> {
         let n = self.n as usize;
         match kind {
             Whiten::None => Ok(None),
@@ -299,11 +258,11 @@ impl Moments {
 /// three slices stop at the row's last valid token, trailing padding stays 0), then
 /// whitens the advantages over the valid tokens of the whole batch.
 pub(crate) fn scan_rows<F>(
+    input: &AdvantageInput<'_>,
     mask: &[f32],
     b: usize,
     t: usize,
     whiten: Whiten,
-    device: &Device,
     scan: F,
 ) -> Result<Advantages>
 where
@@ -323,10 +282,13 @@ where
                 Ok::<_, Error>(if whiten == Whiten::None {
                     Moments::default()
                 } else {
-                    Moments::of_row(a, m)
+                    Moments::of_masked(a, m)
                 })
             })
             .try_reduce(Moments::default, |x, y| Ok(x.merge(y)))?;
+        // Under data parallelism the statistics are those of every rank's rows.
+        let moments =
+            if whiten == Whiten::None { moments } else { input.reduce_moments(moments)? };
         if let Some((shift, scale)) = moments.whitening(whiten)? {
             adv.par_chunks_mut(t).zip(mask.par_chunks(t)).for_each(|(a, m)| {
                 let end = row_end(m);
@@ -336,8 +298,9 @@ where
             });
         }
     } else if whiten != Whiten::None {
-        Moments::default().whitening(whiten)?;
+        input.reduce_moments(Moments::default())?.whitening(whiten)?;
     }
+    let device = input.response_mask.device();
     Ok(Advantages { advantages: tensor(adv, b, t, device)?, returns: tensor(ret, b, t, device)? })
 }
 

@@ -273,4 +273,8 @@ impl AdvantageEstimator for Advantage {
     fn batch_statistics(&self) -> bool {
         self.as_estimator().batch_statistics()
     }
+
+    fn reduces_batch_statistics(&self) -> bool {
+        self.as_estimator().reduces_batch_statistics()
+    }
 }

@@ -117,7 +117,7 @@ impl AdvantageEstimator for Gae {
         let (r, v) = (rewards.view()?, values.as_slice());
         let (gamma, gl) = (self.gamma as f32, (self.gamma * self.lambda) as f32);
         let t = tok.t;
-        scan_rows(mask, tok.b, t, self.whiten, input.response_mask.device(), |i, m, adv, ret| {
+        scan_rows(input, mask, tok.b, t, self.whiten, |i, m, adv, ret| {
             let (r, v) = (r.row(i, t), &v[i * t..(i + 1) * t]);
             let (mut next_value, mut last) = (0f32, 0f32);
             for j in (0..m.len()).rev() {
@@ -141,6 +141,11 @@ impl AdvantageEstimator for Gae {
     /// Whitened over the batch (unless `whiten` is `None`).
     fn batch_statistics(&self) -> bool {
         self.whiten != Whiten::None
+    }
+
+    /// The whitening moments go through [`AdvantageInput::reduce_moments`].
+    fn reduces_batch_statistics(&self) -> bool {
+        true
     }
 }
 
@@ -175,7 +180,7 @@ impl AdvantageEstimator for ReinforcePlusPlus {
         let rewards = TokenRewards::new(input.rewards, mask, tok.b, tok.t)?;
         let r = rewards.view()?;
         let (gamma, t) = (self.gamma as f32, tok.t);
-        scan_rows(mask, tok.b, t, self.whiten, input.response_mask.device(), |i, m, adv, ret| {
+        scan_rows(input, mask, tok.b, t, self.whiten, |i, m, adv, ret| {
             let r = r.row(i, t);
             let mut g = 0f32;
             for j in (0..m.len()).rev() {
@@ -194,6 +199,11 @@ impl AdvantageEstimator for ReinforcePlusPlus {
     /// Whitened over the batch (unless `whiten` is `None`).
     fn batch_statistics(&self) -> bool {
         self.whiten != Whiten::None
+    }
+
+    /// The whitening moments go through [`AdvantageInput::reduce_moments`].
+    fn reduces_batch_statistics(&self) -> bool {
+        true
     }
 }
 
@@ -222,7 +232,7 @@ impl AdvantageEstimator for ReMax {
         let rewards = TokenRewards::new(input.rewards, mask, tok.b, tok.t)?;
         let r = rewards.view()?;
         let t = tok.t;
-        scan_rows(mask, tok.b, t, Whiten::None, input.response_mask.device(), |i, m, adv, ret| {
+        scan_rows(input, mask, tok.b, t, Whiten::None, |i, m, adv, ret| {
             let r = r.row(i, t);
             let mut g = 0f32;
             for j in (0..m.len()).rev() {

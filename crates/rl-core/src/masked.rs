@@ -205,3 +205,100 @@ mod tests {
         assert!(matches!(masked_sum(&v, &m, None), Err(Error::ShapeMismatch { .. })));
     }
 }
+
+/// Count, mean and sum of squared deviations of a set of values, mergeable in any grouping
+/// (Chan, Golub and LeVeque's parallel update): the statistics advantage whitening needs, built
+/// per row and merged over the batch — and, under data parallelism, over the ranks
+/// ([`BatchReduce`]).
+///
+/// ```
+/// use rl_core::masked::Moments;
+/// let a = Moments::of_masked(&[1.0, 2.0, 9.0], &[1.0, 1.0, 0.0]);
+/// let b = Moments::constant(4.0, 2.0);
+/// let all = a.merge(b); // {1, 2, 4, 4}
+/// assert_eq!((all.n, all.mean), (4.0, 2.75));
+/// assert!((all.m2 - 6.75).abs() < 1e-12);
+/// assert_eq!(Moments::from_bytes(&all.to_bytes()), Some(all));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Moments {
+    /// Number of values (a weight: `f64`).
+    pub n: f64,
+    /// Their mean (0 when `n` is 0).
+    pub mean: f64,
+    /// Sum of squared deviations from the mean.
+    pub m2: f64,
+}
+
+impl Moments {
+    /// Moments of the elements of `v` whose `m` is non-zero.
+    pub fn of_masked(v: &[f32], m: &[f32]) -> Self {
+        let (mut n, mut s) = (0f64, 0f64);
+        for (&x, &m) in v.iter().zip(m) {
+            if m != 0.0 {
+                n += 1.0;
+                s += f64::from(x);
+            }
+        }
+        if n == 0.0 {
+            return Self::default();
+        }
+        let mean = s / n;
+        let m2 = v
+            .iter()
+            .zip(m)
+            .filter(|(_, m)| **m != 0.0)
+            .map(|(&x, _)| (f64::from(x) - mean).powi(2))
+            .sum();
+        Self { n, mean, m2 }
+    }
+
+    /// `weight` copies of `value`.
+    pub fn constant(value: f64, weight: f64) -> Self {
+        if weight == 0.0 { Self::default() } else { Self { n: weight, mean: value, m2: 0.0 } }
+    }
+
+    /// The moments of the union of two sets.
+    pub fn merge(self, o: Self) -> Self {
+        if self.n == 0.0 {
+            return o;
+        }
+        if o.n == 0.0 {
+            return self;
+        }
+        let n = self.n + o.n;
+        let d = o.mean - self.mean;
+        Self { n, mean: self.mean + d * o.n / n, m2: self.m2 + o.m2 + d * d * self.n * o.n / n }
+    }
+
+    /// 24 little-endian bytes (`n`, `mean`, `m2`), for an all-gather.
+    pub fn to_bytes(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        for (chunk, v) in b.chunks_exact_mut(8).zip([self.n, self.mean, self.m2]) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// The inverse of [`Moments::to_bytes`]; `None` unless `b` is 24 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != 24 {
+            return None;
+        }
+        let f = |i: usize| f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Some(Self { n: f(0), mean: f(1), m2: f(2) })
+    }
+}
+
+/// Combines one process's batch [`Moments`] with those of every other process of a
+/// data-parallel group, so that batch-wide whitening sees the global batch. Given to advantage
+/// estimators through [`crate::AdvantageInput::with_batch_reduce`]; every rank must call it the
+/// same number of times, in the same order.
+#[derive(Clone, Copy)]
+pub struct BatchReduce<'a>(pub &'a dyn Fn(Moments) -> Result<Moments>);
+
+impl std::fmt::Debug for BatchReduce<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchReduce(..)")
+    }
+}

@@ -103,6 +103,11 @@ pub struct AdvantageInput<'a> {
     pub ref_log_probs: Option<&'a Tensor>,
     /// Per-token statistics of the sampling policy (the optimal token baseline only).
     pub policy_stats: Option<PolicyStats<'a>>,
+    /// Under data parallelism: merges this rank's whitening [`crate::masked::Moments`] with
+    /// every rank's (`None`: this batch is the whole batch). Estimators that whiten over the
+    /// batch call it once per estimate and say so with
+    /// [`AdvantageEstimator::reduces_batch_statistics`].
+    pub batch_reduce: Option<crate::masked::BatchReduce<'a>>,
 }
 
 /// Per-token statistics of the policy that sampled the responses, for estimators whose baseline
@@ -129,6 +134,22 @@ impl<'a> AdvantageInput<'a> {
             baseline: None,
             ref_log_probs: None,
             policy_stats: None,
+            batch_reduce: None,
+        }
+    }
+
+    /// Adds the data-parallel reduction of batch statistics.
+    pub fn with_batch_reduce(mut self, reduce: crate::masked::BatchReduce<'a>) -> Self {
+        self.batch_reduce = Some(reduce);
+        self
+    }
+
+    /// `local` merged over the data-parallel group ([`AdvantageInput::batch_reduce`]), or
+    /// `local` itself in one process.
+    pub fn reduce_moments(&self, local: crate::masked::Moments) -> Result<crate::masked::Moments> {
+        match self.batch_reduce {
+            Some(r) => (r.0)(local),
+            None => Ok(local),
         }
     }
 
@@ -179,6 +200,13 @@ pub trait AdvantageEstimator {
     /// statistics are all-reduced). Estimators that normalise over the batch must override this;
     /// the default is `false` (group-local or row-local).
     fn batch_statistics(&self) -> bool {
+        false
+    }
+
+    /// `true` when every batch-wide statistic of this estimator goes through
+    /// [`AdvantageInput::reduce_moments`], so a data-parallel trainer can all-reduce it and accept
+    /// the estimator (whitened GAE, REINFORCE++). Default `false`.
+    fn reduces_batch_statistics(&self) -> bool {
         false
     }
 }

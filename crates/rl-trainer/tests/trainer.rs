@@ -899,7 +899,8 @@ mod external {
         Ok(())
     }
 
-    /// Publishes every `sync_every` steps, with the step as version and the updated weights.
+    /// Publishes the initial weights (version 0) before the first rollout, then every
+    /// `sync_every` steps, with the step as version and the updated weights.
     #[test]
     fn weights_are_published_every_sync_every_steps() -> R {
         /// (version, weights) of each publish.
@@ -930,8 +931,13 @@ mod external {
             .weight_sync(Recorder(log.clone()), 2)
             .config(config(2, 0.1))
             .build()?;
+        let initial = t.policy().logits().to_vec1::<f32>()?;
         for step in 1..=4u64 {
             let m = t.step(&prompts(2))?.metrics;
+            if step == 1 {
+                assert_eq!(log.borrow()[0], (0, initial.clone()), "initial publish");
+                assert!(m.get("time/sync_initial_s").is_some());
+            }
             let published = m.get("sync/version");
             assert_eq!(published, (step % 2 == 0).then_some(step as f64), "step {step}");
             if step % 2 == 0 {
@@ -941,7 +947,7 @@ mod external {
                 assert_eq!(w, t.policy().logits().to_vec1::<f32>()?, "the updated weights");
             }
         }
-        assert_eq!(log.borrow().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![2, 4]);
+        assert_eq!(log.borrow().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![0, 2, 4]);
         Ok(())
     }
 
@@ -1007,16 +1013,23 @@ fn data_parallel_refuses_batch_statistics_dynamic_sampling_and_kl_in_reward() ->
         }
     }
     let critic = || BiasCritic(Var::new(&[0f32], &Device::Cpu).expect("var"));
-    let whitened = Trainer::builder(mock(), contains_b)
+    // A batch std is not all-reduced: refused.
+    let batch_std = Trainer::builder(mock(), contains_b)
+        .estimator(rl_advantage::BatchStd::default())
+        .policy_loss(PpoClip)
+        .process_group(Box::new(TwoRanks))
+        .config(config(2, 0.1))
+        .build();
+    let Err(err) = batch_std else { panic!("a batch std under DP") };
+    assert!(err.to_string().contains("algorithm.advantage"), "{err}");
+    // Whitened GAE (its moments are merged over the ranks) and plain GAE build.
+    Trainer::builder(mock(), contains_b)
         .critic(critic(), HalfSquared)
         .estimator(rl_advantage::Gae::open_reasoner_zero())
         .policy_loss(PpoClip)
         .process_group(Box::new(TwoRanks))
         .config(config(2, 0.1))
-        .build();
-    let Err(err) = whitened else { panic!("whitened GAE under DP") };
-    assert!(err.to_string().contains("algorithm.advantage"), "{err}");
-    // Without whitening, the same PPO builds.
+        .build()?;
     Trainer::builder(mock(), contains_b)
         .critic(critic(), HalfSquared)
         .estimator(rl_advantage::Gae { whiten: rl_advantage::Whiten::None, ..Default::default() })

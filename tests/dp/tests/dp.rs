@@ -106,6 +106,14 @@ fn ppo_with_a_critic_over_two_and_three_ranks_equals_one_process() {
     check("ppo");
 }
 
+/// Open-Reasoner-Zero's PPO: GAE whitened over the whole batch. Each rank holds part of the
+/// batch, so the whitening moments are merged over the ranks (`AdvantageInput::batch_reduce`);
+/// the result equals one process whitening the whole batch.
+#[test]
+fn orz_whitened_gae_over_two_and_three_ranks_equals_one_process() {
+    check("orz");
+}
+
 /// A 2-rank run interrupted after step 1 (rank 0 checkpoints, every rank exits) and resumed on
 /// 2 ranks from that checkpoint ends with exactly the weights of an uninterrupted 2-rank run.
 #[test]

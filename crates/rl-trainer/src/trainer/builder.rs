@@ -195,11 +195,14 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
                     ),
                 ))
             };
-            if estimator.as_ref().is_some_and(|e| e.batch_statistics()) {
+            if estimator
+                .as_ref()
+                .is_some_and(|e| e.batch_statistics() && !e.reduces_batch_statistics())
+            {
                 return refuse(
                     "algorithm.advantage",
-                    "the estimator normalises with batch-wide statistics (e.g. whitening: set \
-                     whiten = \"none\")",
+                    "the estimator normalises with batch-wide statistics that are not all-reduced \
+                     (a batch std or batch-wide counts)",
                 );
             }
             if config.dynamic_sampling.is_some() {

@@ -9,6 +9,7 @@
 use std::ops::Range;
 
 use rl_core::dist::{ProcessGroup, ReduceOp};
+use rl_core::masked::Moments;
 use rl_core::metrics::Reduce;
 use rl_core::{FinishReason, Metrics, Sample};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,18 @@ pub(super) fn share(groups: usize, rank: usize, world: usize) -> Range<usize> {
     let (base, extra) = (groups / world, groups % world);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
+}
+
+/// `local` whitening moments merged with every rank's, in rank order (the same bits on every
+/// rank): the batch-wide statistics of a whitening estimator under data parallelism.
+pub(super) fn merge_moments(pg: &mut dyn ProcessGroup, local: Moments) -> rl_core::Result<Moments> {
+    let all = pg.all_gather_bytes(&local.to_bytes())?;
+    all.iter().enumerate().try_fold(Moments::default(), |acc, (rank, b)| {
+        let m = Moments::from_bytes(b).ok_or_else(|| rl_core::Error::Empty {
+            what: format!("whitening moments from rank {rank} ({} bytes, expected 24)", b.len()),
+        })?;
+        Ok(acc.merge(m))
+    })
 }
 
 /// A metric with its reduction, as it crosses the wire.

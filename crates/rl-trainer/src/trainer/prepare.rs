@@ -65,6 +65,15 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         if let Some(r) = &batch.ref_log_probs {
             input = input.with_ref_log_probs(r);
         }
+        // Data parallel: batch-wide whitening statistics are merged over the ranks.
+        let group = std::cell::RefCell::new(super::dist::dp_of(&mut self.dist));
+        let merge = |local| match group.borrow_mut().as_deref_mut() {
+            Some(pg) => super::dist::merge_moments(pg, local),
+            None => Ok(local),
+        };
+        if group.borrow().is_some() {
+            input = input.with_batch_reduce(rl_core::masked::BatchReduce(&merge));
+        }
         let adv = self.estimator.estimate(&input)?;
         metrics.insert("time/prepare_s", t.elapsed().as_secs_f64());
         Ok(adv)

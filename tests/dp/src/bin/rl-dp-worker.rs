@@ -1,4 +1,4 @@
-//! `rl-dp-worker <dr_grpo|ppo> <steps> <out> [save-after <k> <dir> | resume <dir>]`: one rank of a data-parallel run of the tiny
+//! `rl-dp-worker <dr_grpo|ppo|orz> <steps> <out> [save-after <k> <dir> | resume <dir>]`: one rank of a data-parallel run of the tiny
 //! decoder (a random 1-layer Llama, f32); every rank writes `{"rank", "world", "params",
 //! "metrics"}` to `<out>.<rank>.json` (too long for one forwarded output line). Rollouts come from a sampler that draws each
 //! prompt's responses with a seed of its own (prompt index, step), so a response does not
@@ -146,11 +146,17 @@ fn run(algo: &str, steps: usize, out: &str, mode: &Mode) -> Result<()> {
                 .build()
                 .map_err(wrap)?,
         ),
-        "ppo" => {
+        "ppo" | "orz" => {
             let critic = ValueModel::from_model(&m, 1).map_err(rl_core::Error::from)?;
             vars.extend(rl_core::Critic::trainable_vars(&critic));
-            let gae =
-                rl_advantage::Gae { whiten: rl_advantage::Whiten::None, ..Default::default() };
+            // `orz`: Open-Reasoner-Zero's GAE, whitened over the whole batch (population
+            // variance): the whitening statistics are merged over the ranks.
+            let whiten = if algo == "orz" {
+                rl_advantage::Whiten::Population
+            } else {
+                rl_advantage::Whiten::None
+            };
+            let gae = rl_advantage::Gae { whiten, ..Default::default() };
             Box::new(
                 builder
                     .critic(critic, rl_loss::ClippedValueLoss::open_reasoner_zero())
