@@ -259,3 +259,42 @@ fn the_embedded_model_works_by_path_and_without_the_source_tree() {
     assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1, "no leftovers");
     run::load_model(Some(dir.to_str().unwrap()), "main").unwrap();
 }
+
+/// The engine run files under `recipes/engines/` parse, validate and select their engine and a
+/// disk weight sync; `rl-zero export` writes a directory an engine (and rl-zero) loads with the
+/// same weights, and refuses a non-empty one.
+#[test]
+fn engine_run_files_select_an_engine_and_export_writes_a_loadable_model() {
+    let dir = run::workspace_root().join("recipes/engines");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let f =
+            RunFile::from_toml_file(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(f.rollout.engine().is_some(), "{}", path.display());
+        assert!(matches!(f.weight_sync, rl_zero::rollout::WeightSyncConfig::Disk(_)));
+        n += 1;
+    }
+    assert!(n > 0);
+
+    let out = tempfile::tempdir().unwrap();
+    let hf = out.path().join("tiny-hf");
+    run::export_model(None, "main", &hf, rl_zero::core::DType::F32).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+        assert!(hf.join(name).is_file(), "{name}");
+    }
+    let a = run::load_model(None, "main").unwrap();
+    let b = run::load_model(Some(hf.to_str().unwrap()), "main").unwrap();
+    let (wa, wb) = (a.model.named_vars(), b.model.named_vars());
+    assert_eq!(wa.len(), wb.len());
+    for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        let d = (va.as_tensor() - vb.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{na}");
+    }
+    let err = format!(
+        "{:#}",
+        run::export_model(None, "main", &hf, rl_zero::core::DType::F32).unwrap_err()
+    );
+    assert!(err.contains("not empty"), "{err}");
+}

@@ -53,6 +53,22 @@ enum Command {
     /// `rl-zero launch --nproc-per-node 2 -- train --config recipes/tiny/dr_grpo.toml`.
     /// Output is prefixed `[rank N]`; when one rank fails, the others are stopped.
     Launch(LaunchArgs),
+    /// Write a model as a Hugging Face directory an inference engine serves (config, weights in
+    /// `--dtype`, generation config, tokenizer), e.g. the SmolLM2 GGUF for vLLM (docs/rollout.md).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// Model: a `.gguf` file, a Hugging Face directory or a Hub id; default the embedded model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Output directory (must not exist or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight dtype: float32, bfloat16 or float16.
+    #[arg(long, default_value = "float32")]
+    dtype: String,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +172,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train(&args),
         Command::Eval(args) => eval(&args),
         Command::Launch(args) => launch(&args),
+        Command::Export(args) => export(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -200,6 +217,14 @@ fn train(args: &TrainArgs) -> Result<()> {
     for p in &out.curve {
         println!("  {:>6}: {:.3}", p.step, p.report.accuracy);
     }
+    Ok(())
+}
+
+fn export(args: &ExportArgs) -> Result<()> {
+    let dtype = rl_zero::rollout::export_dtype(&args.dtype, "--dtype")?;
+    run::init_runtime(args.model.as_deref())?;
+    let bytes = run::export_model(args.model.as_deref(), "main", &args.out, dtype)?;
+    println!("wrote {} ({bytes} bytes of weights, {})", args.out.display(), args.dtype);
     Ok(())
 }
 

@@ -212,3 +212,23 @@ pub fn policy(model: LanguageModel, tokenizer: Tokenizer) -> LmPolicy {
     }
     p
 }
+
+/// Writes `model` (as [`load_model`] resolves it) as a Hugging Face directory an inference engine
+/// serves: `config.json`, `model.safetensors` in `dtype`, `generation_config.json` and the
+/// tokenizer files. `out` must not exist or be empty. Returns the bytes of weights written.
+/// This is how a GGUF model (dequantized) or the embedded model reaches vLLM or SGLang
+/// (`docs/rollout.md`).
+pub fn export_model(model: Option<&str>, revision: &str, out: &Path, dtype: DType) -> Result<u64> {
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("export: {} is not empty", out.display());
+    }
+    let loaded = load_model(model, revision)?;
+    let context = loaded.model.config().max_position_embeddings;
+    let tokenizer = loaded.tokenizer.clone();
+    let policy = policy(loaded.model, loaded.tokenizer);
+    let bytes = rl_core::WeightSource::export_hf(&policy, out, dtype)
+        .with_context(|| format!("export: writing {}", out.display()))?;
+    rl_policy::rollout::export_tokenizer(&tokenizer, out, context)
+        .with_context(|| format!("export: writing the tokenizer to {}", out.display()))?;
+    Ok(bytes)
+}

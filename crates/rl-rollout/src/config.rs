@@ -273,15 +273,7 @@ impl DiskSyncConfig {
     /// # Errors
     /// [`RolloutError::Config`] for an unknown name.
     pub fn dtype(&self, path: &str) -> Result<rl_core::DType> {
-        match self.dtype.as_str() {
-            "float32" | "f32" => Ok(rl_core::DType::F32),
-            "bfloat16" | "bf16" => Ok(rl_core::DType::BF16),
-            "float16" | "f16" => Ok(rl_core::DType::F16),
-            other => Err(RolloutError::config(
-                format!("{path}.dtype"),
-                format!("`{other}` is not one of float32, bfloat16, float16"),
-            )),
-        }
+        export_dtype(&self.dtype, &format!("{path}.dtype"))
     }
 
     /// Checks every field.
@@ -306,5 +298,22 @@ impl DiskSyncConfig {
             return err("vllm_reload_method", "must be `reload_weights_tied` or `reload_weights`");
         }
         Ok(())
+    }
+}
+
+/// The dtype of exported weights named `name` (`float32` / `f32`, `bfloat16` / `bf16`,
+/// `float16` / `f16`); `field` names the setting in the error.
+///
+/// # Errors
+/// [`RolloutError::Config`] for an unknown name.
+pub fn export_dtype(name: &str, field: &str) -> Result<rl_core::DType> {
+    match name {
+        "float32" | "f32" => Ok(rl_core::DType::F32),
+        "bfloat16" | "bf16" => Ok(rl_core::DType::BF16),
+        "float16" | "f16" => Ok(rl_core::DType::F16),
+        other => Err(RolloutError::config(
+            field,
+            format!("`{other}` is not one of float32, bfloat16, float16"),
+        )),
     }
 }

@@ -41,7 +41,7 @@ pub mod testing;
 
 pub use config::{
     DiskSyncConfig, EngineConfig, MAX_CONCURRENCY, MAX_PROBE_TOKENS, MAX_RESPONSE_BYTES, MAX_URLS,
-    RolloutConfig, WeightSyncConfig,
+    RolloutConfig, WeightSyncConfig, export_dtype,
 };
 pub use error::{Result, RolloutError};
 pub use http::Http;
