@@ -123,4 +123,12 @@ pub trait WeightSync {
 
     /// The last version published successfully, if any.
     fn published_version(&self) -> Option<u64>;
+
+    /// Another process published `version` to the same engines (data parallelism: rank 0
+    /// publishes, the other ranks record the version so that their samplers can check the
+    /// engine reports it). Default: nothing to record.
+    fn observe(&mut self, version: u64) -> Result<()> {
+        let _ = version;
+        Ok(())
+    }
 }

@@ -133,6 +133,14 @@ impl WeightSync for DiskSync {
     fn published_version(&self) -> Option<u64> {
         self.published
     }
+
+    /// Records `version` as the engines' current one (published by another rank), so that
+    /// [`crate::EngineConfig::check_version`] checks it before the next rollout.
+    fn observe(&mut self, version: u64) -> rl_core::Result<()> {
+        *self.client.version.lock().expect("version lock") = Some(version);
+        self.published = Some(version);
+        Ok(())
+    }
 }
 
 fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<SyncReport> {

@@ -133,3 +133,35 @@ fn resume_under_data_parallelism_equals_an_uninterrupted_run() {
         assert_eq!(a, b, "{algo}: step 3 metrics");
     }
 }
+
+/// Two ranks sampling from one (mock vLLM) engine: rank 0 alone publishes the weights (before
+/// the first rollout and after every step), the other rank records each version and checks the
+/// engine reports it before its next rollout; on both ranks every rollout comes from the
+/// trainer's current weights (engine/trainer log-prob mismatch at f32 noise).
+#[test]
+fn under_data_parallelism_rank_0_alone_publishes_to_the_engine() {
+    use rl_rollout::Engine;
+    use rl_rollout::testing::MockServer;
+    use rl_zero_dp_check::{EngineModel, model, policy};
+
+    let engine = EngineModel(policy(model().unwrap()));
+    let server = MockServer::start(Engine::Vllm, Box::new(engine), "tiny", 64).unwrap();
+    let sync = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let ranks = run_mode(2, "dr_grpo", "2", &["engine", &url, sync.path().to_str().unwrap()]);
+    let reloads = server.calls().iter().filter(|c| c.contains("/collective_rpc")).count();
+    assert_eq!(reloads, 3, "versions 0, 1, 2 from rank 0 only: {:?}", server.calls());
+    assert_eq!(server.weight_version(), "2");
+    assert!(!sync.path().join("rank1").exists(), "rank 1 wrote weights");
+    for (r, res) in ranks.iter().enumerate() {
+        let metrics = res["metrics"].as_array().unwrap();
+        assert_eq!(metrics.len(), 2);
+        for (step, m) in metrics.iter().enumerate() {
+            let diff = m["rollout/log_prob_abs_diff"].as_f64().unwrap();
+            eprintln!("rank {r}, step {}: mismatch {diff:e}", step + 1);
+            assert!(diff < 1e-5, "rank {r}, step {}: {diff}", step + 1);
+            assert_eq!(m.get("sync/version").is_some(), r == 0, "rank {r} step {}", step + 1);
+        }
+    }
+    assert_eq!(ranks[0]["params"], ranks[1]["params"], "replicas identical");
+}

@@ -211,9 +211,6 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             if kl_in_reward.is_some() {
                 return refuse("algorithm.kl_in_reward", "its controller reads the batch KL");
             }
-            if sync.is_some() {
-                return refuse("weight_sync", "publishing from rank 0 only is not built");
-            }
         }
         if sync.as_ref().is_some_and(|(_, every)| *every == 0) {
             return Err(TrainerError::config("weight_sync.sync_every", "must be >= 1"));
@@ -299,7 +296,10 @@ impl<P: Policy + WeightSource + 'static, C: Critic> TrainerBuilder<P, C> {
     /// probes the engine, `sync/probe_log_prob_abs_diff`. A failed publish (including an engine
     /// that keeps stale weights) fails the step.
     pub fn weight_sync(mut self, mut sync: impl WeightSync + 'static, every: usize) -> Self {
-        let publish: SyncFn<P> = Box::new(move |policy: &P, version| sync.publish(policy, version));
+        let publish: SyncFn<P> = Box::new(move |policy: Option<&P>, version| match policy {
+            Some(p) => sync.publish(p, version).map(Some),
+            None => sync.observe(version).map(|()| None),
+        });
         self.sync = Some((publish, every));
         self
     }

@@ -29,8 +29,10 @@ pub(super) fn share(groups: usize, rank: usize, world: usize) -> Range<usize> {
 pub(super) fn merge_moments(pg: &mut dyn ProcessGroup, local: Moments) -> rl_core::Result<Moments> {
     let all = pg.all_gather_bytes(&local.to_bytes())?;
     all.iter().enumerate().try_fold(Moments::default(), |acc, (rank, b)| {
-        let m = Moments::from_bytes(b).ok_or_else(|| rl_core::Error::Empty {
-            what: format!("whitening moments from rank {rank} ({} bytes, expected 24)", b.len()),
+        let m = Moments::from_bytes(b).ok_or_else(|| rl_core::dist::DistError::Mismatch {
+            rank,
+            op: "all_gather_bytes (whitening moments)".into(),
+            what: format!("{} bytes, expected 24", b.len()),
         })?;
         Ok(acc.merge(m))
     })

@@ -130,8 +130,9 @@ pub struct Trainer<P: Policy, C: Critic = NoCritic> {
     dist: Option<Box<dyn ProcessGroup>>,
 }
 
-/// A weight sync bound to the policy type: publishes `policy`'s weights as `version`.
-pub(super) type SyncFn<P> = Box<dyn FnMut(&P, u64) -> rl_core::Result<SyncReport>>;
+/// A weight sync bound to the policy type: `Some(policy)` publishes its weights as `version`
+/// (and returns the report), `None` records a `version` another rank published.
+pub(super) type SyncFn<P> = Box<dyn FnMut(Option<&P>, u64) -> rl_core::Result<Option<SyncReport>>>;
 
 impl<P: Policy, C: Critic> std::fmt::Debug for Trainer<P, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,6 +255,29 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         dist::dp_of(&mut self.dist)
     }
 
+    /// Publishes the policy's weights as version = the step count. Under data parallelism rank 0
+    /// publishes and the other ranks record the version; then every rank learns whether the
+    /// publish failed (so none samples before the engine has the weights, and a failure stops
+    /// every rank). The report on the publishing rank, `None` on the others.
+    fn publish(&mut self) -> Result<Option<SyncReport>> {
+        let version = self.state.step;
+        let Some((sync, _)) = &mut self.sync else { return Ok(None) };
+        let publisher = self.dist.as_ref().is_none_or(|g| g.rank() == 0);
+        let outcome = sync(publisher.then_some(&self.policy), version);
+        if let Some(pg) = dist::dp_of(&mut self.dist) {
+            let failed = rl_core::dist::any_rank(pg, outcome.is_err())?;
+            if failed && outcome.is_ok() {
+                return Err(rl_core::Error::from(rl_core::dist::DistError::PeerFailed {
+                    rank: 0,
+                    op: "weight publish".into(),
+                    reason: format!("publishing version {version} failed there"),
+                })
+                .into());
+            }
+        }
+        Ok(outcome?)
+    }
+
     /// The policy being trained.
     pub fn policy(&self) -> &P {
         &self.policy
@@ -297,12 +321,11 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         let started = Instant::now();
         let mut metrics = Metrics::new();
-        if let Some((sync, _)) = &mut self.sync
-            && !self.engine_current
-        {
-            let report = sync(&self.policy, self.state.step)?;
-            tracing::info!(version = self.state.step, seconds = report.seconds, "initial publish");
-            metrics.insert("time/sync_initial_s", report.seconds);
+        if self.sync.is_some() && !self.engine_current {
+            let report = self.publish()?;
+            let seconds = report.map_or(0.0, |r| r.seconds);
+            tracing::info!(version = self.state.step, seconds, "initial publish");
+            metrics.insert("time/sync_initial_s", seconds);
             self.engine_current = true;
         }
         let (mut batch, scores) = self.rollout(source, groups, &mut metrics)?;
@@ -322,10 +345,10 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
                 metrics.insert(to, v);
             }
         }
-        if let Some((sync, every)) = &mut self.sync
+        if let Some((_, every)) = &self.sync
             && self.state.step.is_multiple_of(*every)
+            && let Some(report) = self.publish()?
         {
-            let report = sync(&self.policy, self.state.step)?;
             metrics.extend_prefixed("", &report.metrics());
         }
         metrics.insert("time/step_s", started.elapsed().as_secs_f64());

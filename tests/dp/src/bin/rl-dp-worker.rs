@@ -1,4 +1,4 @@
-//! `rl-dp-worker <dr_grpo|ppo|orz> <steps> <out> [save-after <k> <dir> | resume <dir>]`: one rank of a data-parallel run of the tiny
+//! `rl-dp-worker <dr_grpo|ppo|orz> <steps> <out> [save-after <k> <dir> | resume <dir> | engine <url> <dir>]`: one rank of a data-parallel run of the tiny
 //! decoder (a random 1-layer Llama, f32); every rank writes `{"rank", "world", "params",
 //! "metrics"}` to `<out>.<rank>.json` (too long for one forwarded output line). Rollouts come from a sampler that draws each
 //! prompt's responses with a seed of its own (prompt index, step), so a response does not
@@ -11,23 +11,12 @@ use std::sync::Arc;
 
 use rl_core::data::FixedPrompts;
 use rl_core::rng::mix_seed;
-use rl_core::{Device, Error, Prompt, Result, RolloutBatch, Sample, Sampler, SamplingConfig};
-use rl_policy::{LanguageModel, LmPolicy, ModelConfig, TextCodec, ValueModel};
+use rl_core::{Error, Prompt, Result, RolloutBatch, Sample, Sampler, SamplingConfig};
+use rl_policy::{LmPolicy, ValueModel};
+use rl_rollout::{Engine, RemoteSampler};
 use rl_trainer::{AdamWConfig, OptimizerConfig, TrainStep, Trainer, TrainerConfig};
+use rl_zero_dp_check::{Letters, model};
 use serde_json::json;
-
-/// Bytes `a..=z` ↔ ids `2..=27`; id 1 is EOS.
-struct Letters;
-
-impl TextCodec for Letters {
-    fn encode(&self, text: &str) -> rl_policy::Result<Vec<u32>> {
-        Ok(text.bytes().map(|b| (b.saturating_sub(b'a') % 26) as u32 + 2).collect())
-    }
-
-    fn decode(&self, ids: &[u32]) -> rl_policy::Result<String> {
-        Ok(ids.iter().filter(|&&i| i >= 2).map(|&i| (b'a' + (i - 2) as u8 % 26) as char).collect())
-    }
-}
 
 /// Samples each prompt on its own with seed `(prompt text, call)`; a handle on the trained
 /// weights (an `LmPolicy` clone shares them).
@@ -55,14 +44,6 @@ impl Sampler for PerPrompt {
 
 fn vowel(s: &Sample) -> Result<f32> {
     Ok(f32::from(u8::from(s.response.contains(['a', 'e', 'i', 'o', 'u']))))
-}
-
-fn model() -> Result<LanguageModel> {
-    let cfg = ModelConfig::from_hf_json(json!({
-        "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-    }))?;
-    Ok(LanguageModel::random(cfg, 0, rl_core::DType::F32, &Device::Cpu)?)
 }
 
 fn prompts() -> Vec<Prompt> {
@@ -105,7 +86,9 @@ fn report(
     let keep = |m: &rl_core::Metrics| -> serde_json::Map<String, serde_json::Value> {
         m.iter()
             .filter(|(k, _)| {
-                ["actor/", "critic/", "reward/", "response/"].iter().any(|p| k.starts_with(p))
+                ["actor/", "critic/", "reward/", "response/", "rollout/", "sync/"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
             })
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect()
@@ -124,18 +107,43 @@ enum Mode {
     SaveAfter(u64, PathBuf),
     /// Resume every rank from the latest checkpoint under `.0`, then continue to `steps`.
     Resume(PathBuf),
+    /// Sample from the engine at URL `.0`; publish under `.1` (rank 0).
+    Engine(String, PathBuf),
 }
 
 fn run(algo: &str, steps: usize, out: &str, mode: &Mode) -> Result<()> {
     let group = rl_dist::init()?;
     let (rank, world) = (group.rank(), group.world_size());
     let m = model()?;
-    let policy = LmPolicy::new(m.deep_copy()?).with_codec(Arc::new(Letters)).with_eos_ids(vec![1]);
+    let policy = rl_zero_dp_check::policy(m.deep_copy()?);
     let calls = Rc::new(Cell::new(0));
-    let sampler = PerPrompt { policy: policy.clone(), calls: calls.clone() };
     // Handles on the trained weights (a `Var` clone shares its storage).
     let mut vars = rl_core::Policy::trainable_vars(&policy);
-    let builder = Trainer::builder(policy, vowel).sampler(sampler).config(config());
+    let builder = match mode {
+        // Rollouts from the engine at `url`; rank 0 publishes the weights under `dir` after
+        // every step, the other ranks record the version.
+        Mode::Engine(url, dir) => {
+            let cfg = rl_rollout::EngineConfig {
+                model: Some("tiny".into()),
+                probe_text: "abc".into(),
+                probe_tolerance: 1e-3,
+                backoff_ms: 10,
+                ..rl_rollout::EngineConfig::new([url.as_str()])
+            };
+            let sampler = RemoteSampler::connect(Engine::Vllm, cfg, Arc::new(Letters), None)
+                .map_err(|e| Error::msg(e.to_string()))?
+                .with_pad_id(policy.pad_id());
+            let sync = sampler
+                .disk_sync(rl_rollout::DiskSyncConfig::new(dir.join(format!("rank{rank}"))))
+                .map_err(|e| Error::msg(e.to_string()))?;
+            Trainer::builder(policy, vowel).sampler(sampler).weight_sync(sync, 1)
+        }
+        _ => {
+            let sampler = PerPrompt { policy: policy.clone(), calls: calls.clone() };
+            Trainer::builder(policy, vowel).sampler(sampler)
+        }
+    }
+    .config(config());
     let builder = if world > 1 { builder.process_group(group) } else { builder };
     let wrap = Error::wrap;
     let mut t: Box<dyn TrainStep> = match algo {
@@ -199,6 +207,10 @@ fn main() {
             PathBuf::from(args.get(5).map_or("ckpt", String::as_str)),
         ),
         Some("resume") => Mode::Resume(PathBuf::from(args.get(4).map_or("ckpt", String::as_str))),
+        Some("engine") => Mode::Engine(
+            args.get(4).cloned().unwrap_or_default(),
+            PathBuf::from(args.get(5).map_or("sync", String::as_str)),
+        ),
         _ => Mode::Fresh,
     };
     if let Err(e) = run(algo, steps, out, &mode) {
