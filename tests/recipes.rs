@@ -41,6 +41,7 @@ fn every_recipe_directory_entry_is_tested() {
         .collect();
     names.sort();
     let mut known: Vec<String> = presets().iter().map(|(n, _)| n.to_string()).collect();
+    known.push("smollm2_addition".into());
     known.sort();
     assert_eq!(names, known);
 }
@@ -297,4 +298,19 @@ fn engine_run_files_select_an_engine_and_export_writes_a_loadable_model() {
         run::export_model(None, "main", &hf, rl_zero::core::DType::F32).unwrap_err()
     );
     assert!(err.contains("not empty"), "{err}");
+}
+
+/// `recipes/smollm2_addition.toml` (the real-model run of docs/results.md) is Dr. GRPO with the
+/// tuned sampling and learning rate, on the SmolLM2 GGUF, evaluated on the held-out split.
+#[test]
+fn the_smollm2_addition_recipe_is_dr_grpo_on_the_held_out_split() {
+    let f = RunFile::from_toml_file(recipe_path("smollm2_addition")).unwrap();
+    let mut algo = f.algorithm.clone();
+    algo.resolve(&f.trainer);
+    let mut dr = Recipe::dr_grpo().algorithm;
+    dr.resolve(&f.trainer);
+    assert_eq!(algo, dr, "the Dr. GRPO stages, constant = max_new_tokens");
+    assert_eq!(f.run.model.as_deref(), Some(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert_eq!(f.run.eval_split, run::EvalSplit::Test);
+    assert_eq!((f.trainer.sampling.temperature, f.trainer.actor.lr), (0.7, 2e-5));
 }
