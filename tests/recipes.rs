@@ -70,6 +70,10 @@ fn invalid_run_settings_are_errors() {
     assert!(err.contains("run.prompts_per_step"), "{err}");
     let err = format!("{:#}", RunFile::from_toml("[trainer.actor]\nlr = -1.0\n").unwrap_err());
     assert!(err.contains("actor.lr"), "{err}");
+    // One route to the entropy bonus: the term or its shorthand, not both.
+    let both = "[trainer]\nentropy_coef = 0.01\n[algorithm.entropy_bonus]\ncoef = 0.01\n";
+    let err = format!("{:#}", RunFile::from_toml(both).unwrap_err());
+    assert!(err.contains("algorithm.entropy_bonus") && err.contains("not both"), "{err}");
 }
 
 /// Tiny sizes for the embedded model: 4 prompts × 4 samples, 16 new tokens, 8 eval prompts.

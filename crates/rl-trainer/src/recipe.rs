@@ -126,6 +126,13 @@ impl AlgorithmConfig {
             at("algorithm.kl_in_reward.", k.controller.validate())?;
         }
         if let Some(e) = &self.entropy_bonus {
+            if trainer.entropy_coef != 0.0 {
+                return Err(TrainerError::config(
+                    "algorithm.entropy_bonus",
+                    "set either algorithm.entropy_bonus or trainer.entropy_coef (its token-mean \
+                     shorthand), not both: the bonus would be added twice",
+                ));
+            }
             at("algorithm.entropy_bonus.", e.aggregation.validate())?;
             if !(e.coef >= 0.0 && e.coef.is_finite()) {
                 return Err(TrainerError::config(
