@@ -201,9 +201,20 @@ fn datasets_are_split_and_written_for_the_model() {
     assert_ne!(val, val3, "the seed moves the validation split");
     settings.eval_split = run::EvalSplit::Test;
 
-    settings.dataset = "arithmetic".into();
+    settings.dataset = run::Dataset::Arithmetic { level: 1 };
     let (train, test) = run::prompts(&loaded, &settings, 0).unwrap();
-    assert_eq!((train.len(), test.len()), (4096, 7));
+    assert!(train.len() > 4080 && test.len() == 7, "{} {}", train.len(), test.len());
+    assert!(test.iter().all(|t| !train.iter().any(|p| p.text == t.text)), "held-out leak");
+    // The harder levels: `arithmetic:3` in a run file, disjoint splits, errors name the field.
+    let f = RunFile::from_toml("[run]\ndataset = \"arithmetic:3\"\neval_prompts = 50\n").unwrap();
+    assert_eq!(f.run.dataset, run::Dataset::Arithmetic { level: 3 });
+    assert!(f.to_toml().unwrap().contains("dataset = \"arithmetic:3\""));
+    let (train3, test3) = run::prompts(&loaded, &f.run, 0).unwrap();
+    assert_eq!(test3.len(), 50);
+    assert!(test3.iter().all(|t| !train3.iter().any(|p| p.text == t.text)), "held-out leak");
+    assert!(test3[0].text.contains(r" \times "), "{}", test3[0].text);
+    let err = format!("{:#}", RunFile::from_toml("[run]\ndataset = \"arithmetic:7\"").unwrap_err());
+    assert!(err.contains("run.dataset") && err.contains("level"), "{err}");
     assert!(train.iter().chain(&test).all(|p| p.text.starts_with(&bos) && p.answer.is_some()));
 
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +223,7 @@ fn datasets_are_split_and_written_for_the_model() {
         .map(|i| format!(r#"{{"prompt": "What is {i} + 1?", "answer": {}}}"#, i + 1))
         .collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
-    settings.dataset = path.to_string_lossy().into_owned();
+    settings.dataset = run::Dataset::Jsonl(path.clone());
     settings.eval_prompts = 2;
     let (train, test) = run::prompts(&loaded, &settings, 0).unwrap();
     assert_eq!((train.len(), test.len()), (3, 2));

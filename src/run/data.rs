@@ -115,6 +115,79 @@ pub(super) fn take_spread(train: &mut Vec<Prompt>, n: usize, seed: u64) -> Resul
     Ok(picked)
 }
 
+/// What `run.dataset` names. Spelled as a string in a run file: `"addition"`, `"arithmetic"`
+/// (level 1), `"arithmetic:N"` (level N of `rl_reward::tasks::arithmetic`, 1-4), or a path to
+/// a JSONL file.
+///
+/// ```
+/// use rl_zero::run::Dataset;
+/// assert_eq!("arithmetic:3".parse::<Dataset>()?, Dataset::Arithmetic { level: 3 });
+/// assert_eq!("data/train.jsonl".parse::<Dataset>()?, Dataset::Jsonl("data/train.jsonl".into()));
+/// assert!("arithmetic:9".parse::<Dataset>().is_err());
+/// assert_eq!(Dataset::Arithmetic { level: 1 }.to_string(), "arithmetic");
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Dataset {
+    /// Two-digit addition, with the embedded model's held-out split (`docs/tiny-model.md`).
+    Addition,
+    /// Seeded arithmetic of `rl_reward::tasks::arithmetic` at `level` (1: `a ± b`, 2: `a × b`,
+    /// 3: `a + b × c`, 4: `(a − b) × c + d`): 4096 training prompts, a separately seeded
+    /// held-out set, and no held-out question among the training ones.
+    Arithmetic {
+        /// Difficulty 1-4.
+        level: u8,
+    },
+    /// A JSONL file with `prompt` and `answer` fields (the last `run.eval_prompts` lines are
+    /// held out).
+    Jsonl(PathBuf),
+}
+
+impl std::str::FromStr for Dataset {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "addition" => Dataset::Addition,
+            "arithmetic" => Dataset::Arithmetic { level: 1 },
+            _ => match s.strip_prefix("arithmetic:") {
+                Some(l) => match l.parse::<u8>() {
+                    Ok(level @ 1..=4) => Dataset::Arithmetic { level },
+                    _ => bail!("run.dataset: `{s}`: the arithmetic level must be 1, 2, 3 or 4"),
+                },
+                None if s.is_empty() => bail!("run.dataset: empty"),
+                None => Dataset::Jsonl(PathBuf::from(s)),
+            },
+        })
+    }
+}
+
+impl TryFrom<String> for Dataset {
+    type Error = anyhow::Error;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dataset::Addition => f.write_str("addition"),
+            Dataset::Arithmetic { level: 1 } => f.write_str("arithmetic"),
+            Dataset::Arithmetic { level } => write!(f, "arithmetic:{level}"),
+            Dataset::Jsonl(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl From<Dataset> for String {
+    fn from(d: Dataset) -> Self {
+        d.to_string()
+    }
+}
+
 /// Training and held-out prompts of `run.dataset`, written for `loaded`.
 pub fn prompts(
     loaded: &Loaded,
@@ -125,17 +198,22 @@ pub fn prompts(
     let rewrite = |ps: Vec<Prompt>| -> Result<Vec<Prompt>> {
         ps.into_iter().map(|p| Ok(Prompt { text: writer.write(&p.text)?, ..p })).collect()
     };
-    let (mut train, test) = match run.dataset.as_str() {
-        "addition" => addition_prompts(loaded, seed, run.eval_prompts),
-        "arithmetic" => Ok((
-            rewrite(arithmetic(4096, 1, seed)?)?,
-            rewrite(arithmetic(run.eval_prompts, 1, seed ^ 0x5EED_E7A1)?)?,
-        )),
-        path => {
-            let mut all = rewrite(load_jsonl(Path::new(path), &JsonlFields::default())?)?;
+    let (mut train, test) = match &run.dataset {
+        Dataset::Addition => addition_prompts(loaded, seed, run.eval_prompts),
+        Dataset::Arithmetic { level } => {
+            let test = rewrite(arithmetic(run.eval_prompts, *level, seed ^ 0x5EED_E7A1)?)?;
+            let held: std::collections::HashSet<&str> =
+                test.iter().map(|p| p.text.as_str()).collect();
+            let mut train = rewrite(arithmetic(4096, *level, seed)?)?;
+            train.retain(|p| !held.contains(p.text.as_str()));
+            Ok((train, test))
+        }
+        Dataset::Jsonl(path) => {
+            let mut all = rewrite(load_jsonl(path, &JsonlFields::default())?)?;
             if all.len() <= run.eval_prompts {
                 bail!(
-                    "run.dataset: {path} has {} prompts, need more than run.eval_prompts = {}",
+                    "run.dataset: {} has {} prompts, need more than run.eval_prompts = {}",
+                    path.display(),
                     all.len(),
                     run.eval_prompts
                 );

@@ -13,10 +13,9 @@ pub struct RunSettings {
     pub model: Option<String>,
     /// Hub revision (with a Hub id).
     pub revision: String,
-    /// `"addition"` (two-digit addition with the embedded model's held-out split),
-    /// `"arithmetic"` (`rl_reward::tasks::arithmetic` level 1, seeded) or a JSONL file with
-    /// `prompt` and `answer` fields (the last `eval_prompts` lines are held out).
-    pub dataset: String,
+    /// The prompts ([`Dataset`]; in a run file `"addition"`, `"arithmetic"`, `"arithmetic:N"` or
+    /// a JSONL path).
+    pub dataset: Dataset,
     /// Outcome reward (a `BuiltinReward` table, e.g. `{ type = "orz" }`).
     pub reward: BuiltinReward,
     /// Total training steps (a resumed run continues up to this step).
@@ -50,7 +49,7 @@ impl Default for RunSettings {
         Self {
             model: None,
             revision: "main".into(),
-            dataset: "addition".into(),
+            dataset: Dataset::Addition,
             reward: BuiltinReward::default(),
             steps: 30,
             prompts_per_step: 32,
