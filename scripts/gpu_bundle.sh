@@ -11,9 +11,12 @@
 #   bin/rl_policy-lib  rl-policy's unit tests (run.sh runs those named *cuda*: the kernel parity test)
 #   bin/device         rl-policy/tests/device.rs (goldens, finite differences, KV cache, GPU vs CPU)
 #   bin/device_bench   rl-policy/examples/device_bench.rs (the rl-zero side of the benchmark)
-#   bin/device_trainer tests/device_trainer.rs (Dr. GRPO steps on the GPU against the CPU)
+#   bin/device_trainer tests/device_trainer.rs (Dr. GRPO steps on the GPU against the CPU), only
+#                      with RLZ_BUNDLE_TRAINER=1: the facade crate unifies dependency features
+#                      differently, so cargo builds candle-kernels (PTX + libmoe.a) a second time
+#                      for it (about as long as the rest of a cold build here)
 # Each is ~55 MB, most of it the same (candle's PTX, the SASS of candle-kernels' libmoe.a): they
-# are shipped as one bin.tar.xz (xz -9 finds the repetition; ~1/15 of the size), which run.sh
+# are shipped as one bin.tar.xz (xz -9 finds the repetition; ~1/20 of the size), which run.sh
 # unpacks with Python's lzma module.
 #
 # candle-kernels compiles its kernels for exactly one architecture per build (CUDA_COMPUTE_CAP),
@@ -23,7 +26,7 @@
 #
 # usage: bash scripts/gpu_bundle.sh
 # env:   CUDA_COMPUTE_CAP (default 80), CARGO_TARGET_DIR (default <repo>/target/gpu-bundle),
-#        OUT (default <repo>/dist/gpu-bundle), NICE (default 15)
+#        OUT (default <repo>/dist/gpu-bundle), NICE (default 15), RLZ_BUNDLE_TRAINER (default 0)
 # cost:  ~105 MB of wheels; a cold build compiles candle-kernels (PTX + libmoe.a) and every
 #        dependency in release mode: see docs/gpu.md for measured times.
 set -euo pipefail
@@ -52,7 +55,9 @@ build() { nice -n "${NICE:-15}" cargo "$@" --message-format=json-render-diagnost
 list=$(
   build test --no-run --release --locked -p rl-policy --features cuda --lib --test device
   build build --release --locked -p rl-policy --features cuda --example device_bench
-  build test --no-run --release --locked -p rl-zero --features cuda --test device_trainer
+  if [ "${RLZ_BUNDLE_TRAINER:-0}" = 1 ]; then
+    build test --no-run --release --locked -p rl-zero --features cuda --test device_trainer
+  fi
 )
 secs=$(( $(date +%s) - start ))
 
@@ -67,7 +72,9 @@ while IFS=$'\t' read -r name kind exe; do
     device_trainer/test) cp "$exe" "$stage/bin/device_trainer" ;;
   esac
 done <<<"$list"
-for b in rl_policy-lib device device_bench device_trainer; do
+bins="rl_policy-lib device device_bench"
+[ "${RLZ_BUNDLE_TRAINER:-0}" = 1 ] && bins="$bins device_trainer"
+for b in $bins; do
   [ -x "$stage/bin/$b" ] || { echo "gpu_bundle: bin/$b was not built" >&2; exit 1; }
 done
 du -b "$stage"/bin/* | awk '{ printf "gpu_bundle: %-40s %6.1f MiB\n", $2, $1 / 1048576 }'

@@ -89,7 +89,8 @@ IFS=: read -r -a extra <<<"${CUDA_LIB_DIRS:-}"
 IFS=: read -r -a pyd <<<"$py_dirs"
 lib_dirs=("${extra[@]}" "${pyd[@]}" "${ld_dirs[@]}" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
 missing=() resolved=()
-for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
+# The binaries' DT_NEEDED entries (BUILD.txt) and cuBLAS's own dependency, cuBLASLt.
+for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
   if p=$(find_lib "$so" "${lib_dirs[@]}"); then resolved+=("$so=$(readlink -f "$p")"); else missing+=("$so"); fi
 done
 [ ${#missing[@]} -eq 0 ] || die "CUDA 13 libraries not found: ${missing[*]} (searched CUDA_LIB_DIRS, $PYTHON's site-packages/nvidia/*/lib, LD_LIBRARY_PATH, ldconfig; install torch for CUDA 13 or set CUDA_LIB_DIRS)"
