@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # rl-zero GPU bundle: runs the CUDA tests and the rl-zero vs PyTorch benchmark on this machine's
 # first NVIDIA GPU, then writes report/report.json and report/report.md. Needs an NVIDIA driver
-# (libcuda.so.1), CUDA 13 cuBLAS / cuRAND / NVRTC / cudart (found in this Python's PyTorch
+# (libcuda.so.1), CUDA 13 cuBLAS / cuBLASLt / cuRAND / cudart (found in this Python's PyTorch
 # wheels: site-packages/nvidia/*/lib) and, for the PyTorch side, torch + transformers. No Rust
 # toolchain, no network. Built by scripts/gpu_bundle.sh; see README.md here and docs/gpu.md.
 #
@@ -48,6 +48,7 @@ if ! libcuda=$(find_lib libcuda.so.1 "${driver_dirs[@]}"); then
   die "no NVIDIA driver found (no libcuda.so.1 for the dynamic loader, no nvidia-smi): this bundle needs a machine with an NVIDIA GPU and its driver"
 fi
 mkdir -p "$out/logs" "$out/bench" || die "cannot create $out"
+rm -f "$out"/bench/*.jsonl "$out"/logs/*.log
 : >"$out/steps.jsonl"
 echo "run.sh: driver library $libcuda"
 command -v "$PYTHON" >/dev/null 2>&1 || die "no Python ($PYTHON): set PYTHON to the one with torch"
@@ -96,7 +97,7 @@ done
 [ ${#missing[@]} -eq 0 ] || die "CUDA 13 libraries not found: ${missing[*]} (searched CUDA_LIB_DIRS, $PYTHON's site-packages/nvidia/*/lib, LD_LIBRARY_PATH, ldconfig; install torch for CUDA 13 or set CUDA_LIB_DIRS)"
 ld=""
 for r in "${resolved[@]}"; do d=$(dirname "${r#*=}"); case ":$ld:" in *":$d:"*) ;; *) ld="$ld:$d" ;; esac; done
-export LD_LIBRARY_PATH="${ld#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="${ld#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:$(dirname "$libcuda")"
 printf 'run.sh: %s\n' "${resolved[@]}"
 
 # 3. Versions.
@@ -115,7 +116,7 @@ printf 'run.sh: %s\n' "${resolved[@]}"
   echo "== bundle"
   cat "$here/BUILD.txt" 2>/dev/null
 } | tee "$out/versions.txt"
-if ! ldd "$here/bin/device_bench" >"$out/logs/ldd.txt" 2>&1 || grep -q 'not found' "$out/logs/ldd.txt"; then
+if ! ldd "$here"/bin/* >"$out/logs/ldd.txt" 2>&1 || grep -q 'not found' "$out/logs/ldd.txt"; then
   cat "$out/logs/ldd.txt" >&2
   die "the bundle's binaries cannot be loaded here (see $out/logs/ldd.txt)"
 fi
