@@ -12,31 +12,14 @@
 use std::sync::Arc;
 
 use rl_zero::core::{DType, Device, Prompt, Sample, SamplingConfig};
-use rl_zero::policy::{LanguageModel, LmPolicy, ModelConfig, TextCodec};
+use rl_zero::policy::testing_assets::Letters;
+use rl_zero::policy::{LanguageModel, LmPolicy, ModelConfig};
 use rl_zero::trainer::{GrpoTrainer, Recipe};
 
 type R<T = ()> = rl_zero::trainer::Result<T>;
 
-/// Bytes `a..=z` ↔ ids `2..=27`; id 1 is EOS.
-struct Letters;
-
-impl TextCodec for Letters {
-    fn encode(&self, text: &str) -> rl_policy::Result<Vec<u32>> {
-        Ok(text.bytes().map(|b| (b.saturating_sub(b'a') % 26) as u32 + 2).collect())
-    }
-
-    fn decode(&self, ids: &[u32]) -> rl_policy::Result<String> {
-        Ok(ids.iter().filter(|&&i| i >= 2).map(|&i| (b'a' + (i - 2) as u8 % 26) as char).collect())
-    }
-}
-
 fn device() -> Device {
-    let forced_cpu = std::env::var("RLZ_TEST_DEVICE").is_ok_and(|d| d == "cpu");
-    if cfg!(feature = "cuda") && !forced_cpu {
-        Device::new_cuda(0).expect("built with `cuda`: this test needs a CUDA GPU and driver")
-    } else {
-        Device::Cpu
-    }
+    rl_policy::testing_assets::test_device()
 }
 
 fn trainer(dev: &Device) -> R<GrpoTrainer<LmPolicy>> {

@@ -9,7 +9,8 @@ use rl_zero::core::{
     TokenLogProbs, Var,
 };
 use rl_zero::loss::{Aggregation, Kl, KlEstimator, KlLoss};
-use rl_zero::policy::{LanguageModel, LmPolicy, Mode, ModelConfig, TextCodec, ValueModel};
+use rl_zero::policy::testing_assets::Letters;
+use rl_zero::policy::{LanguageModel, LmPolicy, Mode, ModelConfig, ValueModel};
 use rl_zero::trainer::{AlgorithmConfig, Recipe, Trainer, TrainerConfig};
 
 type R<T = ()> = rl_zero::trainer::Result<T>;
@@ -20,19 +21,6 @@ fn deterministic(m: &Metrics) -> Vec<(String, f64)> {
         .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("perf/"))
         .map(|(k, v)| (k.into(), v))
         .collect()
-}
-
-/// Bytes `a..=z` ↔ ids `2..=27`; id 1 is EOS.
-struct Letters;
-
-impl TextCodec for Letters {
-    fn encode(&self, text: &str) -> rl_policy::Result<Vec<u32>> {
-        Ok(text.bytes().map(|b| (b.saturating_sub(b'a') % 26) as u32 + 2).collect())
-    }
-
-    fn decode(&self, ids: &[u32]) -> rl_policy::Result<String> {
-        Ok(ids.iter().filter(|&&i| i >= 2).map(|&i| (b'a' + (i - 2) as u8 % 26) as char).collect())
-    }
 }
 
 fn model() -> R<LanguageModel> {

@@ -21,16 +21,8 @@ use serde_json::Value;
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
-/// The device under test: CUDA GPU 0 with the `cuda` feature, else the CPU. `RLZ_TEST_DEVICE=cpu`
-/// forces the CPU in a `cuda` build, to exercise the test code of a GPU build where there is no GPU
-/// (the bundle's run script never sets it).
 fn device() -> Device {
-    let forced_cpu = std::env::var("RLZ_TEST_DEVICE").is_ok_and(|d| d == "cpu");
-    if cfg!(feature = "cuda") && !forced_cpu {
-        Device::new_cuda(0).expect("built with `cuda`: this test needs a CUDA GPU and driver")
-    } else {
-        Device::Cpu
-    }
+    rl_policy::testing_assets::test_device()
 }
 
 fn fixtures() -> PathBuf {

@@ -9,44 +9,14 @@
 use std::path::Path;
 
 use rl_core::{DType, Device, Result, SampledSequence, SamplingConfig, TokenCodec};
-use rl_policy::{LanguageModel, LmPolicy, ModelConfig, TextCodec};
+use rl_policy::{LanguageModel, LmPolicy, ModelConfig};
 use serde_json::json;
 
 #[path = "../../../crates/rl-rollout/tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
 
-/// Bytes `a..=z` ↔ ids `2..=27`; id 1 is EOS.
-#[derive(Clone, Copy, Debug)]
-pub struct Letters;
-
-impl TextCodec for Letters {
-    fn encode(&self, text: &str) -> rl_policy::Result<Vec<u32>> {
-        Ok(text.bytes().map(|b| (b.saturating_sub(b'a') % 26) as u32 + 2).collect())
-    }
-
-    fn decode(&self, ids: &[u32]) -> rl_policy::Result<String> {
-        Ok(ids.iter().filter(|&&i| i >= 2).map(|&i| (b'a' + (i - 2) as u8 % 26) as char).collect())
-    }
-}
-
-impl TokenCodec for Letters {
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(TextCodec::encode(self, text)?)
-    }
-
-    fn decode(&self, ids: &[u32]) -> Result<String> {
-        Ok(TextCodec::decode(self, ids)?)
-    }
-
-    fn eos_ids(&self) -> Vec<u32> {
-        vec![1]
-    }
-
-    fn vocab_size(&self) -> usize {
-        32
-    }
-}
+pub use rl_policy::testing_assets::Letters;
 
 /// The tiny decoder: a random 1-layer Llama (seed 0, f32), the same on every rank.
 pub fn model() -> Result<LanguageModel> {
