@@ -90,8 +90,7 @@ fn train_samples_from_the_engine_in_the_run_file_and_resumes_onto_a_fresh_engine
     // Resume on a new engine (base weights, version "0"): step 3 must sample from the
     // checkpoint's weights, not the base model's.
     let fresh = engine();
-    let mut resumed = run_file(dir.path(), &fresh.url(), 3);
-    resumed.run.steps = 3;
+    let resumed = run_file(dir.path(), &fresh.url(), 3);
     let opts = TrainOptions { resume: true, ..TrainOptions::default() };
     run::train_with(&resumed, opts, &mut |_| {}).unwrap();
     let m = steps(&file.run.out);

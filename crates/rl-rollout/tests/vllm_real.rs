@@ -124,6 +124,19 @@ fn smollm2(dir: &Path) -> (LmPolicy, Tokenizer) {
     (policy, tok)
 }
 
+/// A sampler on `server` with the preflight's log-prob probe against `policy`, padding with the
+/// policy's pad id (the local sampler's batches and the engine's are then identical).
+fn connect(server: &Server, policy: &LmPolicy, tok: &Tokenizer) -> RemoteSampler {
+    RemoteSampler::connect(
+        Engine::Vllm,
+        engine_cfg(&server.url),
+        std::sync::Arc::new(tok.clone()),
+        Some(policy),
+    )
+    .unwrap()
+    .with_pad_id(policy.pad_id())
+}
+
 fn engine_cfg(url: &str) -> EngineConfig {
     EngineConfig {
         model: Some("smol".into()),
@@ -185,14 +198,7 @@ fn vllm_samples_match_and_reload_with_tied_head() {
     let (policy, tok) = smollm2(&model_dir);
     let server = start(&model_dir, tmp.path(), true);
     let t0 = Instant::now();
-    let mut sampler = RemoteSampler::connect(
-        Engine::Vllm,
-        engine_cfg(&server.url),
-        std::sync::Arc::new(tok.clone()),
-        Some(&policy),
-    )
-    .unwrap()
-    .with_pad_id(policy.pad_id());
+    let mut sampler = connect(&server, &policy, &tok);
     eprintln!("preflight {:.1} s: {:?}", t0.elapsed().as_secs_f64(), sampler.preflight_report());
     let (mean, max, n) = compare(&mut sampler, &policy, &tok);
     assert!(n > 0);
@@ -220,13 +226,7 @@ fn vllm_plain_reload_keeps_a_stale_tied_head() {
     let model_dir = tmp.path().join("smollm2-hf");
     let (policy, tok) = smollm2(&model_dir);
     let server = start(&model_dir, tmp.path(), false);
-    let sampler = RemoteSampler::connect(
-        Engine::Vllm,
-        engine_cfg(&server.url),
-        std::sync::Arc::new(tok.clone()),
-        Some(&policy),
-    )
-    .unwrap();
+    let sampler = connect(&server, &policy, &tok);
     perturb(&policy, "embed_tokens", 1.1);
     let cfg = DiskSyncConfig {
         vllm_reload_method: "reload_weights".into(),
@@ -252,14 +252,7 @@ fn vllm_drives_dr_grpo_on_smollm2_like_the_local_sampler() {
     let model_dir = tmp.path().join("smollm2-hf");
     let (policy, tok) = smollm2(&model_dir);
     let server = start(&model_dir, tmp.path(), true);
-    let sampler = RemoteSampler::connect(
-        Engine::Vllm,
-        engine_cfg(&server.url),
-        std::sync::Arc::new(tok.clone()),
-        Some(&policy),
-    )
-    .unwrap()
-    .with_pad_id(policy.pad_id());
+    let sampler = connect(&server, &policy, &tok);
     let sync = sampler.disk_sync(DiskSyncConfig::new(tmp.path().join("sync"))).unwrap();
     let prompts: Vec<Prompt> = [(12, 30), (7, 58), (41, 41), (23, 19)]
         .iter()
