@@ -36,7 +36,10 @@ fn main() -> Result<()> {
         t.actor.schedule = LrSchedule::Constant;
         t.critic.schedule = LrSchedule::Constant;
     }
-    run.size(t, 1e-4); // command-line options last
+    // lr: 1e-4 for the embedded model; a real model keeps the recipe's 1e-6 (PPO on SmolLM2 is
+    // not tuned yet: its token-mean loss weighs each token ~5x more than Dr. GRPO's sum / 64, so
+    // Dr. GRPO's 2e-5 does not carry over). Command-line options last.
+    run.size(t, (1e-4, 1e-6));
     run.banner("PPO+GAE (Open-Reasoner-Zero)", t.sampling.n);
 
     let critic = ValueModel::from_model(run.model()?, run.args.seed)?;

@@ -104,6 +104,36 @@ fn train_refuses_a_non_empty_out_dir_and_overwrite_replaces_only_run_files() {
     // One training step and two evaluations (before and after): nothing of the 2-step run.
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
     assert!(!metrics.contains("\"step\":2"), "{metrics}");
+    // Each evaluation's responses, one line per eval prompt, their rewards giving the accuracy
+    // logged for that step; the 2-step run's step-000002 file is gone with the rest.
+    let mut evals: Vec<String> = std::fs::read_dir(out.join("eval"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    evals.sort();
+    assert_eq!(evals, ["step-000000.jsonl", "step-000001.jsonl"]);
+    for (step, file) in evals.iter().enumerate() {
+        let text = std::fs::read_to_string(out.join("eval").join(file)).unwrap();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let correct = lines.iter().filter(|l| l["reward"].as_f64().unwrap() > 0.0).count();
+        let logged: serde_json::Value = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["step"] == step && l.get("eval/accuracy").is_some())
+            .unwrap();
+        assert_eq!(correct as f64 / 4.0, logged["eval/accuracy"].as_f64().unwrap(), "{text}");
+        assert!(lines.iter().all(|l| l["prompt"].is_string() && l["answer"].is_string()), "{text}");
+    }
+    // `eval --responses` writes the same records for a checkpoint.
+    let file = dir.path().join("responses.jsonl");
+    let ckpt = out.join("checkpoints");
+    let log =
+        ok(&rlz(&["eval", "--config", s(&cfg), "--model", s(&ckpt), "--responses", s(&file)]));
+    assert!(log.contains("responses.jsonl"), "{log}");
+    let after = std::fs::read_to_string(out.join("eval/step-000001.jsonl")).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), after, "eval of the final checkpoint");
     // --overwrite and --resume exclude each other.
     let err =
         fails(&rlz(&["train", "--config", s(&cfg), "--out", s(&out), "--resume", "--overwrite"]));

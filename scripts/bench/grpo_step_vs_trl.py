@@ -7,7 +7,8 @@ SmolLM2-135M-Instruct in f32 on the CPU, timed without model loading and trainer
   step DIR      runs trainer.train() with max_steps=1 on the model in DIR and prints
                 `RESULT side=trl secs=... tokens=... completion_len=... peak_rss_mb=...`
 
-Settings (mirroring `examples/dr_grpo.rs --prompts 8 --samples 4 --max-new-tokens 128 --lr 1e-6`):
+Settings (mirroring `examples/dr_grpo.rs --prompts 8 --samples 4 --max-new-tokens 128 --lr 1e-6
+--temperature 1 --micro-batch 4`):
 8 prompts x num_generations=4, max_completion_length=128, temperature 1, top_p 1, top_k 0,
 loss_type="dr_grpo", scale_rewards="none", beta=0.0 (no reference model), epsilon 0.2,
 num_iterations=1, lr 1e-6 constant, AdamW betas (0.9, 0.95), weight decay 0, max_grad_norm 1.0,

@@ -112,7 +112,7 @@ run_rlz() {  # round first
   local r=$1 dir=$out/rlz-$1
   rm -rf "$dir"
   RAYON_NUM_THREADS=$THREADS nice -n "$NICE" /usr/bin/time -v -o "$dir.time" "$bin" --model "$gguf" \
-    --steps 1 --prompts "$PROMPTS" --samples "$SAMPLES" --max-new-tokens "$MAX_NEW" --lr 1e-6 \
+    --steps 1 --prompts "$PROMPTS" --samples "$SAMPLES" --max-new-tokens "$MAX_NEW" --lr 1e-6 --temperature 1 --micro-batch 4 \
     --eval-prompts 1 --eval-every 0 --seed $((r - 1)) --out "$dir" > "$dir.log" 2>&1 ||
     { cat "$dir.log" >&2; exit 1; }
   "$py" - "$dir/dr_grpo/metrics.jsonl" "$dir.time" "$prompt_tokens" "$((PROMPTS * SAMPLES))" "$r" "$2" \

@@ -113,7 +113,7 @@ struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Start again in a non-empty `<out>`: delete its run files (`run.toml`, `metrics.jsonl`,
-    /// `curves.svg`, `checkpoints/`) first; other files are kept.
+    /// `curves.svg`, `checkpoints/`, `eval/`) first; other files are kept.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
     /// With `--resume`: accept a run file that differs from the saved `run.toml` (each change
@@ -134,6 +134,10 @@ struct EvalArgs {
     /// Held-out prompts (overrides `run.eval_prompts`).
     #[arg(long)]
     prompts: Option<usize>,
+    /// Also write every response with its prompt, answer, finish reason and reward to this
+    /// JSONL file.
+    #[arg(long)]
+    responses: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +246,10 @@ fn eval(args: &EvalArgs) -> Result<()> {
         "greedy accuracy {:.3} (mean reward {:.3}, {} held-out prompts)",
         r.accuracy, r.mean_reward, r.responses
     );
+    if let Some(path) = &args.responses {
+        r.write_jsonl(path)?;
+        println!("responses {}", path.display());
+    }
     Ok(())
 }
 

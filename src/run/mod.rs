@@ -58,7 +58,7 @@ pub enum RunError {
         entries.join(", "),
         if *resumable {
             "pass --resume to continue its run, or --overwrite to delete its run files \
-             (run.toml, metrics.jsonl, curves.svg, checkpoints/) and start again"
+             (run.toml, metrics.jsonl, curves.svg, checkpoints/, eval/) and start again"
         } else {
             "pass --overwrite to delete its run files (metrics.jsonl, curves.svg, checkpoints/) \
              and start again, or choose another --out"

@@ -4,11 +4,12 @@
 use super::*;
 
 /// The run files a training run writes into its output directory `dir`: `run.toml`, the metrics
-/// file (`metrics`, default `dir/metrics.jsonl`), `curves.svg` next to it and `checkpoints/`.
+/// file (`metrics`, default `dir/metrics.jsonl`), `curves.svg` next to it, `checkpoints/` and
+/// `eval/` (every evaluation's responses).
 pub fn run_files(dir: &Path, metrics: Option<&Path>) -> Vec<PathBuf> {
     let metrics = metrics.map_or_else(|| dir.join("metrics.jsonl"), Path::to_path_buf);
     let curves = rl_trainer::plot::curves_path(&metrics);
-    vec![dir.join("run.toml"), metrics, curves, dir.join("checkpoints")]
+    vec![dir.join("run.toml"), metrics, curves, dir.join("checkpoints"), dir.join("eval")]
 }
 
 /// Refuses a fresh run into `dir` when it is a non-empty directory, or when the metrics file

@@ -210,9 +210,18 @@ pub fn train_with(
     let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
         let step = t.state().step;
         let report = t.evaluate(&test, true)?;
+        // Every greedy response of this evaluation, for reading what the model answers.
+        let dir = run.out.join("eval");
+        let responses = dir.join(format!("step-{step:06}.jsonl"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        report.write_jsonl(&responses)?;
         log(&format!(
-            "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} {split} prompts)",
-            report.accuracy, report.mean_reward, report.responses
+            "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} {split} prompts; {})",
+            report.accuracy,
+            report.mean_reward,
+            report.responses,
+            responses.display()
         ));
         curve.push(EvalPoint { step, report });
         Ok(())

@@ -1,7 +1,10 @@
 //! Evaluation: a policy, a reward and prompts, nothing else (no trainer needed).
 
 use rl_core::rng::mix_seed;
-use rl_core::{Metrics, Policy, Prompt, RewardFn, RolloutBatch, SamplingConfig};
+use std::io::Write;
+use std::path::Path;
+
+use rl_core::{Metrics, Policy, Prompt, RewardFn, RolloutBatch, Sample, SamplingConfig};
 
 use crate::Result;
 use crate::config::TrainerConfig;
@@ -16,6 +19,10 @@ pub struct EvalReport {
     pub mean_reward: f64,
     /// Number of responses scored.
     pub responses: usize,
+    /// Every scored response, in prompt order: `samples[i]` got reward `rewards[i]`.
+    pub samples: Vec<Sample>,
+    /// The reward of each of `samples`.
+    pub rewards: Vec<f32>,
 }
 
 impl EvalReport {
@@ -27,6 +34,31 @@ impl EvalReport {
             .with("eval/mean_reward", self.mean_reward)
             .with("eval/responses", self.responses as f64)
             .with("eval/greedy", f64::from(u8::from(greedy)))
+    }
+
+    /// Writes every scored response to `path` as JSONL, one object per response:
+    /// `{"prompt", "response", "answer", "finish", "response_tokens", "reward"}` (the prompt as
+    /// templated, the response decoded without special tokens). Replaces an existing file.
+    ///
+    /// # Errors
+    /// The file cannot be created or written ([`crate::TrainerError::Io`], naming it).
+    pub fn write_jsonl(&self, path: &Path) -> Result<()> {
+        let io =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        for (s, r) in self.samples.iter().zip(&self.rewards) {
+            let line = serde_json::json!({
+                "prompt": s.prompt,
+                "response": s.response,
+                "answer": s.answer,
+                "finish": s.finish,
+                "response_tokens": s.response_tokens,
+                "reward": r,
+            });
+            writeln!(out, "{line}").map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        Ok(())
     }
 }
 
@@ -62,6 +94,8 @@ pub fn evaluate(
         accuracy: m.get("reward/accuracy").unwrap_or(0.0),
         mean_reward: m.get("reward/mean").unwrap_or(0.0),
         responses: scores.len(),
+        samples: batch.samples,
+        rewards: scores,
     })
 }
 

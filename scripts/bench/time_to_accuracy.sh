@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Time to accuracy, rl-zero vs TRL's GRPOTrainer, same recipe: both train SmolLM2-135M-Instruct on
+# two-digit addition with RECIPE (default recipes/smollm2_addition.toml) for STEPS steps; both
+# policies are scored every `run.eval_every` steps by rl-zero's greedy evaluator on the same held-out
+# prompts; the report gives held-out accuracy against training time, minutes to each accuracy
+# mark, steps per hour and peak RSS (scripts/bench/time_to_accuracy.py), and a figure.
+#
+#   bash scripts/bench/time_to_accuracy.sh              # both sides, then the report
+#   SIDES=trl bash scripts/bench/time_to_accuracy.sh    # one side (rl-zero | trl), then the report
+#   REPORT_ONLY=1 bash scripts/bench/time_to_accuracy.sh
+#
+# Sides run one after the other (each takes ~half an hour; alternating within a run is not
+# possible), so run it on a quiet machine. THREADS (default 2) threads each; both sides take the
+# seed `trainer.seed` of RECIPE.
+# Output: $OUT (default target/bench-tta): rl-zero/ (an rl-zero run directory), trl/ (checkpoints,
+# metrics.jsonl, eval/step-N.jsonl scored by `rl-zero eval --responses`), *.time (/usr/bin/time -v).
+# Python: scripts/.venv with TRL (scripts/setup_python.sh with RLZ_FULL_PY=1, run when missing).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+RECIPE=${RECIPE:-recipes/smollm2_addition.toml}
+STEPS=${STEPS:-20}
+THREADS=${THREADS:-2}
+read -r EVAL_EVERY SEED < <(python3 -c 'import sys, tomllib; r = tomllib.load(open(sys.argv[1], "rb"))
+print(r.get("run", {}).get("eval_every", 5), r.get("trainer", {}).get("seed", 0))' "$RECIPE")
+SIDES=${SIDES:-"rl-zero trl"}
+out=${OUT:-$root/target/bench-tta}
+py=scripts/.venv/bin/python
+rlz=target/release/rl-zero
+mkdir -p "$out"
+
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
+  if ! "$py" -c "import trl" 2>/dev/null; then
+    RLZ_FULL_PY=1 bash scripts/setup_python.sh
+  fi
+  bash scripts/fetch_smollm2.sh
+  cargo build --release --locked --bin rl-zero
+  hf=$out/smollm2-hf
+  "$py" scripts/bench/grpo_step_vs_trl.py prepare "$hf"
+  export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+  for side in $SIDES; do
+    case $side in
+      rl-zero)
+        rm -rf "$out/rl-zero"
+        /usr/bin/time -v -o "$out/rl-zero.time" "$rlz" train --config "$RECIPE" --out "$out/rl-zero" \
+          --steps "$STEPS" | tee "$out/rl-zero.log"
+        ;;
+      trl)
+        rm -rf "$out/trl"
+        /usr/bin/time -v -o "$out/trl.time" "$py" scripts/bench/trl_addition.py train "$hf" "$out/trl" \
+          --recipe "$RECIPE" --steps "$STEPS" --save-every "$EVAL_EVERY" --seed "$SEED" \
+          --threads "$THREADS" 2>&1 | tee "$out/trl.log"
+        # rl-zero's evaluator on each TRL checkpoint: the same held-out prompts, template, greedy
+        # decoding, token budget and reward as the rl-zero run's own evaluations.
+        mkdir -p "$out/trl/eval"
+        for ckpt in "$out"/trl/step-*/; do
+          name=$(basename "$ckpt")
+          "$rlz" eval --config "$RECIPE" --model "$ckpt" --responses "$out/trl/eval/$name.jsonl"
+        done
+        ;;
+      *) echo "unknown side $side (rl-zero | trl)" >&2; exit 2 ;;
+    esac
+  done
+fi
+python3 scripts/bench/time_to_accuracy.py "$out" | tee "$out/report.md"
