@@ -8,6 +8,7 @@
 #   bash scripts/bench/time_to_accuracy.sh              # both sides, then the report
 #   SIDES=trl bash scripts/bench/time_to_accuracy.sh    # one side (rl-zero | trl), then the report
 #   REPORT_ONLY=1 bash scripts/bench/time_to_accuracy.sh
+#   STEPS=20 TRL_STEPS=10 bash scripts/bench/time_to_accuracy.sh   # fewer TRL steps (default STEPS)
 #
 # Sides run one after the other (each takes ~half an hour; alternating within a run is not
 # possible), so run it on a quiet machine. THREADS (default 2) threads each; both sides take the
@@ -20,6 +21,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 RECIPE=${RECIPE:-recipes/smollm2_addition.toml}
 STEPS=${STEPS:-20}
+TRL_STEPS=${TRL_STEPS:-$STEPS}
 THREADS=${THREADS:-2}
 read -r EVAL_EVERY SEED < <(python3 -c 'import sys, tomllib; r = tomllib.load(open(sys.argv[1], "rb"))
 print(r.get("run", {}).get("eval_every", 5), r.get("trainer", {}).get("seed", 0))' "$RECIPE")
@@ -48,7 +50,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       trl)
         rm -rf "$out/trl"
         /usr/bin/time -v -o "$out/trl.time" "$py" scripts/bench/trl_addition.py train "$hf" "$out/trl" \
-          --recipe "$RECIPE" --steps "$STEPS" --save-every "$EVAL_EVERY" --seed "$SEED" \
+          --recipe "$RECIPE" --steps "$TRL_STEPS" --save-every "$EVAL_EVERY" --seed "$SEED" \
           --threads "$THREADS" 2>&1 | tee "$out/trl.log"
         # rl-zero's evaluator on each TRL checkpoint: the same held-out prompts, template, greedy
         # decoding, token budget and reward as the rl-zero run's own evaluations.

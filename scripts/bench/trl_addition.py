@@ -147,6 +147,10 @@ def train(a):
                 save(st.global_step)
 
         def on_log(self, args, st, control, logs=None, **k):
+            # One line per training step (the end-of-training summary log has no step of its own).
+            if st.global_step == state.get("logged") or "train_runtime" in (logs or {}):
+                return
+            state["logged"] = st.global_step
             line = {"step": st.global_step, "time/step_s": state.get("step_secs"),
                     "time/train_total_s": state["train_secs"],
                     "time/wall_s": time.perf_counter() - state["wall0"]}

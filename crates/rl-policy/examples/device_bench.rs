@@ -3,6 +3,9 @@
 //!
 //! * `fwdbwd:BxT`: forward + backward of the mean log-prob of B responses of T tokens after a
 //!   16-token prompt (the training path: `response_hidden` + `token_log_probs`, `Mode::Diff`);
+//! * `shared:RxC` / `joint:RxC`: as `fwdbwd`, the rows in groups of 8 that share a prompt (GRPO
+//!   groups), through `response_hidden` (one prompt pass per group) or `response_hidden_joint`
+//!   (every row's prompt and response in one pass), with 48-token prompts: what sharing saves;
 //! * `sample:RxN`: sampling R prompts of 16 tokens × N new tokens at temperature 1 with the KV
 //!   cache, no EOS stop (`generate` on the detached weights, `Mode::Fused`).
 //!
@@ -37,6 +40,10 @@ use serde_json::json;
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const PROMPT: usize = 16;
+
+/// Prompt tokens of the `shared` / `joint` workloads (SmolLM2's chat-templated addition prompt
+/// has about 48).
+const GROUP_PROMPT: usize = 48;
 
 /// The same pseudo-random ids as `ids()` in benches/policy.rs and policy_vs_torch.py.
 fn ids(rows: usize, cols: usize, seed: u32, dev: &Device) -> R<Tensor> {
@@ -170,9 +177,17 @@ fn main() -> R {
             println!("{line}");
         };
         match what {
-            "fwdbwd" => {
-                let (prompt_ids, response_ids) = (ids(r, PROMPT, 3, &dev)?, ids(r, c, 4, &dev)?);
-                let prompt_mask = Tensor::ones((r, PROMPT), DType::F32, &dev)?;
+            "fwdbwd" | "shared" | "joint" => {
+                let (prompt_ids, plen) = if what == "fwdbwd" {
+                    (ids(r, PROMPT, 3, &dev)?, PROMPT)
+                } else {
+                    // Groups of 8 rows with one prompt each.
+                    let distinct = ids(r.div_ceil(8), GROUP_PROMPT, 3, &dev)?;
+                    let rows: Vec<u32> = (0..r as u32).map(|i| i / 8).collect();
+                    (distinct.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?, GROUP_PROMPT)
+                };
+                let response_ids = ids(r, c, 4, &dev)?;
+                let prompt_mask = Tensor::ones((r, plen), DType::F32, &dev)?;
                 let response_mask = Tensor::ones((r, c), DType::F32, &dev)?;
                 let view = PromptResponse {
                     prompt_ids: &prompt_ids,
@@ -184,7 +199,11 @@ fn main() -> R {
                     dev.synchronize()?;
                     let clock = Instant::now();
                     let m = model.trainable()?;
-                    let hidden = view.response_hidden(&m, Mode::Diff)?;
+                    let hidden = if what == "joint" {
+                        view.response_hidden_joint(&m, Mode::Diff)?
+                    } else {
+                        view.response_hidden(&m, Mode::Diff)?
+                    };
                     let (lp, _) =
                         token_log_probs(&m, &hidden, &response_ids, &response_mask, 0, false)?;
                     let loss = lp.mean_all()?;
@@ -194,7 +213,7 @@ fn main() -> R {
                     let secs = clock.elapsed().as_secs_f64();
                     peak.sample(&dev);
                     drop(grads);
-                    report(iter, secs, r * (c + PROMPT), &peak);
+                    report(iter, secs, r * (c + plen), &peak);
                 }
             }
             "sample" => {

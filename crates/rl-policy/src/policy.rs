@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Tensor, Var};
 use rl_core::{Critic, Policy, Prompt, RolloutBatch, SamplingConfig, TokenLogProbs};
 
-use crate::logprobs::{PromptResponse, token_log_probs};
+use crate::logprobs::{PromptResponse, Trimmed, token_log_probs};
 use crate::model::{Mode, Transformer};
 use crate::sampling::{Generation, StopRules, generate};
 use crate::{LanguageModel, PolicyError, Result};
@@ -37,20 +37,20 @@ fn batch_log_probs(
     mode: Mode,
     chunk: usize,
 ) -> Result<TokenLogProbs> {
-    let view = batch_view(batch);
+    // Only the columns that hold a real token in some row run (padding gives exactly 0).
+    let trim = Trimmed::new(&batch_view(batch))?;
+    let view = trim.view();
     let hidden = view.response_hidden(model, mode)?;
     let (lp, ent) = token_log_probs(
         model,
         &hidden,
-        &batch.response_ids,
-        &batch.response_mask,
+        view.response_ids,
+        view.response_mask,
         chunk,
         with_entropy,
     )?;
-    Ok(TokenLogProbs {
-        log_probs: lp.to_dtype(DType::F32)?,
-        entropy: ent.map(|e| e.to_dtype(DType::F32)).transpose()?,
-    })
+    let full = |x: Tensor| trim.pad_back(&x.to_dtype(DType::F32)?);
+    Ok(TokenLogProbs { log_probs: full(lp)?, entropy: ent.map(full).transpose()? })
 }
 
 /// A trainable causal-LM policy: a [`LanguageModel`], an optional [`TextCodec`] and the
@@ -384,10 +384,11 @@ impl ValueModel {
         } else {
             (self.head_w.as_tensor().detach(), self.head_b.as_tensor().detach())
         };
-        let hidden = batch_view(batch).response_hidden(&model, Mode::Diff)?;
+        let trim = Trimmed::new(&batch_view(batch))?;
+        let hidden = trim.view().response_hidden(&model, Mode::Diff)?;
         let v = candle_nn::Linear::new(w, Some(b)).forward(&hidden)?.squeeze(2)?;
-        let mask = batch.response_mask.to_dtype(v.dtype())?;
-        Ok((v * mask)?.to_dtype(DType::F32)?)
+        let mask = trim.response_mask.to_dtype(v.dtype())?;
+        trim.pad_back(&(v * mask)?.to_dtype(DType::F32)?)
     }
 
     /// `(B, T)` f32 values without an autograd graph (for rollouts / GAE).

@@ -139,6 +139,93 @@ fn gradients_match_finite_differences() -> R {
     Ok(())
 }
 
+/// Every parameter's gradient, by name, flattened.
+type NamedGrads = Vec<(String, Vec<f32>)>;
+
+/// Log-probs `(B, T)` and every parameter's gradient of a weighted log-prob sum, through
+/// `PromptResponse::response_hidden` (`shared`) or `response_hidden_joint`.
+fn log_probs_and_grads(
+    model: &LanguageModel,
+    view: PromptResponse<'_>,
+    shared: bool,
+) -> R<(Vec<Vec<f32>>, NamedGrads)> {
+    let m = model.trainable()?;
+    let hidden = if shared {
+        view.response_hidden(&m, Mode::Diff)?
+    } else {
+        view.response_hidden_joint(&m, Mode::Diff)?
+    };
+    let (lp, _) = token_log_probs(&m, &hidden, view.response_ids, view.response_mask, 0, false)?;
+    let (b, t) = lp.dims2()?;
+    let w = Tensor::arange(1.0, (b * t + 1) as f64, &Device::Cpu)?.reshape((b, t))?;
+    let grads = (lp.clone() * w.to_dtype(lp.dtype())?)?.sum_all()?.backward()?;
+    let mut named: Vec<(String, Vec<f32>)> = model
+        .named_vars()
+        .into_iter()
+        .map(|(name, v)| {
+            let g = grads.get(v.as_tensor()).expect("gradient").flatten_all().unwrap();
+            (name, g.to_vec1::<f32>().unwrap())
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((lp.to_vec2::<f32>()?, named))
+}
+
+#[test]
+fn shared_prompts_give_the_joint_pass_values_and_gradients() -> R {
+    let d = Device::Cpu;
+    // Rows 0, 1, 3 share prompt A (left-padded), rows 2 and 4 share prompt B; responses of
+    // lengths 3, 5, 1, 2, 4 (right-padded).
+    let (a, am) = ([0u32, 5, 6, 7], [0f32, 1., 1., 1.]);
+    let (b, bm) = ([8u32, 9, 10, 11], [1f32, 1., 1., 1.]);
+    let prompt_ids = Tensor::new(&[a, a, b, a, b], &d)?;
+    let prompt_mask = Tensor::new(&[am, am, bm, am, bm], &d)?;
+    let response_ids = Tensor::new(
+        &[
+            [12u32, 13, 14, 0, 0],
+            [15, 16, 17, 18, 19],
+            [20, 0, 0, 0, 0],
+            [21, 22, 0, 0, 0],
+            [23, 24, 25, 26, 0],
+        ],
+        &d,
+    )?;
+    let lens = [3usize, 5, 1, 2, 4];
+    let mask: Vec<f32> =
+        lens.iter().flat_map(|&n| (0..5).map(move |j| f32::from(u8::from(j < n)))).collect();
+    let response_mask = Tensor::from_vec(mask, (5, 5), &d)?;
+    for t in [5, 1] {
+        let (ids, m) = (response_ids.narrow(1, 0, t)?, response_mask.narrow(1, 0, t)?);
+        let view = PromptResponse {
+            prompt_ids: &prompt_ids,
+            prompt_mask: &prompt_mask,
+            response_ids: &ids,
+            response_mask: &m,
+        };
+        for (arch, tied) in [("llama", false), ("qwen2", true), ("qwen3", false)] {
+            let model = tiny(arch, tied, DType::F32);
+            let (lp_s, g_s) = log_probs_and_grads(&model, view, true)?;
+            let (lp_j, g_j) = log_probs_and_grads(&model, view, false)?;
+            for (rs, rj) in lp_s.iter().zip(&lp_j) {
+                for (x, y) in rs.iter().zip(rj) {
+                    assert!((x - y).abs() < 1e-5, "{arch} T={t}: log-prob {x} vs {y}");
+                }
+            }
+            assert!(lp_s.iter().flatten().any(|&x| x != 0.0));
+            for ((name, gs), (_, gj)) in g_s.iter().zip(&g_j) {
+                let scale = gj.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+                for (x, y) in gs.iter().zip(gj) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * scale,
+                        "{arch} T={t} {name}: gradient {x} vs {y} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn chunking_does_not_change_log_probs() -> R {
     let model = tiny("qwen2", false, DType::F32);
@@ -341,6 +428,21 @@ fn sampling_is_reproducible_and_consistent_with_training_log_probs() -> R {
     }
     // Sampling log-probs (fused path, T = 1) equal the training log-probs of the same tokens.
     let train = policy.log_probs(&a, true)?;
+    // Columns that are padding in every row change nothing: they are trimmed before the pass
+    // and the outputs padded back with zeros.
+    let mut wide = a.clone();
+    wide.prompt_ids = a.prompt_ids.pad_with_zeros(1, 2, 0)?;
+    wide.prompt_mask = a.prompt_mask.pad_with_zeros(1, 2, 0)?;
+    wide.response_ids = a.response_ids.pad_with_zeros(1, 0, 3)?;
+    wide.response_mask = a.response_mask.pad_with_zeros(1, 0, 3)?;
+    wide.old_log_probs = a.old_log_probs.pad_with_zeros(1, 0, 3)?;
+    let t = a.response_ids.dim(1)?;
+    let w = policy.log_probs(&wide, true)?;
+    assert_eq!(w.log_probs.dims(), [6, t + 3]);
+    assert_eq!(w.log_probs.narrow(1, 0, t)?.to_vec2::<f32>()?, train.log_probs.to_vec2::<f32>()?);
+    assert_eq!(w.log_probs.narrow(1, t, 3)?.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+    let (we, te) = (w.entropy.ok_or("entropy")?, train.entropy.clone().ok_or("entropy")?);
+    assert_eq!(we.narrow(1, 0, t)?.to_vec2::<f32>()?, te.to_vec2::<f32>()?);
     let delta = (train.log_probs - &a.old_log_probs)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(delta < 1e-5, "{delta}");
     // The reference is a frozen copy: same numbers.
