@@ -17,8 +17,9 @@ The recipe, mirrored field by field (rl-zero name -> GRPOConfig):
   mini-batch); Dr. GRPO: loss_type "dr_grpo" (token sums / max_completion_length), scale_rewards
   "none" (advantage = reward - group mean); PPO clip epsilon 0.2, num_iterations 1, beta 0 (no KL,
   no reference model); f32 (no bf16), no gradient checkpointing, CPU, torch.set_num_threads(THREADS).
-  Reward: Open-Reasoner-Zero's rule, as rl-zero's `{ type = "orz" }`: 1 when the last \\boxed{}
-  holds the answer AND the completion stopped by itself (its ids end in an EOS token), else 0.
+  Reward: rl-zero's own `{ type = "orz" }` through `rl-zero score` (the same answer extraction and
+  math verifier, 1 only when correct AND the completion stopped by itself, i.e. its ids end in an
+  EOS token), so both sides train on identical rewards.
   Prompts: the same chat-templated question "What is A + B? Put the final answer in \\boxed{}." over
   the same training pool (every pair 10..99 x 10..99 that is not held out, `held_out` below = rl-zero's
   split); the order is a seeded shuffle of Python's, not rl-zero's.
@@ -39,11 +40,15 @@ import os
 import pathlib
 import random
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from grpo_step_vs_trl import held_out, last_boxed  # noqa: E402
+from grpo_step_vs_trl import held_out  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def peak_rss_mb():
@@ -78,12 +83,25 @@ def train(a):
         for x, y in (pairs * (need // len(pairs) + 1))[:need]
     ])
 
+    rlz = os.environ.get("RLZ_BIN", str(ROOT / "target/release/rl-zero"))
+
     def orz_reward(prompts, completions, answer, completion_ids, **kwargs):
-        rewards = []
-        for c, ans, ids in zip(completions, answer, completion_ids):
-            text = c[0]["content"] if isinstance(c, list) else c
-            stopped = bool(ids) and ids[-1] in eos_ids
-            rewards.append(1.0 if stopped and last_boxed(text) == str(ans) else 0.0)
+        # rl-zero's own reward, through `rl-zero score`: the same verifier (answer extraction
+        # cascade, math equivalence) and the same ORZ rule (0 unless the completion stopped by
+        # itself, i.e. its ids end in an EOS token) as the rl-zero run, one process per batch.
+        with tempfile.TemporaryDirectory() as tmp:
+            src = pathlib.Path(tmp) / "in.jsonl"
+            with open(src, "w") as f:
+                for c, ans, ids in zip(completions, answer, completion_ids):
+                    text = c[0]["content"] if isinstance(c, list) else c
+                    stopped = bool(ids) and ids[-1] in eos_ids
+                    f.write(json.dumps({"response": text, "answer": str(ans),
+                                        "finish": "eos" if stopped else "length",
+                                        "response_tokens": len(ids)}) + "\n")
+            out = subprocess.run([rlz, "score", "-i", str(src), "--reward", '{"type": "orz"}'],
+                                 check=True, capture_output=True, text=True).stdout
+        rewards = [float(json.loads(l)["reward"]) for l in out.splitlines() if l.strip()]
+        assert len(rewards) == len(completions), (len(rewards), len(completions))
         return rewards
 
     batch = a.prompts * a.samples
@@ -211,7 +229,7 @@ def main():
     ap.add_argument("cmd", choices=["train"])
     ap.add_argument("model_dir")
     ap.add_argument("out")
-    ap.add_argument("--recipe", default=str(pathlib.Path(__file__).resolve().parents[2] / "recipes/smollm2_addition.toml"),
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/smollm2_addition.toml"),
                     help="rl-zero run file whose sampling, optimizer and batch settings TRL gets")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--save-every", type=int, default=5)

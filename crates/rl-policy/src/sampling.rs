@@ -232,18 +232,32 @@ pub fn generate(
             ),
         ));
     }
-    let rows: Vec<&Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.n)).collect();
-    let r = rows.len();
-    let p = rows.iter().map(|x| x.len()).max().unwrap_or(0);
-    let mut valid: Vec<Vec<bool>> =
-        rows.iter().map(|x| (0..p).map(|j| j >= p - x.len()).collect()).collect();
-    let ids: Vec<u32> = rows
+    let n = cfg.n.max(1);
+    let r = prompts.len() * n;
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let padded = |x: &Vec<u32>| (0..p).map(|j| j >= p - x.len()).collect::<Vec<bool>>();
+    let ids: Vec<u32> = prompts
         .iter()
         .flat_map(|x| std::iter::repeat_n(pad_id, p - x.len()).chain(x.iter().copied()))
         .collect();
     let dev = model.device();
+    // Prefill: each prompt once; its `n` samples (rows `i·n .. i·n + n`) then share its keys,
+    // values and first-token logits.
     let mut cache = KvCache::with_capacity(model.config().num_layers, p + cfg.max_new_tokens);
-    let mut input = Tensor::from_vec(ids, (r, p), dev)?;
+    let prompt_valid: Vec<Vec<bool>> = prompts.iter().map(padded).collect();
+    let layout = AttentionLayout::new(&prompt_valid, p, model.dtype(), dev)?;
+    let input = Tensor::from_vec(ids, (prompts.len(), p), dev)?;
+    let hidden = model.hidden_states(&input, &layout, Some(&mut cache), Mode::Fused)?;
+    let first = last_logits(model, &hidden)?;
+    let mut pending: Option<Vec<Vec<f32>>> = Some(if n == 1 {
+        first
+    } else {
+        cache.select_rows(&(0..r).map(|i| i / n).collect::<Vec<_>>())?;
+        first.iter().flat_map(|l| std::iter::repeat_n(l, n).cloned()).collect()
+    });
+    let mut valid: Vec<Vec<bool>> =
+        prompt_valid.iter().flat_map(|v| std::iter::repeat_n(v, n).cloned()).collect();
+    let mut input = Tensor::zeros((r, 1), DType::U32, dev)?;
     let mut out = Generation {
         tokens: vec![Vec::new(); r],
         log_probs: vec![Vec::new(); r],
@@ -255,13 +269,14 @@ pub fn generate(
     let mut alive: Vec<usize> = (0..r).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     for _ in 0..cfg.max_new_tokens {
-        let s = input.dim(1)?;
-        let layout = AttentionLayout::new(&valid, s, model.dtype(), dev)?;
-        let hidden = model.hidden_states(&input, &layout, Some(&mut cache), Mode::Fused)?;
-        let logits = model
-            .logits(&hidden.narrow(1, s - 1, 1)?.squeeze(1)?)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let logits = match pending.take() {
+            Some(l) => l,
+            None => {
+                let layout = AttentionLayout::new(&valid, 1, model.dtype(), dev)?;
+                let hidden = model.hidden_states(&input, &layout, Some(&mut cache), Mode::Fused)?;
+                last_logits(model, &hidden)?
+            }
+        };
         for (&row, logits) in alive.iter().zip(&logits) {
             if let Some(bad) = logits.iter().find(|x| !x.is_finite()) {
                 return Err(PolicyError::input(
@@ -315,6 +330,15 @@ pub fn generate(
         input = Tensor::from_vec(next, (alive.len(), 1), dev)?;
     }
     Ok(out)
+}
+
+/// f32 logits `(B, V)` of the last position of `hidden: (B, S, H)`, one `Vec` per row.
+fn last_logits(model: &Transformer, hidden: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let s = hidden.dim(1)?;
+    Ok(model
+        .logits(&hidden.narrow(1, s - 1, 1)?.squeeze(1)?)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?)
 }
 
 #[cfg(test)]
