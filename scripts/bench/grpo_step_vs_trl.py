@@ -75,6 +75,29 @@ def correctness_reward(prompts, completions, answer, **kwargs):
     return rewards
 
 
+def dr_grpo_config(out_dir, *, seed, steps, lr, micro, batch, samples, max_new, temperature, **extra):
+    """The GRPOConfig of rl-zero's Dr. GRPO recipes (shared by both TRL benchmarks): CPU, f32, no
+    gradient checkpointing; constant lr, no warm-up, AdamW (0.9, 0.95), eps 1e-8, no weight decay,
+    grad clip 1.0; `batch // micro` micro-batches of `micro` per optimizer step (one optimizer step
+    per generation batch); `samples` per prompt, `max_new` tokens, `temperature`, top-p 1, top-k off;
+    Dr. GRPO loss and advantage (`loss_type="dr_grpo"`, `scale_rewards="none"`), PPO clip 0.2, one
+    iteration, no KL (`beta=0`, no reference model). `extra` overrides or adds fields."""
+    from trl import GRPOConfig
+
+    fields = dict(
+        output_dir=str(out_dir), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        seed=seed, max_steps=steps, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
+        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
+        num_generations=samples, max_completion_length=max_new, temperature=temperature, top_p=1.0,
+        top_k=0, loss_type="dr_grpo", scale_rewards="none", beta=0.0, epsilon=0.2, num_iterations=1,
+        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    fields.update(extra)
+    return GRPOConfig(**fields)
+
+
 def prepare(out_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,7 +132,7 @@ def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     import trl
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     torch.set_num_threads(threads)
     clock = time.time()
@@ -132,40 +155,8 @@ def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new):
     micro = 4
     batch = prompts_per_step * samples
     assert batch % micro == 0
-    args = GRPOConfig(
-        output_dir=str(out_dir),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        seed=seed,
-        max_steps=1,
-        learning_rate=1e-6,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-8,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=batch // micro,
-        num_generations=samples,
-        max_completion_length=max_new,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        loss_type="dr_grpo",
-        scale_rewards="none",
-        beta=0.0,
-        epsilon=0.2,
-        num_iterations=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = dr_grpo_config(out_dir, seed=seed, steps=1, lr=1e-6, micro=micro, batch=batch,
+                          samples=samples, max_new=max_new, temperature=1.0)
     assert args.steps_per_generation == args.gradient_accumulation_steps
     assert args.generation_batch_size == batch, args.generation_batch_size
 

@@ -46,7 +46,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from grpo_step_vs_trl import held_out  # noqa: E402
+from grpo_step_vs_trl import dr_grpo_config, held_out  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ def train(a):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     import trl
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     torch.set_num_threads(a.threads)
     out = pathlib.Path(a.out)
@@ -107,41 +107,9 @@ def train(a):
     batch = a.prompts * a.samples
     micro = a.micro_batch
     assert batch % micro == 0
-    args = GRPOConfig(
-        output_dir=str(out / "trl-state"),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        seed=a.seed,
-        max_steps=a.steps,
-        learning_rate=a.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-8,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=batch // micro,
-        num_generations=a.samples,
-        max_completion_length=a.max_new_tokens,
-        temperature=a.temperature,
-        top_p=1.0,
-        top_k=0,
-        loss_type="dr_grpo",
-        scale_rewards="none",
-        beta=0.0,
-        epsilon=0.2,
-        num_iterations=1,
-        shuffle_dataset=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = dr_grpo_config(out / "trl-state", seed=a.seed, steps=a.steps, lr=a.lr, micro=micro,
+                          batch=batch, samples=a.samples, max_new=a.max_new_tokens,
+                          temperature=a.temperature, shuffle_dataset=False)
     assert args.generation_batch_size == batch, args.generation_batch_size
 
     log = open(out / "metrics.jsonl", "w")
