@@ -45,6 +45,29 @@ impl PromptResponse<'_> {
     /// # Errors
     /// [`PolicyError::Input`] naming the offending tensor.
     pub fn check(&self, vocab: usize) -> Result<(usize, usize, usize)> {
+        let (b, p, t) = self.dims()?;
+        for (what, ids) in [("prompt_ids", self.prompt_ids), ("response_ids", self.response_ids)] {
+            if ids.elem_count() == 0 {
+                continue;
+            }
+            let ids = ids.to_dtype(DType::U32)?;
+            let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+            if max >= vocab {
+                return Err(PolicyError::input(
+                    what,
+                    format!("token id {max} >= vocab size {vocab}"),
+                ));
+            }
+        }
+        Ok((b, p, t))
+    }
+
+    /// The shape part of [`PromptResponse::check`]: ids `(B, P)` and `(B, T)` with `B, P >= 1`,
+    /// masks of the same shapes; returns `(B, P, T)`.
+    ///
+    /// # Errors
+    /// [`PolicyError::Input`] naming the offending tensor.
+    pub fn dims(&self) -> Result<(usize, usize, usize)> {
         let (b, p) =
             self.prompt_ids.dims2().map_err(|e| PolicyError::input("prompt_ids", e.to_string()))?;
         let (rb, t) = self
@@ -65,19 +88,6 @@ impl PromptResponse<'_> {
                 return Err(PolicyError::input(
                     what,
                     format!("shape {:?}, expected {want:?}", m.dims()),
-                ));
-            }
-        }
-        for (what, ids) in [("prompt_ids", self.prompt_ids), ("response_ids", self.response_ids)] {
-            if ids.elem_count() == 0 {
-                continue;
-            }
-            let ids = ids.to_dtype(DType::U32)?;
-            let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
-            if max >= vocab {
-                return Err(PolicyError::input(
-                    what,
-                    format!("token id {max} >= vocab size {vocab}"),
                 ));
             }
         }
@@ -251,12 +261,12 @@ impl Trimmed {
     /// Trims `view` (see [`Trimmed`]); a prompt keeps at least one column.
     ///
     /// # Errors
-    /// Masks that are not `(B, P)` / `(B, T)` numeric tensors.
+    /// Those of [`PromptResponse::dims`] (checked first: a mask narrower than its ids is
+    /// refused, never trimmed into agreement).
     pub fn new(view: &PromptResponse<'_>) -> Result<Self> {
+        let (_, p, t) = view.dims()?;
         let prompt = mask_rows(view.prompt_mask, "prompt_mask")?;
         let response = mask_rows(view.response_mask, "response_mask")?;
-        let p = view.prompt_ids.dim(1)?;
-        let t = view.response_ids.dim(1)?;
         // First prompt column that is real in some row; last response column + 1 likewise.
         let start = prompt.iter().filter_map(|r| r.iter().position(|&v| v)).min().unwrap_or(0);
         let start = start.min(p.saturating_sub(1));

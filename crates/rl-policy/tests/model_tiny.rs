@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use rl_core::{Critic, Policy, SamplingConfig};
-use rl_policy::logprobs::{PromptResponse, token_log_probs};
+use rl_policy::logprobs::{PromptResponse, Trimmed, token_log_probs};
 use rl_policy::model::{AttentionLayout, KvCache, Mode};
 use rl_policy::{LanguageModel, LmPolicy, ModelConfig, PolicyError, ValueModel};
 
@@ -572,7 +572,13 @@ fn bad_batches_are_typed_errors() -> R {
     for (i, view) in cases.iter().enumerate() {
         let err = view.response_hidden(&m, Mode::Diff).unwrap_err();
         assert!(matches!(err, PolicyError::Input { .. }), "case {i}: {err}");
+        // The policies' path trims padding first: the same typed error, nothing trimmed away.
+        let err =
+            Trimmed::new(view).and_then(|t| t.view().response_hidden(&m, Mode::Diff)).unwrap_err();
+        assert!(matches!(err, PolicyError::Input { .. }), "trimmed case {i}: {err}");
     }
+    let err = Trimmed::new(&cases[2]).unwrap_err().to_string();
+    assert!(err.contains("response_mask") && err.contains("expected [3, 5]"), "{err}");
     // An empty response gives empty log-probs, not an error.
     let (no_ids, no_mask) = (Tensor::zeros((3, 0), DType::U32, &Device::Cpu)?, empty_mask.clone());
     let view = PromptResponse { response_ids: &no_ids, response_mask: &no_mask, ..b.view() };
