@@ -249,7 +249,7 @@ pub fn generate(
     let input = Tensor::from_vec(ids, (prompts.len(), p), dev)?;
     let hidden = model.hidden_states(&input, &layout, Some(&mut cache), Mode::Fused)?;
     let first = last_logits(model, &hidden)?;
-    let mut pending: Option<Vec<Vec<f32>>> = Some(if n == 1 {
+    let mut next = Next::Logits(if n == 1 {
         first
     } else {
         cache.select_rows(&(0..r).map(|i| i / n).collect::<Vec<_>>())?;
@@ -257,7 +257,6 @@ pub fn generate(
     });
     let mut valid: Vec<Vec<bool>> =
         prompt_valid.iter().flat_map(|v| std::iter::repeat_n(v, n).cloned()).collect();
-    let mut input = Tensor::zeros((r, 1), DType::U32, dev)?;
     let mut out = Generation {
         tokens: vec![Vec::new(); r],
         log_probs: vec![Vec::new(); r],
@@ -269,9 +268,9 @@ pub fn generate(
     let mut alive: Vec<usize> = (0..r).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     for _ in 0..cfg.max_new_tokens {
-        let logits = match pending.take() {
-            Some(l) => l,
-            None => {
+        let logits = match next {
+            Next::Logits(l) => l,
+            Next::Tokens(input) => {
                 let layout = AttentionLayout::new(&valid, 1, model.dtype(), dev)?;
                 let hidden = model.hidden_states(&input, &layout, Some(&mut cache), Mode::Fused)?;
                 last_logits(model, &hidden)?
@@ -299,7 +298,7 @@ pub fn generate(
                 (tok, token_log_prob(logits, tok))
             })
             .collect();
-        let mut next = Vec::with_capacity(alive.len());
+        let mut tokens = Vec::with_capacity(alive.len());
         for (&row, &(tok, lp)) in alive.iter().zip(&chosen) {
             out.tokens[row].push(tok);
             out.log_probs[row].push(lp);
@@ -312,7 +311,7 @@ pub fn generate(
                 out.finish[row] = FinishReason::StopString;
                 active[row] = false;
             }
-            next.push(tok);
+            tokens.push(tok);
         }
         let keep: Vec<usize> = (0..alive.len()).filter(|&i| active[alive[i]]).collect();
         if keep.is_empty() {
@@ -321,15 +320,23 @@ pub fn generate(
         if keep.len() < alive.len() {
             cache.select_rows(&keep)?;
             valid = keep.iter().map(|&i| std::mem::take(&mut valid[i])).collect();
-            next = keep.iter().map(|&i| next[i]).collect();
+            tokens = keep.iter().map(|&i| tokens[i]).collect();
             alive = keep.iter().map(|&i| alive[i]).collect();
         }
         for v in valid.iter_mut() {
             v.push(true);
         }
-        input = Tensor::from_vec(next, (alive.len(), 1), dev)?;
+        next = Next::Tokens(Tensor::from_vec(tokens, (alive.len(), 1), dev)?);
     }
     Ok(out)
+}
+
+/// What a decoding step of [`generate`] starts from.
+enum Next {
+    /// The logits of every row, already computed (the prefill's, shared by a prompt's samples).
+    Logits(Vec<Vec<f32>>),
+    /// The `(rows, 1)` tokens chosen last step, to run through the model.
+    Tokens(Tensor),
 }
 
 /// f32 logits `(B, V)` of the last position of `hidden: (B, S, H)`, one `Vec` per row.
