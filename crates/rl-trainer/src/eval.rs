@@ -38,27 +38,38 @@ impl EvalReport {
 
     /// Writes every scored response to `path` as JSONL, one object per response:
     /// `{"prompt", "response", "answer", "finish", "response_tokens", "reward"}` (the prompt as
-    /// templated, the response decoded without special tokens). Replaces an existing file.
+    /// templated, the response decoded without special tokens). The lines go to a temporary file
+    /// next to `path`, renamed over it once complete: a failed write leaves no partial file and
+    /// an existing `path` as it was.
     ///
     /// # Errors
-    /// The file cannot be created or written ([`crate::TrainerError::Io`], naming it).
+    /// The file cannot be written or renamed ([`crate::TrainerError::Io`], naming `path`).
     pub fn write_jsonl(&self, path: &Path) -> Result<()> {
         let io =
             |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-        for (s, r) in self.samples.iter().zip(&self.rewards) {
-            let line = serde_json::json!({
-                "prompt": s.prompt,
-                "response": s.response,
-                "answer": s.answer,
-                "finish": s.finish,
-                "response_tokens": s.response_tokens,
-                "reward": r,
-            });
-            writeln!(out, "{line}").map_err(io)?;
-        }
-        out.flush().map_err(io)?;
-        Ok(())
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp{}", std::process::id()));
+        let tmp = path.with_file_name(name);
+        let write = || -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            for (s, r) in self.samples.iter().zip(&self.rewards) {
+                let line = serde_json::json!({
+                    "prompt": s.prompt,
+                    "response": s.response,
+                    "answer": s.answer,
+                    "finish": s.finish,
+                    "response_tokens": s.response_tokens,
+                    "reward": r,
+                });
+                writeln!(out, "{line}")?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e).into()
+        })
     }
 }
 
@@ -119,4 +130,47 @@ pub(crate) fn score(reward: &dyn RewardFn, batch: &RolloutBatch) -> Result<Vec<f
     }
     rl_core::check::finite_slice(&scores, "reward scores")?;
     Ok(scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_written_whole_or_not_at_all() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let report = EvalReport {
+            accuracy: 0.5,
+            mean_reward: 0.5,
+            responses: 2,
+            samples: vec![Sample::new("1 + 1 = 2", "2"), Sample::new("1 + 2 = 4", "3")],
+            rewards: vec![1.0, 0.0],
+        };
+        let path = dir.path().join("r.jsonl");
+        report.write_jsonl(&path)?;
+        let text = std::fs::read_to_string(&path)?;
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(serde_json::from_str).collect::<std::result::Result<_, _>>()?;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            (lines[0]["answer"].as_str(), lines[0]["reward"].as_f64()),
+            (Some("2"), Some(1.0))
+        );
+        assert_eq!(lines[1]["response"].as_str(), Some("1 + 2 = 4"));
+        // A target that cannot be replaced (a non-empty directory): a typed error naming it, the
+        // directory untouched, no temporary file left.
+        let busy = dir.path().join("busy");
+        std::fs::create_dir(&busy)?;
+        std::fs::write(busy.join("keep"), "x")?;
+        let err = report.write_jsonl(&busy).unwrap_err();
+        assert!(matches!(err, crate::TrainerError::Io(_)), "{err}");
+        assert!(err.to_string().contains(&busy.display().to_string()), "{err}");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        left.sort();
+        assert_eq!(left, ["busy", "r.jsonl"]);
+        assert_eq!(std::fs::read_to_string(busy.join("keep"))?, "x");
+        Ok(())
+    }
 }
