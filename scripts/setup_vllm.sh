@@ -15,6 +15,8 @@
 # Needs: python3 >= 3.11 with venv, PyPI access on the first run (~2.5 min, ~6.5 GB on disk).
 # Usage: bash scripts/setup_vllm.sh            -> prints .../.cache/vllm/venv/bin/vllm
 set -euo pipefail
+# No second copy of torch and its CUDA libraries (~3 GB) in pip's wheel cache.
+export PIP_NO_CACHE_DIR=1
 repo=$(cd "$(dirname "$0")/.." && pwd)
 version=0.32.0
 root="$repo/.cache/vllm"
