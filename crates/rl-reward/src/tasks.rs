@@ -20,7 +20,7 @@ use rl_core::{Error, Metadata, Prompt, Result};
 
 pub use dataset::{
     DatasetError, DatasetErrorKind, DatasetFields, JsonlFields, Record, json_text, load_dataset,
-    load_jsonl, load_parquet,
+    load_jsonl, load_parquet, read_jsonl,
 };
 
 /// The seeded generator of the task generators (re-exported from rl-core).

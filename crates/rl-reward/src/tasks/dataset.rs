@@ -214,10 +214,33 @@ pub fn load_dataset(path: &Path, fields: &DatasetFields) -> Result<Vec<Prompt>, 
 /// is not an object or is not UTF-8; [`DatasetErrorKind::MissingColumn`] for a line without the
 /// prompt or answer field; [`DatasetErrorKind::WrongType`]; [`DatasetErrorKind::Null`].
 pub fn load_jsonl(path: &Path, fields: &DatasetFields) -> Result<Vec<Prompt>, DatasetError> {
+    read_jsonl(BufReader::new(open(path)?), path, fields)
+}
+
+/// [`load_jsonl`] on any reader (an HTTP body, a decompressor, bytes in memory); `path` only
+/// names the source in errors.
+///
+/// ```
+/// use std::path::Path;
+/// use rl_reward::tasks::{DatasetFields, read_jsonl};
+///
+/// let text = "{\"prompt\": \"1+1?\", \"answer\": \"2\"}\n\n{\"prompt\": \"2+2?\"}\n";
+/// let fields = DatasetFields::default();
+/// let err = read_jsonl(text.as_bytes(), Path::new("<memory>"), &fields).unwrap_err();
+/// assert!(err.to_string().contains("line 3"), "{err}"); // the line without an answer
+/// # Ok::<(), rl_reward::tasks::DatasetError>(())
+/// ```
+///
+/// # Errors
+/// As [`load_jsonl`], without [`DatasetErrorKind::Open`].
+pub fn read_jsonl(
+    reader: impl BufRead,
+    path: &Path,
+    fields: &DatasetFields,
+) -> Result<Vec<Prompt>, DatasetError> {
     let fail = |kind| DatasetError { path: path.to_path_buf(), kind };
-    let file = open(path)?;
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (i, line) in reader.lines().enumerate() {
         let record = Record::Line(i + 1);
         let corrupt =
             |reason: String| fail(DatasetErrorKind::Corrupt { record: Some(record), reason });
