@@ -1,6 +1,6 @@
 //! Data-parallel training equals one process: 1, 2 and 3 real ranks (`rl-dp-worker`, TCP group,
 //! started by `rl_dist::Launcher`) of Dr. GRPO and of PPO with a critic, compared parameter by
-//! parameter and metric by metric.
+//! parameter, AdamW moment by moment and metric by metric.
 
 use std::time::Duration;
 
@@ -57,6 +57,37 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
 /// three steps of Adam at lr 1e-2 turn that into ≤ 1e-6 absolute on the weights.
 const PARAM_TOL: f64 = 2e-5;
 
+/// Compares the optimizer state of `res` (a rank of a multi-rank run) with the one-process
+/// `base`: the same optimizers, step counts and moment names; every moment within `OPTIM_TOL`
+/// relative to the largest entry of its tensor. Returns the largest relative difference.
+fn check_optim(base: &Value, res: &Value, what: &str) -> f64 {
+    let (b, r) = (base.as_object().unwrap(), res.as_object().unwrap());
+    assert_eq!(b.keys().collect::<Vec<_>>(), r.keys().collect::<Vec<_>>(), "{what}: optimizers");
+    assert!(b.contains_key("actor_optim"), "{what}: no actor optimizer state");
+    let mut worst = 0.0f64;
+    for (name, bo) in b {
+        assert_eq!(bo["steps"], r[name]["steps"], "{what}: {name} step count");
+        assert!(bo["steps"].as_u64().unwrap() > 0, "{what}: {name} took no step");
+        let (bm, rm) =
+            (bo["moments"].as_object().unwrap(), r[name]["moments"].as_object().unwrap());
+        assert_eq!(bm.keys().collect::<Vec<_>>(), rm.keys().collect::<Vec<_>>(), "{what}: {name}");
+        for (k, bv) in bm {
+            let (x, y) = (floats(bv), floats(&rm[k]));
+            let scale = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{what}: {name}.{k} is all zeros (no gradient reached it)");
+            let rel = max_diff(&x, &y) / scale;
+            assert!(rel <= OPTIM_TOL, "{what}: {name}.{k}: max |Δ| / max |m| = {rel:e}");
+            worst = worst.max(rel);
+        }
+    }
+    worst
+}
+
+/// Relative bound on the AdamW moments: the first moment is a sum of gradients whose f32 sums
+/// differ by summation order (~1e-7 relative per step, see `PARAM_TOL`), the second a sum of their
+/// squares; three steps keep both well inside 1e-4 of the tensor's largest entry.
+const OPTIM_TOL: f64 = 1e-4;
+
 fn check(algo: &str) {
     let steps = "3";
     let one = run(1, algo, steps);
@@ -71,6 +102,9 @@ fn check(algo: &str) {
             assert!(d <= PARAM_TOL, "{algo}: {n} ranks, rank {r}: {d}");
             // The replicas stay identical to each other (same reduced gradients, same steps).
             assert_eq!(res["params"], ranks[0]["params"], "{algo}: rank {r} vs rank 0");
+            assert_eq!(res["optim"], ranks[0]["optim"], "{algo}: rank {r} optimizer vs rank 0");
+            let o = check_optim(&one[0]["optim"], &res["optim"], &format!("{algo}, {n} ranks"));
+            eprintln!("{algo}: {n} ranks, rank {r}: max relative |Δmoment| = {o:e}");
             let metrics = res["metrics"].as_array().unwrap();
             assert_eq!(metrics.len(), base_metrics.len());
             for (step, (m, b)) in metrics.iter().zip(&base_metrics).enumerate() {
@@ -115,7 +149,8 @@ fn orz_whitened_gae_over_two_and_three_ranks_equals_one_process() {
 }
 
 /// A 2-rank run interrupted after step 1 (rank 0 checkpoints, every rank exits) and resumed on
-/// 2 ranks from that checkpoint ends with exactly the weights of an uninterrupted 2-rank run.
+/// 2 ranks from that checkpoint ends with exactly the weights and AdamW moments of an
+/// uninterrupted 2-rank run.
 #[test]
 fn resume_under_data_parallelism_equals_an_uninterrupted_run() {
     for algo in ["dr_grpo", "ppo"] {
@@ -128,6 +163,7 @@ fn resume_under_data_parallelism_equals_an_uninterrupted_run() {
         assert_eq!(resumed[0]["metrics"].as_array().unwrap().len(), 2, "{algo}: steps 2 and 3");
         for r in 0..2 {
             assert_eq!(resumed[r]["params"], whole[r]["params"], "{algo}: rank {r}");
+            assert_eq!(resumed[r]["optim"], whole[r]["optim"], "{algo}: rank {r} optimizer");
         }
         let (a, b) = (&resumed[0]["metrics"][1], &whole[0]["metrics"][2]);
         assert_eq!(a, b, "{algo}: step 3 metrics");

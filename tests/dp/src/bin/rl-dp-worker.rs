@@ -1,11 +1,12 @@
 //! `rl-dp-worker <dr_grpo|ppo|orz> <steps> <out> [save-after <k> <dir> | resume <dir> | engine <url> <dir>]`: one rank of a data-parallel run of the tiny
 //! decoder (a random 1-layer Llama, f32); every rank writes `{"rank", "world", "params",
-//! "metrics"}` to `<out>.<rank>.json` (too long for one forwarded output line). Rollouts come from a sampler that draws each
+//! "optim", "metrics"}` to `<out>.<rank>.json` (`optim`: the AdamW moments and step count its
+//! checkpoint holds) (too long for one forwarded output line). Rollouts come from a sampler that draws each
 //! prompt's responses with a seed of its own (prompt index, step), so a response does not
 //! depend on which rank samples it: the comparison isolates the update.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -76,11 +77,33 @@ fn params(vars: &[rl_core::Var]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The optimizer state a checkpoint of `t` holds: for `actor_optim` (and `critic_optim` with a
+/// critic), the step count and every AdamW moment tensor by name, flattened.
+fn optimizer_state(t: &dyn TrainStep, dir: &Path) -> Result<serde_json::Value> {
+    let ckpt = t.save_checkpoint(dir).map_err(Error::wrap)?;
+    let mut out = serde_json::Map::new();
+    for name in ["actor_optim", "critic_optim"] {
+        let path = ckpt.join(format!("{name}.safetensors"));
+        if !path.exists() {
+            continue;
+        }
+        let (steps, tensors) =
+            rl_trainer::checkpoint::load_optimizer(&path).map_err(Error::wrap)?;
+        let mut moments = serde_json::Map::new();
+        for (k, v) in tensors {
+            moments.insert(k, json!(v.flatten_all()?.to_vec1::<f32>()?));
+        }
+        out.insert(name.into(), json!({"steps": steps, "moments": moments}));
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 fn report(
     out: &str,
     rank: usize,
     world: usize,
     params: Vec<f32>,
+    optim: serde_json::Value,
     metrics: Vec<rl_core::Metrics>,
 ) -> Result<()> {
     let keep = |m: &rl_core::Metrics| -> serde_json::Map<String, serde_json::Value> {
@@ -94,7 +117,8 @@ fn report(
             .collect()
     };
     let metrics: Vec<_> = metrics.iter().map(keep).collect();
-    let v = json!({"rank": rank, "world": world, "params": params, "metrics": metrics});
+    let v =
+        json!({"rank": rank, "world": world, "params": params, "optim": optim, "metrics": metrics});
     std::fs::write(format!("{out}.{rank}.json"), v.to_string())?;
     Ok(())
 }
@@ -193,7 +217,9 @@ fn run(algo: &str, steps: usize, out: &str, mode: &Mode) -> Result<()> {
             break;
         }
     }
-    report(out, rank, world, params(&vars)?, metrics)
+    // Every rank checkpoints its own optimizer (the moments are replicated, not sharded).
+    let optim = optimizer_state(t.as_ref(), Path::new(&format!("{out}.{rank}.ckpt")))?;
+    report(out, rank, world, params(&vars)?, optim, metrics)
 }
 
 fn main() {
