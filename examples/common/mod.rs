@@ -1,8 +1,8 @@
 //! Plumbing shared by the training examples (`ppo_gae`, `dr_grpo`): command-line options, loading
 //! the policy (the embedded tiny model, a GGUF file, a Hugging Face directory or a Hub id), the
-//! two-digit addition task with its held-out split, and the before/after report.
+//! two-digit addition task with its held-out split, and training with the library's driver.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use rl_zero::core::Prompt;
@@ -177,81 +177,27 @@ impl Setup {
         Ok(policy(l.model, l.tokenizer))
     }
 
-    /// [`train_and_report`] on this setup's prompts.
+    /// Trains with the library's driver ([`rl_zero::run::Drive`], the loop `rl-zero train` runs):
+    /// a greedy evaluation on the held-out prompts before training, every `--eval-every` steps
+    /// and at the end, a checkpoint under `<out>/checkpoints` at the end, the metrics drawn to
+    /// `curves.svg`.
     pub fn train<C>(self, trainer: &mut rl_zero::trainer::Trainer<LmPolicy, C>) -> Result<()>
     where
         C: rl_zero::core::Critic + rl_zero::trainer::Checkpointable,
     {
+        let run = rl_zero::run::RunSettings {
+            steps: self.steps,
+            prompts_per_step: self.groups,
+            eval_prompts: self.test.len(),
+            eval_every: self.args.eval_every,
+            out: self.out.clone(),
+            ..rl_zero::run::RunSettings::default()
+        };
         let mut data = rl_zero::trainer::PromptDataset::new(self.train, self.args.seed, true)?;
-        train_and_report(
-            trainer,
-            &mut data,
-            &self.test,
-            &self.args,
-            self.groups,
-            self.steps,
-            &self.out,
-        )
+        let metrics = trainer.config().metrics_path.clone();
+        let drive =
+            rl_zero::run::Drive { metrics: metrics.as_deref(), ..rl_zero::run::Drive::new(&run) };
+        drive.run(trainer, &mut data, &self.test, &mut |line| println!("{line}"))?;
+        Ok(())
     }
-}
-
-/// Prints one line of the accuracy curve.
-pub fn report_eval(step: u64, accuracy: f64, mean_reward: f64, n: usize) {
-    println!(
-        "eval step {step:>4}: greedy accuracy {accuracy:.3} (mean reward {mean_reward:.3}, {n} held-out prompts)"
-    );
-}
-
-/// Evaluates (greedy, held-out), trains `steps` steps of `groups` prompts with evaluations every
-/// `args.eval_every` steps, evaluates again, saves a checkpoint under `out/checkpoints` and draws
-/// the metrics file's curves to `curves.svg` next to it.
-pub fn train_and_report<C>(
-    trainer: &mut rl_zero::trainer::Trainer<LmPolicy, C>,
-    data: &mut rl_zero::trainer::PromptDataset,
-    test: &[Prompt],
-    args: &Args,
-    groups: usize,
-    steps: usize,
-    out: &Path,
-) -> Result<()>
-where
-    C: rl_zero::core::Critic + rl_zero::trainer::Checkpointable,
-{
-    let started = std::time::Instant::now();
-    let before = trainer.evaluate(test, true)?;
-    report_eval(0, before.accuracy, before.mean_reward, before.responses);
-    let mut after = before.clone();
-    let mut done = 0;
-    while done < steps {
-        let chunk =
-            if args.eval_every == 0 { steps - done } else { args.eval_every.min(steps - done) };
-        let metrics = trainer.run(data, groups, chunk)?;
-        done += chunk;
-        if let Some(m) = metrics.last() {
-            println!(
-                "train step {done:>4}: reward {:.3}, response length {:.1}, {:.1} s/step",
-                m.get("reward/mean").unwrap_or(f64::NAN),
-                m.get("response/length_mean").unwrap_or(f64::NAN),
-                m.get("time/step_s").unwrap_or(f64::NAN),
-            );
-        }
-        after = trainer.evaluate(test, true)?;
-        report_eval(done as u64, after.accuracy, after.mean_reward, after.responses);
-    }
-    let ckpt = trainer.save_checkpoint(&out.join("checkpoints"))?;
-    println!(
-        "held-out greedy accuracy {:.3} -> {:.3} after {steps} steps in {:.0} s; checkpoint {}",
-        before.accuracy,
-        after.accuracy,
-        started.elapsed().as_secs_f64(),
-        ckpt.display()
-    );
-    if let Some(metrics) = &trainer.config().metrics_path {
-        // The run itself succeeded: a plot that cannot be drawn is reported, not fatal.
-        match rl_zero::trainer::plot::plot_run(metrics) {
-            Ok(svg) => println!("curves {}", svg.display()),
-            Err(e) => eprintln!("warning: no curves: {e}"),
-        }
-    }
-    Ok(())
 }

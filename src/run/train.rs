@@ -202,92 +202,164 @@ pub fn train_with(
         std::fs::write(&run_toml, file.to_toml()?)
             .with_context(|| format!("cannot write {}", run_toml.display()))?;
     }
-    let mut curve = Vec::new();
-    let split = match run.eval_split {
-        EvalSplit::Test => "held-out",
-        EvalSplit::Validation => "validation",
-    };
-    let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
-        let step = t.state().step;
-        let report = t.evaluate(&test, true)?;
-        // Every greedy response of this evaluation, for reading what the model answers.
-        let dir = run.out.join("eval");
-        let responses = dir.join(format!("step-{step:06}.jsonl"));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        report.write_jsonl(&responses)?;
-        log(&format!(
-            "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} {split} prompts; {})",
-            report.accuracy,
-            report.mean_reward,
-            report.responses,
-            responses.display()
-        ));
-        curve.push(EvalPoint { step, report });
-        Ok(())
-    };
-    let save = |t: &dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<PathBuf> {
-        let dir = t
-            .save_checkpoint(&root)
-            .with_context(|| format!("saving a checkpoint under {}", root.display()))?;
-        if let Some(keep) = run.keep_last {
-            for old in checkpoint::prune(&root, keep)? {
-                log(&format!("keep_last = {keep}: deleted {}", old.display()));
+    let drive = Drive { metrics: metrics.as_deref(), main_rank, resumed_from, ..Drive::new(run) };
+    drive.run(trainer.as_mut(), &mut data, &test, log)
+}
+
+/// The loop of [`train_with`] on a trainer the caller built (the examples build theirs from
+/// parts): evaluate greedily before training (rank 0), train `run.steps` steps of
+/// `run.prompts_per_step` prompts, evaluate every `run.eval_every` steps and at the end (each
+/// evaluation's responses in `run.out/eval/step-NNNNNN.jsonl`), save a checkpoint under
+/// `run.out/checkpoints` every `run.save_every` steps and at the end (keeping the newest
+/// `run.keep_last`), and draw the metrics file to `curves.svg`. `log` receives one line per step
+/// and evaluation, and a summary.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use rl_zero::run::{Drive, RunSettings, addition_prompts, load_model, policy};
+/// use rl_zero::trainer::{PromptDataset, Recipe};
+///
+/// let run = RunSettings { steps: 2, out: "runs/mine".into(), ..RunSettings::default() };
+/// let loaded = load_model(None, "main")?; // the embedded tiny model
+/// let (train, test) = addition_prompts(&loaded, 0, run.eval_prompts)?;
+/// let recipe = Recipe::dr_grpo();
+/// let mut trainer =
+///     recipe.grpo(policy(loaded.model, loaded.tokenizer), rl_zero::reward::OrzReward::default())?;
+/// let mut data = PromptDataset::new(train, 0, true)?;
+/// let outcome = Drive::new(&run).run(&mut trainer, &mut data, &test, &mut |l| println!("{l}"))?;
+/// println!("last checkpoint {}", outcome.checkpoint.display());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Drive<'a> {
+    /// Steps, prompts per step, evaluation and checkpoint cadence, output directory.
+    pub run: &'a RunSettings,
+    /// The metrics file to draw at the end (`curves.svg` next to it); `None`: no curves.
+    pub metrics: Option<&'a Path>,
+    /// This process evaluates, saves checkpoints and draws curves: a single process, or rank 0
+    /// of a data-parallel group (the other ranks only train).
+    pub main_rank: bool,
+    /// The step the trainer was resumed at (0 for a fresh run), reported in the outcome.
+    pub resumed_from: u64,
+}
+
+impl<'a> Drive<'a> {
+    /// A single-process run of `run` without curves.
+    pub fn new(run: &'a RunSettings) -> Self {
+        Self { run, metrics: None, main_rank: true, resumed_from: 0 }
+    }
+
+    /// Trains `trainer` on `data` to `run.steps`, evaluating on `test` (see [`Drive`]).
+    ///
+    /// # Errors
+    /// A failed step, evaluation, evaluation file or checkpoint (naming the path).
+    pub fn run(
+        self,
+        trainer: &mut dyn TrainStep,
+        data: &mut PromptDataset,
+        test: &[Prompt],
+        log: &mut dyn FnMut(&str),
+    ) -> Result<TrainOutcome> {
+        let Self { run, metrics, main_rank, resumed_from } = self;
+        let root = run.out.join("checkpoints");
+        let started = std::time::Instant::now();
+        let mut curve = Vec::new();
+        let split = match run.eval_split {
+            EvalSplit::Test => "held-out",
+            EvalSplit::Validation => "validation",
+        };
+        let mut evaluate = |t: &mut dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<()> {
+            let step = t.state().step;
+            let report = t.evaluate(test, true)?;
+            // Every greedy response of this evaluation, for reading what the model answers.
+            let dir = run.out.join("eval");
+            let responses = dir.join(format!("step-{step:06}.jsonl"));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            report.write_jsonl(&responses)?;
+            log(&format!(
+                "eval step {step:>4}: greedy accuracy {:.3} (mean reward {:.3}, {} {split} prompts; {})",
+                report.accuracy,
+                report.mean_reward,
+                report.responses,
+                responses.display()
+            ));
+            curve.push(EvalPoint { step, report });
+            Ok(())
+        };
+        let save = |t: &dyn TrainStep, log: &mut dyn FnMut(&str)| -> Result<PathBuf> {
+            let dir = t
+                .save_checkpoint(&root)
+                .with_context(|| format!("saving a checkpoint under {}", root.display()))?;
+            if let Some(keep) = run.keep_last {
+                for old in checkpoint::prune(&root, keep)? {
+                    log(&format!("keep_last = {keep}: deleted {}", old.display()));
+                }
+            }
+            Ok(dir)
+        };
+        if main_rank {
+            evaluate(trainer, log)?;
+        }
+        let mut checkpoint = None;
+        while (trainer.state().step as usize) < run.steps {
+            let report = trainer.step_from(data, run.prompts_per_step)?;
+            let m = &report.metrics;
+            log(&format!(
+                "train step {:>4}: reward {:.3}, response length {:.1}, {:.2} s",
+                report.step,
+                m.get("reward/mean").unwrap_or(f64::NAN),
+                m.get("response/length_mean").unwrap_or(f64::NAN),
+                m.get("time/step_s").unwrap_or(f64::NAN),
+            ));
+            let step = report.step as usize;
+            let last = step >= run.steps;
+            if !main_rank {
+                continue;
+            }
+            if last || (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) {
+                evaluate(trainer, log)?;
+            }
+            if last || (run.save_every > 0 && step.is_multiple_of(run.save_every)) {
+                checkpoint = Some(save(&*trainer, log)?);
             }
         }
-        Ok(dir)
-    };
-    if main_rank {
-        evaluate(trainer.as_mut(), log)?;
-    }
-    let mut checkpoint = None;
-    while (trainer.state().step as usize) < run.steps {
-        let report = trainer.step_from(&mut data, run.prompts_per_step)?;
-        let m = &report.metrics;
-        log(&format!(
-            "train step {:>4}: reward {:.3}, response length {:.1}, {:.2} s",
-            report.step,
-            m.get("reward/mean").unwrap_or(f64::NAN),
-            m.get("response/length_mean").unwrap_or(f64::NAN),
-            m.get("time/step_s").unwrap_or(f64::NAN),
-        ));
-        let step = report.step as usize;
-        let last = step >= run.steps;
         if !main_rank {
-            continue;
+            // Rank 0 saves the checkpoints and draws the curves.
+            return Ok(TrainOutcome { curve, resumed_from, checkpoint: root, curves: None });
         }
-        if last || (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) {
-            evaluate(trainer.as_mut(), log)?;
-        }
-        if last || (run.save_every > 0 && step.is_multiple_of(run.save_every)) {
-            checkpoint = Some(save(trainer.as_ref(), log)?);
-        }
-    }
-    if !main_rank {
-        // Rank 0 saves the checkpoints and draws the curves.
-        return Ok(TrainOutcome { curve, resumed_from, checkpoint: root, curves: None });
-    }
-    let checkpoint = match checkpoint {
-        Some(c) => c,
-        // Nothing left to train (resumed at or past `steps`): the latest checkpoint, or a new one.
-        None => match checkpoint::latest(&root)? {
+        let checkpoint = match checkpoint {
             Some(c) => c,
-            None => save(trainer.as_ref(), log)?,
-        },
-    };
-    log(&format!("checkpoint {}", checkpoint.display()));
-    // The run itself succeeded: a plot that cannot be drawn is logged, not an error.
-    let curves = metrics.and_then(|m| match rl_trainer::plot::plot_run(&m) {
-        Ok(svg) => {
-            log(&format!("curves {}", svg.display()));
-            Some(svg)
+            // Nothing left to train (resumed at or past `steps`): the latest checkpoint, or a new one.
+            None => match checkpoint::latest(&root)? {
+                Some(c) => c,
+                None => save(&*trainer, log)?,
+            },
+        };
+        log(&format!("checkpoint {}", checkpoint.display()));
+        // The run itself succeeded: a plot that cannot be drawn is logged, not an error.
+        let curves = metrics.and_then(|m| match rl_trainer::plot::plot_run(m) {
+            Ok(svg) => {
+                log(&format!("curves {}", svg.display()));
+                Some(svg)
+            }
+            Err(e) => {
+                log(&format!("no curves: {e}"));
+                None
+            }
+        });
+        if let (Some(first), Some(last)) = (curve.first(), curve.last()) {
+            log(&format!(
+                "{split} greedy accuracy {:.3} (step {}) -> {:.3} (step {}) in {:.0} s",
+                first.report.accuracy,
+                first.step,
+                last.report.accuracy,
+                last.step,
+                started.elapsed().as_secs_f64()
+            ));
         }
-        Err(e) => {
-            log(&format!("no curves: {e}"));
-            None
-        }
-    });
-    Ok(TrainOutcome { curve, resumed_from, checkpoint, curves })
+        Ok(TrainOutcome { curve, resumed_from, checkpoint, curves })
+    }
 }
 
 /// Greedy accuracy of `model` (see [`load_for_eval`]: a model or a checkpoint of a run on
