@@ -16,6 +16,7 @@
 
 pub use rl_advantage as advantage;
 pub use rl_core as core;
+pub use rl_data as data;
 pub use rl_dist as dist;
 pub use rl_loss as loss;
 pub use rl_policy as policy;

@@ -21,8 +21,8 @@
 
 use std::path::Path;
 
+use rl_data::{DatasetFields, read_jsonl};
 use rl_reward::MathVerifier;
-use rl_reward::tasks::{DatasetFields, read_jsonl};
 use rl_rollout::protocol::{Expect, Origin, parse_llama_cpp, parse_sglang, parse_vllm};
 use rl_zero::run::RunFile;
 

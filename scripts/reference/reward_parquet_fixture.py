@@ -1,7 +1,7 @@
-"""Tiny Parquet (and matching JSONL) fixtures for rl-reward's dataset loaders.
+"""Tiny Parquet (and matching JSONL) fixtures for rl-data's dataset loaders.
 
-Writes crates/rl-reward/tests/fixtures/dataset_*.{parquet,jsonl}, read by
-crates/rl-reward/tests/dataset.rs. The files are written the way Hugging Face datasets ship
+Writes crates/rl-data/tests/fixtures/dataset_*.{parquet,jsonl}, read by
+crates/rl-data/tests/dataset.rs. The files are written the way Hugging Face datasets ship
 theirs (pyarrow, snappy, dictionary encoding, ARROW:schema metadata), a few KB in all:
 
 * dataset_math.parquet    snappy; `problem` string, `answer` int64 (HF math datasets often store
@@ -34,7 +34,7 @@ import pathlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-out = pathlib.Path(__file__).resolve().parents[2] / "crates/rl-reward/tests/fixtures"
+out = pathlib.Path(__file__).resolve().parents[2] / "crates/rl-data/tests/fixtures"
 
 rows = [
     {"problem": "What is $1 + 1$?", "answer": 2, "level": 1, "subject": "arithmetic",

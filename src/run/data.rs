@@ -116,7 +116,7 @@ pub(super) fn take_spread(train: &mut Vec<Prompt>, n: usize, seed: u64) -> Resul
 }
 
 /// What `run.dataset` names. Spelled as a string in a run file: `"addition"`, `"arithmetic"`
-/// (level 1), `"arithmetic:N"` (level N of `rl_reward::tasks::arithmetic`, 1-4), or a path to
+/// (level 1), `"arithmetic:N"` (level N of `rl_data::arithmetic`, 1-4), or a path to
 /// a JSONL file.
 ///
 /// ```
@@ -132,7 +132,7 @@ pub(super) fn take_spread(train: &mut Vec<Prompt>, n: usize, seed: u64) -> Resul
 pub enum Dataset {
     /// Two-digit addition, with the embedded model's held-out split (`docs/tiny-model.md`).
     Addition,
-    /// Seeded arithmetic of `rl_reward::tasks::arithmetic` at `level` (1: `a ± b`, 2: `a × b`,
+    /// Seeded arithmetic of `rl_data::arithmetic` at `level` (1: `a ± b`, 2: `a × b`,
     /// 3: `a + b × c`, 4: `(a − b) × c + d`): 4096 training prompts, a separately seeded
     /// held-out set, and no held-out question among the training ones.
     Arithmetic {

@@ -33,11 +33,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use rl_core::{AdvantageEstimator, Prompt, ReferenceModel};
+use rl_data::{JsonlFields, arithmetic, load_jsonl};
 use rl_policy::runtime::{self, RuntimeOptions, RuntimeReport};
 use rl_policy::tokenizer::Tokenizer;
 use rl_policy::{LanguageModel, LmPolicy, ValueModel};
 use rl_reward::BuiltinReward;
-use rl_reward::tasks::{JsonlFields, arithmetic, load_jsonl};
 use rl_rollout::{RemoteSampler, RolloutConfig, WeightSyncConfig};
 use rl_trainer::{
     AlgorithmConfig, EvalReport, PromptDataset, Recipe, TrainStep, TrainerConfig, checkpoint,

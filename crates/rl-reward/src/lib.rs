@@ -7,8 +7,8 @@
 //!   countdown, DAPO overlong and length penalties, combinators, and the serde enum
 //!   [`BuiltinReward`] of all built-ins;
 //! * [`runner`]: a parallel, panic- and timeout-safe batch runner for any reward (plugins);
-//! * [`tasks`]: seeded arithmetic and countdown prompt generators and JSONL / Parquet dataset
-//!   loaders.
+//! * [`tasks`]: the `rl-data` crate re-exported (seeded arithmetic and countdown prompt generators,
+//!   JSONL / Parquet dataset loaders).
 //!
 //! ```
 //! use rl_core::{FinishReason, RewardFn, Sample};
@@ -24,7 +24,8 @@
 pub mod math;
 pub mod rewards;
 pub mod runner;
-pub mod tasks;
+/// Prompt generators and dataset loaders: the `rl-data` crate, re-exported under its former path.
+pub use rl_data as tasks;
 
 pub use math::{MathVerifier, Verdict, VerifyConfig, verify};
 pub use rewards::{

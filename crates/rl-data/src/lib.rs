@@ -1,9 +1,12 @@
-//! Built-in tasks: seeded arithmetic and countdown prompt generators, and dataset loaders for
-//! JSON lines and Parquet ([`load_jsonl`], [`load_parquet`], [`load_dataset`] by extension) with
-//! configurable field names ([`DatasetFields`]).
+//! Prompts for rl-zero, in one crate: seeded arithmetic and countdown prompt generators, dataset
+//! loaders for JSON lines and Parquet ([`load_jsonl`], [`read_jsonl`], [`load_parquet`],
+//! [`load_dataset`] by extension) with configurable field names ([`DatasetFields`]), and the
+//! cursor the trainer draws from ([`PromptDataset`], [`PromptSource`], from rl-core so that plugin
+//! crates need rl-core alone). `rl_reward::tasks` re-exports this crate, so paths written against
+//! it keep working.
 //!
 //! ```
-//! use rl_reward::tasks::{arithmetic, countdown};
+//! use rl_data::{arithmetic, countdown};
 //!
 //! let p = arithmetic(3, 1, 42)?;
 //! assert_eq!(p.len(), 3);
@@ -25,6 +28,9 @@ pub use dataset::{
 
 /// The seeded generator of the task generators (re-exported from rl-core).
 pub use rl_core::rng::SplitMix64;
+
+/// The prompt cursor and source trait the trainer draws from (defined in rl-core).
+pub use rl_core::data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};
 
 /// `n` arithmetic prompts at `difficulty` 1–4, seeded:
 ///
@@ -135,15 +141,13 @@ pub fn countdown(n: usize, k: usize, seed: u64) -> Result<Vec<Prompt>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CountdownReward, verify};
 
     #[test]
-    fn arithmetic_answers_are_right() -> Result<()> {
+    fn arithmetic_is_seeded_and_bounded() -> Result<()> {
         for level in 1..=4 {
-            for p in arithmetic(20, level, 3)? {
-                let a = p.answer.clone().unwrap_or_default();
-                assert!(verify(&a, &format!("\\boxed{{{a}}}")), "{p:?}");
-            }
+            let p = arithmetic(20, level, 3)?;
+            assert_eq!(p, arithmetic(20, level, 3)?);
+            assert!(p.iter().all(|p| p.answer.as_deref().is_some_and(|a| !a.is_empty())));
         }
         assert!(arithmetic(1, 9, 0).is_err());
         assert_ne!(arithmetic(5, 1, 1)?, arithmetic(5, 1, 2)?);
@@ -157,7 +161,6 @@ mod tests {
             assert!(t > 0);
         }
         assert!(countdown(1, 1, 0).is_err());
-        let _ = CountdownReward::default();
         Ok(())
     }
 }

@@ -33,7 +33,7 @@ use serde_json::Value;
 /// ([`DatasetErrorKind::Null`]); a null metadata value is kept as `null`.
 ///
 /// ```
-/// use rl_reward::tasks::DatasetFields;
+/// use rl_data::DatasetFields;
 ///
 /// // A MATH-style dataset (`problem`, `answer`, ...) whose metadata keeps only `level`.
 /// let fields: DatasetFields =
@@ -222,13 +222,13 @@ pub fn load_jsonl(path: &Path, fields: &DatasetFields) -> Result<Vec<Prompt>, Da
 ///
 /// ```
 /// use std::path::Path;
-/// use rl_reward::tasks::{DatasetFields, read_jsonl};
+/// use rl_data::{DatasetFields, read_jsonl};
 ///
 /// let text = "{\"prompt\": \"1+1?\", \"answer\": \"2\"}\n\n{\"prompt\": \"2+2?\"}\n";
 /// let fields = DatasetFields::default();
 /// let err = read_jsonl(text.as_bytes(), Path::new("<memory>"), &fields).unwrap_err();
 /// assert!(err.to_string().contains("line 3"), "{err}"); // the line without an answer
-/// # Ok::<(), rl_reward::tasks::DatasetError>(())
+/// # Ok::<(), rl_data::DatasetError>(())
 /// ```
 ///
 /// # Errors
@@ -270,7 +270,7 @@ pub fn read_jsonl(
 ///
 /// ```
 /// use std::path::Path;
-/// use rl_reward::tasks::{DatasetFields, load_parquet};
+/// use rl_data::{DatasetFields, load_parquet};
 ///
 /// let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dataset_math.parquet"));
 /// let fields = DatasetFields { prompt: "problem".into(), answer: "answer".into(), metadata: vec!["level".into()] };
@@ -278,7 +278,7 @@ pub fn read_jsonl(
 /// assert_eq!(prompts[1].text, "Compute $\\frac{84}{2}$.");
 /// assert_eq!(prompts[1].answer.as_deref(), Some("42")); // an int64 column
 /// assert_eq!(prompts[1].metadata["level"], 2);
-/// # Ok::<(), rl_reward::tasks::DatasetError>(())
+/// # Ok::<(), rl_data::DatasetError>(())
 /// ```
 ///
 /// # Errors

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rl_core::Prompt;
-use rl_reward::tasks::{
+use rl_data::{
     DatasetError, DatasetErrorKind, DatasetFields, Record, load_dataset, load_jsonl, load_parquet,
 };
 use serde_json::json;
