@@ -329,3 +329,40 @@ fn the_smollm2_addition_recipe_is_dr_grpo_on_the_held_out_split() {
     assert_eq!(f.run.eval_split, run::EvalSplit::Test);
     assert_eq!((f.trainer.sampling.temperature, f.trainer.actor.lr), (0.7, 2e-5));
 }
+
+/// `run.compute_dtype = "bf16"` trains and evaluates with bf16 products: the run file says so
+/// in the saved `run.toml`, the steps' numbers differ from the f32 run's (the setting reaches the
+/// model) while staying finite, and `eval` on the run file uses it too.
+#[test]
+fn compute_dtype_bf16_reaches_training_and_evaluation() {
+    let mut outcomes = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let text = std::fs::read_to_string(recipe_path("tiny/dr_grpo")).unwrap();
+        let mut file = RunFile::from_toml(&text).unwrap();
+        file.run.steps = 2;
+        file.run.prompts_per_step = 4;
+        file.run.eval_prompts = 8;
+        file.run.eval_every = 0;
+        file.run.out = out.clone();
+        file.run.compute_dtype = serde_json::from_value(serde_json::json!(dtype)).unwrap();
+        let saved = file.to_toml().unwrap();
+        assert_eq!(saved.contains("compute_dtype = \"bf16\""), dtype == "bf16", "{saved}");
+        assert_eq!(RunFile::from_toml(&saved).unwrap(), file);
+        let outcome = run::train(&file, false, &mut |_| {}).unwrap();
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v.get("actor/grad_norm").and_then(serde_json::Value::as_f64))
+            .collect();
+        assert_eq!(losses.len(), 2, "{dtype}: {metrics}");
+        assert!(losses.iter().all(|l| l.is_finite()), "{dtype}: {losses:?}");
+        let last = outcome.curve.last().unwrap().report.clone();
+        let again = run::eval(&file, Some(outcome.checkpoint.to_str().unwrap())).unwrap();
+        assert_eq!(again.accuracy, last.accuracy, "{dtype}: eval of the checkpoint");
+        outcomes.push((losses, last.samples));
+    }
+    assert_ne!(outcomes[0].0, outcomes[1].0, "bf16 products give the same losses as f32");
+}

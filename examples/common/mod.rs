@@ -60,6 +60,10 @@ pub struct Args {
     /// Output directory (metrics JSONL, final checkpoint).
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
+    /// Dtype of the matrix products: f32, or bf16 (mixed precision: bf16 operands, f32
+    /// accumulation and master weights; fastest with `RLZ_BLAS=<libmkl_rt.so>` on a CPU with AMX).
+    #[arg(long, default_value = "f32", value_parser = parse_compute_dtype)]
+    pub compute_dtype: rl_zero::policy::ComputeDtype,
     /// Start again when `<out>/<example>` already holds a run: delete its run files
     /// (`metrics.jsonl`, `curves.svg`, `checkpoints/`) first; other files are kept. Without it
     /// a non-empty directory is refused.
@@ -68,6 +72,11 @@ pub struct Args {
 }
 
 pub use rl_zero::run::{Loaded, addition_prompts, policy};
+
+fn parse_compute_dtype(s: &str) -> Result<rl_zero::policy::ComputeDtype, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: expected \"f32\" or \"bf16\""))
+}
 
 /// Everything an example needs before it builds its trainer: options, model, prompt split,
 /// output directory and run sizes.
@@ -106,7 +115,8 @@ pub fn setup(name: &str) -> Result<Setup> {
     if !args.overwrite {
         rl_zero::run::check_out_dir(&out, None, false)?;
     }
-    let loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
+    let mut loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
+    loaded.model.set_compute_dtype(args.compute_dtype)?;
     let (train, test) = addition_prompts(&loaded, args.seed, args.eval_prompts)?;
     if args.overwrite {
         rl_zero::run::clear_run_files(&out, None)?;

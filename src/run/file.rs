@@ -40,6 +40,15 @@ pub struct RunSettings {
     pub keep_last: Option<usize>,
     /// Output directory: `metrics.jsonl`, `run.toml`, `checkpoints/step-NNNNNN`.
     pub out: PathBuf,
+    /// Dtype of the policy's and critic's matrix products: `"f32"` (the default) or `"bf16"`
+    /// (mixed precision: bf16 operands, f32 accumulation, f32 master weights and AdamW moments;
+    /// `docs/policy.md`, "Mixed precision"). Sampling, training and evaluation all use it.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub compute_dtype: ComputeDtype,
+}
+
+fn is_f32(c: &ComputeDtype) -> bool {
+    *c == ComputeDtype::F32
 }
 
 impl Default for RunSettings {
@@ -59,6 +68,7 @@ impl Default for RunSettings {
             save_every: 0,
             keep_last: None,
             out: PathBuf::from("runs/cli"),
+            compute_dtype: ComputeDtype::F32,
         }
     }
 }

@@ -36,7 +36,7 @@ use rl_core::{AdvantageEstimator, Prompt, ReferenceModel};
 use rl_data::{JsonlFields, arithmetic, load_jsonl};
 use rl_policy::runtime::{self, RuntimeOptions, RuntimeReport};
 use rl_policy::tokenizer::Tokenizer;
-use rl_policy::{LanguageModel, LmPolicy, ValueModel};
+use rl_policy::{ComputeDtype, LanguageModel, LmPolicy, ValueModel};
 use rl_reward::BuiltinReward;
 use rl_rollout::{RemoteSampler, RolloutConfig, WeightSyncConfig};
 use rl_trainer::{

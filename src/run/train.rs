@@ -118,7 +118,8 @@ pub fn train_with(
         check_out_dir(&run.out, metrics.as_deref(), true)?;
     }
     let seed = recipe.trainer.seed;
-    let loaded = load_model(run.model.as_deref(), &run.revision)?;
+    let mut loaded = load_model(run.model.as_deref(), &run.revision)?;
+    loaded.model.set_compute_dtype(run.compute_dtype)?;
     let (train_set, test) = prompts(&loaded, run, seed)?;
     let mut data = PromptDataset::new(train_set, seed, true)?;
     // 2. The trainer (it opens the metrics file) and the checkpoint; undone on failure.
@@ -368,7 +369,8 @@ impl<'a> Drive<'a> {
 pub fn eval(file: &RunFile, model: Option<&str>) -> Result<EvalReport> {
     file.validate()?;
     let run = &file.run;
-    let loaded = load_for_eval(model, run.model.as_deref(), &run.revision)?;
+    let mut loaded = load_for_eval(model, run.model.as_deref(), &run.revision)?;
+    loaded.model.set_compute_dtype(run.compute_dtype)?;
     let seed = file.trainer.seed;
     let (_, test) = prompts(&loaded, run, seed)?;
     let mut policy = policy(loaded.model, loaded.tokenizer);
