@@ -6,7 +6,7 @@
 //! `scripts/setup_vllm.sh`) and the SmolLM2 GGUF (`scripts/fetch_smollm2.sh`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,45 +22,21 @@ fn rlz(args: &[&str]) -> String {
     out.into_owned()
 }
 
-/// The server's process group is killed on drop (vLLM starts worker processes).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = self.0.id() as i32;
-        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).status();
-        std::thread::sleep(Duration::from_secs(2));
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(hf: &Path, port: u16, log: &Path) -> Server {
-    use std::os::unix::process::CommandExt;
-    let file = std::fs::File::create(log).unwrap();
+fn serve(hf: &Path, port: u16, log: &Path) -> rl_rollout::testing::EngineProcess {
     let mut cmd = Command::new("bash");
-    cmd.arg(root().join("scripts/vllm/serve.sh"))
-        .arg(hf)
-        .arg(port.to_string())
-        .args(["policy", "--max-model-len", "1024"])
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .process_group(0);
+    cmd.arg(root().join("scripts/vllm/serve.sh")).arg(hf).arg(port.to_string()).args([
+        "policy",
+        "--max-model-len",
+        "1024",
+    ]);
     if let Ok(bin) = std::env::var("RLZ_VLLM_BIN") {
         cmd.env("VLLM_BIN", bin);
     }
-    let server = Server(cmd.spawn().unwrap());
     let t0 = Instant::now();
-    let health = format!("http://127.0.0.1:{port}/health");
-    while ureq::get(&health).timeout(Duration::from_secs(2)).call().is_err() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        assert!(
-            t0.elapsed() < Duration::from_secs(900),
-            "vLLM did not come up in 900 s; log tail:\n{}",
-            &text[text.len().saturating_sub(3000)..]
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    let url = format!("http://127.0.0.1:{port}");
+    let server =
+        rl_rollout::testing::EngineProcess::spawn(cmd, &url, log, Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("vLLM: {e}"));
     eprintln!("vLLM up in {:.1} s", t0.elapsed().as_secs_f64());
     server
 }

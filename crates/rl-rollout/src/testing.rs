@@ -541,3 +541,82 @@ fn generate(shared: &Shared, req: &Value, fault: Option<&Fault>) -> (u16, Value)
         }
     }
 }
+
+/// A real engine server started by a test (vLLM, SGLang, llama.cpp): its whole process group
+/// (engines start worker processes) gets SIGTERM on drop, then SIGKILL after `grace`.
+#[derive(Debug)]
+pub struct EngineProcess {
+    child: std::process::Child,
+    /// The server's base URL (`http://127.0.0.1:<port>`).
+    pub url: String,
+    /// The file receiving the server's stdout and stderr.
+    pub log: std::path::PathBuf,
+    grace: Duration,
+}
+
+impl EngineProcess {
+    /// Spawns `cmd` in a process group of its own with its output in `log`, then polls
+    /// `GET {url}/health` every second until it answers 200.
+    ///
+    /// # Errors
+    /// The spawn error, or the last 3,000 bytes of the log when the server is not healthy after
+    /// `timeout` or exits first (the process group is killed before returning).
+    pub fn spawn(
+        mut cmd: std::process::Command,
+        url: &str,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        use std::os::unix::process::CommandExt;
+        let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdout(std::process::Stdio::from(file))
+            .stderr(std::process::Stdio::from(err))
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        let mut server = Self {
+            child,
+            url: url.trim_end_matches('/').to_string(),
+            log: log.to_path_buf(),
+            grace: Duration::from_secs(20),
+        };
+        let health = format!("{}/health", server.url);
+        let t0 = std::time::Instant::now();
+        loop {
+            if ureq::get(&health).timeout(Duration::from_secs(2)).call().is_ok() {
+                return Ok(server);
+            }
+            let exited = matches!(server.child.try_wait(), Ok(Some(_)));
+            if exited || t0.elapsed() > timeout {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail = &text[text.floor_char_boundary(text.len().saturating_sub(3000))..];
+                let why = if exited { "exited" } else { "is not healthy" };
+                server.grace = Duration::from_secs(2);
+                return Err(format!(
+                    "the server {why} after {:.0} s; log tail:\n{tail}",
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let kill = |signal: &str| {
+            let _ = std::process::Command::new("kill").args(["-s", signal, "--", &group]).status();
+        };
+        kill("TERM");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < self.grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        kill("KILL");
+        let _ = self.child.wait();
+    }
+}

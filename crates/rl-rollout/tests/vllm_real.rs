@@ -17,7 +17,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::perturb;
@@ -49,34 +49,10 @@ fn vllm_bin() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// The vLLM server process group; killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pgid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-s", "TERM", "--", &format!("-{pgid}")]).status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
-        let _ = self.child.wait();
-    }
-}
+type Server = rl_rollout::testing::EngineProcess;
 
 fn start(model_dir: &Path, log_dir: &Path, extension: bool) -> Server {
-    use std::os::unix::process::CommandExt;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = log_dir.join(format!("vllm-{port}.log"));
-    let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(vllm_bin());
     cmd.arg("serve")
         .arg(model_dir)
@@ -84,30 +60,16 @@ fn start(model_dir: &Path, log_dir: &Path, extension: bool) -> Server {
         .args(["--served-model-name", "smol", "--dtype", "float32", "--max-model-len", "1024"])
         .args(["--enforce-eager", "--logprobs-mode", "raw_logprobs", "--generation-config", "vllm"])
         .env("VLLM_SERVER_DEV_MODE", "1")
-        .env("VLLM_CPU_KVCACHE_SPACE", "1")
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .process_group(0);
+        .env("VLLM_CPU_KVCACHE_SPACE", "1");
     if extension {
         cmd.env("PYTHONPATH", root().join("scripts/vllm"))
             .args(["--worker-extension-cls", "rlz_vllm_ext.TiedReloadExtension"]);
     }
     let t0 = Instant::now();
-    let child = cmd.spawn().unwrap();
-    let server = Server { child, url: format!("http://127.0.0.1:{port}"), log };
-    let health = format!("{}/health", server.url);
-    loop {
-        if ureq::get(&health).timeout(Duration::from_secs(2)).call().is_ok() {
-            break;
-        }
-        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "vLLM did not come up in 600 s; log tail:\n{}",
-            &log[log.len().saturating_sub(3000)..]
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    let url = format!("http://127.0.0.1:{port}");
+    let log = log_dir.join(format!("vllm-{port}.log"));
+    let server = Server::spawn(cmd, &url, &log, Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("vLLM: {e}"));
     eprintln!("vLLM up in {:.1} s", t0.elapsed().as_secs_f64());
     server
 }
