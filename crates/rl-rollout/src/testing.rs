@@ -606,7 +606,10 @@ impl Drop for EngineProcess {
     fn drop(&mut self) {
         let group = format!("-{}", self.child.id());
         let kill = |signal: &str| {
-            let _ = std::process::Command::new("kill").args(["-s", signal, "--", &group]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-s", signal, "--", &group])
+                .stderr(std::process::Stdio::null())
+                .status();
         };
         kill("TERM");
         let t0 = std::time::Instant::now();
