@@ -94,7 +94,7 @@ pub fn arithmetic(n: usize, difficulty: u8, seed: u64) -> Result<Vec<Prompt>> {
 
 /// `n` countdown prompts with `k` numbers (2–6) in 1–99, seeded. The target is built from a
 /// random equation over all numbers that stays a positive integer, so every puzzle is solvable.
-/// Metadata holds `numbers` and `target` (what [`crate::CountdownReward`] reads); the answer is
+/// Metadata holds `numbers` and `target` (what `rl_reward::CountdownReward` reads); the answer is
 /// the target.
 ///
 /// # Errors
