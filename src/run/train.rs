@@ -250,14 +250,16 @@ impl<'a> Drive<'a> {
         Self { run, metrics: None, main_rank: true, resumed_from: 0 }
     }
 
-    /// Trains `trainer` on `data` to `run.steps`, evaluating on `test` (see [`Drive`]).
+    /// Trains `trainer` on prompts from `data` (a [`PromptDataset`], or any
+    /// [`rl_core::data::PromptSource`] of your own) to `run.steps`, evaluating on `test` (see
+    /// [`Drive`]).
     ///
     /// # Errors
     /// A failed step, evaluation, evaluation file or checkpoint (naming the path).
     pub fn run(
         self,
         trainer: &mut dyn TrainStep,
-        data: &mut PromptDataset,
+        data: &mut dyn rl_core::data::PromptSource,
         test: &[Prompt],
         log: &mut dyn FnMut(&str),
     ) -> Result<TrainOutcome> {
