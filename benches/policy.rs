@@ -76,8 +76,7 @@ fn smollm2(spec: &str) {
     let (retain, joined) = (rt.retained_freed_memory, rt.built_pool);
     let (side, blas) = if rt.blas == "gemm" { ("rl-zero", "gemm") } else { ("rl-zero-mkl", "mkl") };
     let precision = std::env::var("RLZ_COMPUTE_DTYPE").unwrap_or_else(|_| "f32".into());
-    let compute: rl_policy::ComputeDtype =
-        serde_json::from_value(serde_json::Value::String(precision.clone())).expect("f32 | bf16");
+    let compute: rl_policy::ComputeDtype = precision.parse().expect("RLZ_COMPUTE_DTYPE");
     println!("runtime: {rt:?}");
     let path = rl_policy::testing_assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let clock = std::time::Instant::now();

@@ -62,7 +62,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Dtype of the matrix products: f32, or bf16 (mixed precision: bf16 operands, f32
     /// accumulation and master weights; fastest with `RLZ_BLAS=<libmkl_rt.so>` on a CPU with AMX).
-    #[arg(long, default_value = "f32", value_parser = parse_compute_dtype)]
+    #[arg(long, default_value = "f32")]
     pub compute_dtype: rl_zero::policy::ComputeDtype,
     /// Start again when `<out>/<example>` already holds a run: delete its run files
     /// (`metrics.jsonl`, `curves.svg`, `checkpoints/`) first; other files are kept. Without it
@@ -72,11 +72,6 @@ pub struct Args {
 }
 
 pub use rl_zero::run::{Loaded, addition_prompts, policy};
-
-fn parse_compute_dtype(s: &str) -> Result<rl_zero::policy::ComputeDtype, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("{s:?}: expected \"f32\" or \"bf16\""))
-}
 
 /// Everything an example needs before it builds its trainer: options, model, prompt split,
 /// output directory and run sizes.

@@ -52,6 +52,30 @@ pub enum ComputeDtype {
     Bf16,
 }
 
+/// The serde spelling (`"f32"`, `"bf16"`) from a command line or an environment variable.
+///
+/// ```
+/// use rl_policy::ComputeDtype;
+///
+/// assert_eq!("bf16".parse::<ComputeDtype>()?, ComputeDtype::Bf16);
+/// assert!("fp8".parse::<ComputeDtype>().unwrap_err().to_string().contains("\"f32\" or \"bf16\""));
+/// # Ok::<(), rl_policy::PolicyError>(())
+/// ```
+impl std::str::FromStr for ComputeDtype {
+    type Err = crate::PolicyError;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(crate::PolicyError::config(
+                "compute_dtype",
+                format!("{other:?}: expected \"f32\" or \"bf16\""),
+            )),
+        }
+    }
+}
+
 /// bf16 copies of f32 weights, keyed by the weight tensor, made on first use; with conversion
 /// statistics (to quantify the cost per step).
 #[derive(Debug, Default)]
