@@ -9,7 +9,9 @@ use std::path::Path;
 
 use common::PolicyModel;
 use rl_rollout::testing::MockServer;
-use rl_rollout::{DiskSyncConfig, Engine, EngineConfig, RolloutConfig, WeightSyncConfig};
+use rl_rollout::{
+    DiskSyncConfig, Engine, EngineConfig, RolloutConfig, StreamSyncConfig, WeightSyncConfig,
+};
 use rl_zero::run::{self, RunFile, TrainOptions};
 use serde_json::Value;
 
@@ -101,6 +103,29 @@ fn train_samples_from_the_engine_in_the_run_file_and_resumes_onto_a_fresh_engine
     assert_eq!(fresh.weight_version(), "3");
 }
 
+/// `[weight_sync] type = "tcp"`: the trainer streams its weights into the engine's worker
+/// after every update; the engine's log-probs equal the trainer's at every step.
+#[test]
+fn train_streams_its_weights_to_the_engine_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = engine();
+    let mut file = run_file(dir.path(), &server.url(), 2);
+    file.weight_sync = WeightSyncConfig::Tcp(StreamSyncConfig::default());
+    run::train_with(&file, TrainOptions::default(), &mut |_| {}).unwrap();
+    let m = steps(&file.run.out);
+    assert_eq!(m.len(), 2);
+    for (i, s) in m.iter().enumerate() {
+        let diff = metric(s, "rollout/log_prob_abs_diff");
+        assert!(diff < 1e-5, "step {}: engine/trainer mismatch {diff}", i + 1);
+        assert_eq!(metric(s, "sync/bytes"), 4.0 * 129_600.0);
+        assert!(metric(s, "sync/probe_log_prob_abs_diff") < 1e-5);
+    }
+    assert_eq!(server.weight_version(), "2");
+    assert!(!dir.path().join("sync").exists(), "tcp sync wrote files");
+    let calls = server.calls();
+    assert!(!calls.iter().any(|c| c.contains("update_weights_from_disk")), "{calls:?}");
+}
+
 /// An engine without a weight sync, a weight sync without an engine, NCCL and llama.cpp
 /// training are refused before anything is written, naming the table.
 #[test]
@@ -110,7 +135,10 @@ fn engine_settings_are_checked_before_anything_is_written() {
     let mut cases = Vec::new();
     cases.push((RunFile { weight_sync: WeightSyncConfig::None, ..base.clone() }, "weight_sync"));
     cases.push((RunFile { rollout: RolloutConfig::Local, ..base.clone() }, "weight_sync"));
-    cases.push((RunFile { weight_sync: WeightSyncConfig::Nccl, ..base.clone() }, "nccl"));
+    if !rl_rollout::NCCL_BUILT {
+        let nccl = WeightSyncConfig::Nccl(StreamSyncConfig::default());
+        cases.push((RunFile { weight_sync: nccl, ..base.clone() }, "nccl"));
+    }
     let llama = RolloutConfig::LlamaCpp(EngineConfig::new(["http://127.0.0.1:9"]));
     cases.push((RunFile { rollout: llama, ..base.clone() }, "llama.cpp"));
     let mut empty = base.clone();

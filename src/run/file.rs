@@ -154,12 +154,13 @@ impl RunFile {
             ),
             (_, WeightSyncConfig::None) => bail!(
                 "weight_sync: an inference engine needs a weight sync ([weight_sync] type = \
-                 \"disk\"), or it samples from the initial weights at every step"
+                 \"disk\", \"tcp\" or \"nccl\"), or it samples from the initial weights at every step"
             ),
-            (_, WeightSyncConfig::Nccl) => {
-                bail!("weight_sync.type: \"nccl\" is not built yet (use \"disk\")")
-            }
-            (RolloutConfig::LlamaCpp(_), WeightSyncConfig::Disk(_)) => bail!(
+            (_, WeightSyncConfig::Nccl(_)) if !rl_rollout::NCCL_BUILT => bail!(
+                "weight_sync.type: \"nccl\" needs rl-zero built with its `nccl` feature \
+                 (compiled, never run on a GPU); use \"tcp\" or \"disk\""
+            ),
+            (RolloutConfig::LlamaCpp(_), _) => bail!(
                 "weight_sync: llama.cpp cannot reload weights in place; train with vllm or \
                  sglang (llama.cpp serves evaluation and frozen-policy sampling)"
             ),

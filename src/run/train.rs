@@ -4,6 +4,9 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// An engine's sampler, its weight sync and the publish interval (`sync_every`).
+pub(super) type EngineParts = (RemoteSampler, Box<dyn rl_core::WeightSync>, usize);
+
 /// The engine sampler and weight sync of `file.rollout` / `file.weight_sync` (`None` for local
 /// rollouts). The preflight checks the server, model name, tokenizer and context; the log-prob
 /// probe runs after the trainer's first publish (the engine may have been started from other
@@ -13,10 +16,10 @@ pub(super) fn connect_engine(
     codec: Arc<dyn rl_core::TokenCodec>,
     pad_id: u32,
     messages: &mut Vec<String>,
-) -> Result<Option<(RemoteSampler, rl_rollout::DiskSync, usize)>> {
+) -> Result<Option<EngineParts>> {
     let Some((engine, cfg)) = file.rollout.engine() else { return Ok(None) };
-    let WeightSyncConfig::Disk(disk) = &file.weight_sync else {
-        bail!("weight_sync: an inference engine needs [weight_sync] type = \"disk\"");
+    let Some(every) = file.weight_sync.sync_every() else {
+        bail!("weight_sync: an inference engine needs a [weight_sync] table");
     };
     let sampler = RemoteSampler::connect(engine, cfg.clone(), codec, None)
         .with_context(|| format!("rollout: connecting to {} at {:?}", engine.name(), cfg.urls))?
@@ -27,8 +30,8 @@ pub(super) fn connect_engine(
         cfg.urls,
         sampler.preflight_report()
     ));
-    let sync = sampler.disk_sync(disk.clone())?;
-    Ok(Some((sampler, sync, disk.sync_every)))
+    let sync = sampler.weight_sync(&file.weight_sync)?.context("weight_sync: type = \"none\"")?;
+    Ok(Some((sampler, sync, every)))
 }
 
 /// One point of the held-out accuracy curve.

@@ -132,3 +132,18 @@ pub trait WeightSync {
         Ok(())
     }
 }
+
+/// A boxed sync is a sync (a run file picks the kind at run time).
+impl<T: WeightSync + ?Sized> WeightSync for Box<T> {
+    fn publish(&mut self, source: &dyn WeightSource, version: u64) -> Result<SyncReport> {
+        (**self).publish(source, version)
+    }
+
+    fn published_version(&self) -> Option<u64> {
+        (**self).published_version()
+    }
+
+    fn observe(&mut self, version: u64) -> Result<()> {
+        (**self).observe(version)
+    }
+}

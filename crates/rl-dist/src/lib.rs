@@ -36,7 +36,7 @@ mod wire;
 pub use env::DistEnv;
 pub use launch::{LaunchReport, Launcher, Stream, launch};
 #[cfg(feature = "nccl")]
-pub use nccl::NcclGroup;
+pub use nccl::{NcclGroup, NcclRoot};
 pub use rl_core::dist::{DistError, ProcessGroup, ReduceOp, SingleProcess};
 pub use tcp::TcpGroup;
 pub use wire::PROTOCOL_VERSION;

@@ -62,12 +62,8 @@ impl NcclGroup {
             }
             .into());
         };
-        let mine: Vec<u8> = if env.rank == 0 {
-            let id = Id::new().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
-            id.internal().iter().map(|c| *c as u8).collect()
-        } else {
-            Vec::new()
-        };
+        let mine: Vec<u8> =
+            if env.rank == 0 { NcclRoot::unique_id()?.to_vec() } else { Vec::new() };
         let (tcp, blob) = TcpGroup::init_with_blob(env, &mine)?;
         if blob.len() != ID_BYTES {
             return Err(DistError::Mismatch {
@@ -96,30 +92,118 @@ impl NcclGroup {
 
     fn run(&mut self, t: &Tensor, op: Collective) -> Result<()> {
         self.check()?;
-        let name = op.name();
-        if !t.device().is_cuda() {
+        run_collective(&self.comm, t, op, &mut self.poisoned)
+    }
+}
+
+/// Runs `op` in place on `t` through `comm`; a failure NCCL returns poisons (`poisoned`).
+fn run_collective(
+    comm: &Comm,
+    t: &Tensor,
+    op: Collective,
+    poisoned: &mut Option<DistError>,
+) -> Result<()> {
+    let name = op.name();
+    if !t.device().is_cuda() {
+        return Err(DistError::Unsupported {
+            op: name.into(),
+            what: format!("a tensor on {:?} (NCCL needs CUDA tensors)", t.device()),
+        }
+        .into());
+    }
+    if !t.is_contiguous() {
+        return Err(DistError::Unsupported {
+            op: name.into(),
+            what: "a non-contiguous tensor".into(),
+        }
+        .into());
+    }
+    match t.inplace_op1(&NcclInPlace { comm, op }) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let d = DistError::Backend { backend: "nccl".into(), reason: format!("{name}: {e}") };
+            *poisoned = Some(d.clone());
+            Err(d.into())
+        }
+    }
+}
+
+/// Rank 0 of an NCCL communicator whose other ranks live in another program — an inference
+/// engine's workers receiving trained weights (`rl-rollout`'s NCCL weight sync, with
+/// `scripts/vllm/rlz_vllm_ext.py` on the vLLM side). **Compiled, never run** (see the
+/// [module docs](self)).
+///
+/// The other program learns the 128-byte id from [`NcclRoot::unique_id`] out of band (over
+/// HTTP for vLLM), and [`NcclRoot::connect`] must run while its ranks call
+/// `ncclCommInitRank` with the same id and world size: the call blocks until every rank joined.
+#[derive(Debug)]
+pub struct NcclRoot {
+    comm: Comm,
+    world_size: usize,
+    poisoned: Option<DistError>,
+}
+
+impl NcclRoot {
+    /// A fresh NCCL unique id (`ncclGetUniqueId`), as the bytes the other ranks need.
+    ///
+    /// # Errors
+    /// [`DistError::Backend`] when NCCL cannot create it (e.g. `libnccl.so.2` missing).
+    pub fn unique_id() -> Result<[u8; ID_BYTES]> {
+        let id = Id::new().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
+        let mut out = [0u8; ID_BYTES];
+        for (d, s) in out.iter_mut().zip(id.internal()) {
+            *d = *s as u8;
+        }
+        Ok(out)
+    }
+
+    /// Joins the communicator `id` of `world_size` ranks as rank 0 on `device` (a CUDA device;
+    /// collectives run on its stream). Blocks until every rank joined.
+    ///
+    /// # Errors
+    /// [`DistError::Unsupported`] for a non-CUDA device or a world of one rank;
+    /// [`DistError::Backend`] when `ncclCommInitRank` fails.
+    pub fn connect(device: &Device, id: &[u8; ID_BYTES], world_size: usize) -> Result<Self> {
+        let Device::Cuda(cuda) = device else {
             return Err(DistError::Unsupported {
-                op: name.into(),
-                what: format!("a tensor on {:?} (NCCL needs CUDA tensors)", t.device()),
+                op: "NcclRoot::connect".into(),
+                what: format!("device {device:?} (NCCL needs a CUDA device)"),
+            }
+            .into());
+        };
+        if world_size < 2 {
+            return Err(DistError::Unsupported {
+                op: "NcclRoot::connect".into(),
+                what: format!("a world of {world_size} rank (nobody to broadcast to)"),
             }
             .into());
         }
-        if !t.is_contiguous() {
-            return Err(DistError::Unsupported {
-                op: name.into(),
-                what: "a non-contiguous tensor".into(),
-            }
-            .into());
+        let mut internal = [0 as c_char; ID_BYTES];
+        for (d, s) in internal.iter_mut().zip(id) {
+            *d = *s as c_char;
         }
-        match t.inplace_op1(&NcclInPlace { comm: &self.comm, op }) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let d =
-                    DistError::Backend { backend: "nccl".into(), reason: format!("{name}: {e}") };
-                self.poisoned = Some(d.clone());
-                Err(d.into())
-            }
+        let comm = Comm::from_rank(cuda.cuda_stream(), 0, world_size, Id::uninit(internal))
+            .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        Ok(Self { comm, world_size, poisoned: None })
+    }
+
+    /// Ranks in the communicator (this one included).
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// Sends `tensor` (contiguous, f32 / f64 / bf16 / f16, on this root's device) to every
+    /// other rank: `ncclBroadcast` with root 0, queued on candle's stream.
+    ///
+    /// # Errors
+    /// [`DistError::Unsupported`] for a CPU or non-contiguous tensor; [`DistError::Backend`]
+    /// when NCCL fails (the communicator is then poisoned: later calls return
+    /// [`DistError::Poisoned`]).
+    pub fn broadcast(&mut self, tensor: &Tensor) -> Result<()> {
+        if let Some(first) = &self.poisoned {
+            return Err(DistError::Poisoned { first: first.to_string() }.into());
         }
+        run_collective(&self.comm, tensor, Collective::Broadcast(0), &mut self.poisoned)
     }
 }
 

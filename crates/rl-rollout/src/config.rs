@@ -189,17 +189,21 @@ impl EngineConfig {
     }
 }
 
-/// How trained weights reach the sampler (`type = "none" | "disk" | "nccl"`).
+/// How trained weights reach the sampler (`type = "none" | "disk" | "tcp" | "nccl"`).
 ///
 /// ```
 /// let cfg: rl_rollout::WeightSyncConfig = serde_json::from_value(serde_json::json!({
 ///     "type": "disk", "dir": "/dev/shm/rlz-weights", "verify_every": 2
 /// }))?;
 /// cfg.validate("weight_sync")?;
+/// assert_eq!(cfg.sync_every(), Some(1));
 /// let bad: rl_rollout::WeightSyncConfig =
 ///     serde_json::from_value(serde_json::json!({"type": "disk", "dir": "w", "sync_every": 0}))?;
 /// assert!(bad.validate("weight_sync").unwrap_err().to_string()
 ///     .contains("weight_sync.sync_every"));
+/// let tcp: rl_rollout::WeightSyncConfig =
+///     serde_json::from_value(serde_json::json!({"type": "tcp", "listen": "localhost"}))?;
+/// assert!(tcp.validate("weight_sync").unwrap_err().to_string().contains("weight_sync.listen"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -208,11 +212,13 @@ pub enum WeightSyncConfig {
     /// No synchronisation (the local sampler shares the trained weights).
     #[default]
     None,
-    /// Write a Hugging Face directory and call the engine's reload route.
+    /// Write a Hugging Face directory and call the engine's reload route ([`crate::DiskSync`]).
     Disk(DiskSyncConfig),
-    /// NCCL broadcast into vLLM's weight-transfer engine: **not built** in this release
-    /// (building it fails with [`RolloutError::Unsupported`]).
-    Nccl,
+    /// Stream the tensors over TCP into vLLM's workers ([`crate::StreamSync`]).
+    Tcp(StreamSyncConfig),
+    /// Broadcast the tensors over NCCL into vLLM's workers ([`crate::StreamSync`]; the trainer
+    /// must be built with rl-rollout's `nccl` feature and train on CUDA). Compiled, never run.
+    Nccl(StreamSyncConfig),
 }
 
 impl WeightSyncConfig {
@@ -222,9 +228,99 @@ impl WeightSyncConfig {
     /// [`RolloutError::Config`] naming the full field path.
     pub fn validate(&self, path: &str) -> Result<()> {
         match self {
-            WeightSyncConfig::None | WeightSyncConfig::Nccl => Ok(()),
+            WeightSyncConfig::None => Ok(()),
             WeightSyncConfig::Disk(d) => d.validate(path),
+            WeightSyncConfig::Tcp(t) => t.validate(path, true),
+            WeightSyncConfig::Nccl(t) => t.validate(path, false),
         }
+    }
+
+    /// Publish every this many trainer steps (`None` for `type = "none"`).
+    pub fn sync_every(&self) -> Option<usize> {
+        match self {
+            WeightSyncConfig::None => None,
+            WeightSyncConfig::Disk(d) => Some(d.sync_every),
+            WeightSyncConfig::Tcp(t) | WeightSyncConfig::Nccl(t) => Some(t.sync_every),
+        }
+    }
+}
+
+/// The longest wait for engine workers to connect or join, seconds.
+pub const MAX_CONNECT_TIMEOUT_S: f64 = 3600.0;
+
+/// Settings of [`crate::StreamSync`] (`type = "tcp"` and `type = "nccl"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSyncConfig {
+    /// `tcp`: the socket address the trainer listens on for the engine workers (`ip:port`;
+    /// port 0 picks a free one). Binds to loopback by default: the stream is unauthenticated
+    /// beyond a per-publication nonce, like vLLM's dev routes.
+    pub listen: String,
+    /// `tcp`: the `host:port` the workers connect to, when it differs from the listening
+    /// address (listening on `0.0.0.0`, NAT); default: the listener's own address.
+    pub advertise: Option<String>,
+    /// Dtype the tensors are sent in: `float32`, `bfloat16` or `float16` (the engine casts to
+    /// its own dtype while loading).
+    pub dtype: String,
+    /// Publish every `sync_every` trainer steps.
+    pub sync_every: usize,
+    /// Run the log-prob probe after every `verify_every`-th publication (0 = never).
+    pub verify_every: usize,
+    /// How long to wait for every worker to connect (`tcp`) or join the communicator (`nccl`),
+    /// seconds.
+    pub connect_timeout_s: f64,
+}
+
+impl Default for StreamSyncConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            dtype: "float32".into(),
+            sync_every: 1,
+            verify_every: 1,
+            connect_timeout_s: 120.0,
+        }
+    }
+}
+
+impl StreamSyncConfig {
+    /// The dtype the tensors are sent in.
+    ///
+    /// # Errors
+    /// [`RolloutError::Config`] for an unknown name.
+    pub fn dtype(&self, path: &str) -> Result<rl_core::DType> {
+        export_dtype(&self.dtype, &format!("{path}.dtype"))
+    }
+
+    /// Checks every field (`tcp`: also the addresses).
+    ///
+    /// # Errors
+    /// [`RolloutError::Config`] naming the full field path.
+    pub fn validate(&self, path: &str, tcp: bool) -> Result<()> {
+        let err = |field: &str, reason: String| {
+            Err(RolloutError::config(format!("{path}.{field}"), reason))
+        };
+        if tcp && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err("listen", format!("`{}` is not an ip:port socket address", self.listen));
+        }
+        if tcp
+            && let Some(a) = &self.advertise
+            && !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return err("advertise", format!("`{a}` is not host:port"));
+        }
+        self.dtype(path)?;
+        if self.sync_every == 0 {
+            return err("sync_every", "must be >= 1".into());
+        }
+        if !(self.connect_timeout_s > 0.0 && self.connect_timeout_s <= MAX_CONNECT_TIMEOUT_S) {
+            return err(
+                "connect_timeout_s",
+                format!("must be in (0, {MAX_CONNECT_TIMEOUT_S}] seconds"),
+            );
+        }
+        Ok(())
     }
 }
 

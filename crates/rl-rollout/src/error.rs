@@ -101,6 +101,14 @@ pub enum RolloutError {
         /// The configured tolerance.
         tolerance: f64,
     },
+    /// A weight stream to the engine's workers failed (`tcp` / `nccl` weight sync).
+    #[error("weight stream to {peer}: {reason}")]
+    Stream {
+        /// The worker (`ip:port`) or `nccl`.
+        peer: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The engine cannot do what was asked (e.g. in-place weight reload on llama.cpp).
     #[error("not supported: {0}")]
     Unsupported(String),

@@ -67,6 +67,18 @@ impl Http {
         })
     }
 
+    /// [`Http::post`] without retries, for calls that must not run twice (a weight stream's
+    /// receive: a second attempt would wait for bytes the trainer already sent).
+    ///
+    /// # Errors
+    /// As [`Http::post`].
+    pub fn post_once(&self, url: &str, body: &Value, request: &str) -> Result<Value> {
+        let text = serde_json::to_string(body).map_err(rl_core::Error::from)?;
+        self.once(url, request, &|| {
+            self.agent.post(url).set("Content-Type", "application/json").send_string(&text)
+        })
+    }
+
     /// `GET url`; the parsed JSON answer (an empty body gives `Value::Null`).
     ///
     /// # Errors

@@ -13,6 +13,9 @@
 //! * [`DiskSync`] implements [`rl_core::WeightSync`]: a Hugging Face directory plus the engine's
 //!   reload route, a version check, and a greedy log-prob probe that catches an engine that kept
 //!   stale weights.
+//! * [`StreamSync`] implements it without a file system: the tensors go straight into vLLM's
+//!   workers over TCP (or NCCL broadcast behind the `nccl` feature: compiled, never run),
+//!   through rl-zero's worker extension and vLLM's own in-place reload, with the same checks.
 //! * [`RolloutConfig`] / [`WeightSyncConfig`]: the serde configs of `[rollout]` and
 //!   `[weight_sync]`.
 //! * With the `testing` feature, `testing::MockServer`: an engine on 127.0.0.1 speaking the three
@@ -35,16 +38,22 @@ mod error;
 mod http;
 pub mod protocol;
 mod sampler;
+mod stream;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{
-    DiskSyncConfig, EngineConfig, MAX_CONCURRENCY, MAX_PROBE_TOKENS, MAX_RESPONSE_BYTES, MAX_URLS,
-    RolloutConfig, WeightSyncConfig, export_dtype,
+    DiskSyncConfig, EngineConfig, MAX_CONCURRENCY, MAX_CONNECT_TIMEOUT_S, MAX_PROBE_TOKENS,
+    MAX_RESPONSE_BYTES, MAX_URLS, RolloutConfig, StreamSyncConfig, WeightSyncConfig, export_dtype,
 };
 pub use error::{Result, RolloutError};
 pub use http::Http;
 pub use protocol::{Engine, GenRequest, build_request};
 pub use sampler::{PreflightReport, RemoteSampler, request_seed};
+pub use stream::{STREAM_HELLO, StreamSync, StreamTransport, tensor_bytes};
 pub use sync::DiskSync;
+
+/// Whether this build has the NCCL weight sync (the `nccl` feature); without it
+/// `[weight_sync] type = "nccl"` is refused with [`RolloutError::Unsupported`].
+pub const NCCL_BUILT: bool = cfg!(feature = "nccl");

@@ -438,21 +438,34 @@ impl RemoteSampler {
         crate::DiskSync::new(Arc::clone(&self.client), cfg)
     }
 
+    /// A TCP or NCCL weight sync into this sampler's vLLM workers (see [`crate::StreamSync`]).
+    ///
+    /// # Errors
+    /// [`RolloutError::Config`] for an invalid config; [`RolloutError::Unsupported`] for SGLang
+    /// and llama.cpp, and for `nccl` without the `nccl` feature; socket errors binding `listen`.
+    pub fn stream_sync(
+        &self,
+        cfg: crate::StreamSyncConfig,
+        transport: crate::StreamTransport,
+    ) -> Result<crate::StreamSync> {
+        crate::StreamSync::new(Arc::clone(&self.client), cfg, transport)
+    }
+
     /// The weight sync a [`crate::WeightSyncConfig`] asks for (`None` for `type = "none"`).
     ///
     /// # Errors
-    /// As [`RemoteSampler::disk_sync`]; [`RolloutError::Unsupported`] for `nccl` (not built).
+    /// As [`RemoteSampler::disk_sync`] and [`RemoteSampler::stream_sync`].
     pub fn weight_sync(
         &self,
         cfg: &crate::WeightSyncConfig,
     ) -> Result<Option<Box<dyn rl_core::WeightSync>>> {
-        match cfg {
-            crate::WeightSyncConfig::None => Ok(None),
-            crate::WeightSyncConfig::Disk(d) => Ok(Some(Box::new(self.disk_sync(d.clone())?))),
-            crate::WeightSyncConfig::Nccl => {
-                Err(RolloutError::Unsupported("nccl weight sync: not built".into()))
-            }
-        }
+        use crate::{StreamTransport, WeightSyncConfig as W};
+        Ok(match cfg {
+            W::None => None,
+            W::Disk(d) => Some(Box::new(self.disk_sync(d.clone())?)),
+            W::Tcp(t) => Some(Box::new(self.stream_sync(t.clone(), StreamTransport::Tcp)?)),
+            W::Nccl(t) => Some(Box::new(self.stream_sync(t.clone(), StreamTransport::Nccl)?)),
+        })
     }
 
     fn pad_id(&self) -> u32 {

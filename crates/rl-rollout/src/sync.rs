@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rl_core::{SyncReport, WeightSource, WeightSync};
@@ -30,8 +31,7 @@ pub struct DiskSync {
     client: Arc<Client>,
     cfg: DiskSyncConfig,
     dtype: rl_core::DType,
-    published: Option<u64>,
-    count: u64,
+    ledger: Ledger,
     kept: VecDeque<PathBuf>,
 }
 
@@ -53,7 +53,8 @@ impl DiskSync {
             ));
         }
         let dtype = cfg.dtype("weight_sync")?;
-        Ok(Self { client, cfg, dtype, published: None, count: 0, kept: VecDeque::new() })
+        let ledger = Ledger::new(cfg.verify_every);
+        Ok(Self { client, cfg, dtype, ledger, kept: VecDeque::new() })
     }
 
     /// The settings.
@@ -64,43 +65,6 @@ impl DiskSync {
     fn post(&self, i: usize, path: &str, body: &Value) -> Result<Value> {
         let url = self.client.url(i, path);
         self.client.http.post(&url, body, &format!("weight sync {path}"))
-    }
-
-    fn reload_vllm(&self, i: usize, dir: &str, version: u64) -> Result<()> {
-        self.post(i, "/pause?mode=wait", &Value::Null)?;
-        let run = || -> Result<()> {
-            let method = self.cfg.vllm_reload_method.as_str();
-            let body = json!({"method": method, "kwargs": {"weights_path": dir}});
-            let out = self.post(i, "/collective_rpc", &body)?;
-            let url = self.client.url(i, "/collective_rpc");
-            let results =
-                out.get("results").and_then(Value::as_array).filter(|r| !r.is_empty()).ok_or_else(
-                    || RolloutError::response(&url, "weight sync", "results", "missing or empty"),
-                )?;
-            if method == "reload_weights_tied" {
-                for (w, r) in results.iter().enumerate() {
-                    if r.get("weights_path").and_then(Value::as_str) != Some(dir) {
-                        return Err(RolloutError::response(
-                            &url,
-                            "weight sync",
-                            format!("results[{w}].weights_path"),
-                            format!("worker did not reload {dir}: {r}"),
-                        ));
-                    }
-                }
-            }
-            let reset = self.post(i, "/reset_prefix_cache", &Value::Null)?;
-            if reset.get("success").and_then(Value::as_bool) == Some(false) {
-                let url = self.client.url(i, "/reset_prefix_cache");
-                return Err(RolloutError::response(&url, "weight sync", "success", "false"));
-            }
-            self.post(i, "/update_weight_version", &json!({"new_version": version.to_string()}))?;
-            Ok(())
-        };
-        let out = run();
-        // Always resume, also after a failure (a paused engine would hang the next rollout).
-        let resumed = self.post(i, "/resume", &Value::Null);
-        out.and(resumed.map(|_| ()))
     }
 
     fn reload_sglang(&self, i: usize, dir: &str, version: u64) -> Result<()> {
@@ -131,34 +95,19 @@ impl WeightSync for DiskSync {
     }
 
     fn published_version(&self) -> Option<u64> {
-        self.published
+        self.ledger.published
     }
 
     /// Records `version` as the engines' current one (published by another rank), so that
     /// [`crate::EngineConfig::check_version`] checks it before the next rollout.
     fn observe(&mut self, version: u64) -> rl_core::Result<()> {
-        *self.client.version.lock().expect("version lock") = Some(version);
-        self.published = Some(version);
+        self.ledger.observe(&self.client, version);
         Ok(())
     }
 }
 
 fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<SyncReport> {
-    if let Some(last) = s.published
-        && version <= last
-    {
-        return Err(RolloutError::config(
-            "weight_sync.version",
-            format!("versions must increase: {version} after {last}"),
-        ));
-    }
-    let verify = s.cfg.verify_every > 0 && (s.count + 1).is_multiple_of(s.cfg.verify_every as u64);
-    if verify && source.scorer().is_none() {
-        return Err(RolloutError::config(
-            "weight_sync.verify_every",
-            "the weight source has no scorer to check the engine against (set verify_every = 0)",
-        ));
-    }
+    let verify = s.ledger.start(source, version)?;
     let t0 = Instant::now();
     std::fs::create_dir_all(&s.cfg.dir)?;
     let dir = s.cfg.dir.join(format!("v{version}"));
@@ -177,24 +126,24 @@ fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<
     let abs_str = abs.to_str().ok_or_else(|| {
         RolloutError::config("weight_sync.dir", format!("{} is not valid UTF-8", abs.display()))
     })?;
-    for i in 0..s.client.cfg.urls.len() {
-        match s.client.engine {
-            Engine::Vllm => s.reload_vllm(i, abs_str, version)?,
-            Engine::Sglang => s.reload_sglang(i, abs_str, version)?,
-            Engine::LlamaCpp => unreachable!("rejected in DiskSync::new"),
+    match s.client.engine {
+        Engine::Vllm => {
+            let method = s.cfg.vllm_reload_method.as_str();
+            let call = json!({"method": method, "kwargs": {"weights_path": abs_str}});
+            let calls = vec![call; s.client.cfg.urls.len()];
+            let results = vllm_swap(&s.client, version, &calls, |_| Ok(()))?;
+            if method == "reload_weights_tied" {
+                check_results(&s.client, &results, "weights_path", &json!(abs_str))?;
+            }
         }
+        Engine::Sglang => {
+            for i in 0..s.client.cfg.urls.len() {
+                s.reload_sglang(i, abs_str, version)?;
+            }
+        }
+        Engine::LlamaCpp => unreachable!("rejected in DiskSync::new"),
     }
-    s.client.check_version(version)?;
-    *s.client.version.lock().expect("version lock") = Some(version);
-    s.published = Some(version);
-    s.count += 1;
-    let probe = if verify {
-        let scorer = source.scorer().expect("checked above");
-        let diffs = s.client.probe(scorer)?;
-        Some(diffs.iter().copied().fold(0.0, f64::max))
-    } else {
-        None
-    };
+    let probe = s.ledger.finish(&s.client, source, version, verify)?;
     while s.kept.len() > s.cfg.keep_last {
         if let Some(old) = s.kept.pop_front() {
             std::fs::remove_dir_all(&old)?;
@@ -207,4 +156,166 @@ fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<
         export_seconds,
         probe_mean_abs_diff: probe,
     })
+}
+
+/// The bookkeeping every weight sync shares: the last version, the publication count and the
+/// probe cadence.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    pub(crate) published: Option<u64>,
+    count: u64,
+    verify_every: usize,
+}
+
+impl Ledger {
+    pub(crate) fn new(verify_every: usize) -> Self {
+        Self { published: None, count: 0, verify_every }
+    }
+
+    /// Checks that `version` increases; whether this publication runs the probe.
+    pub(crate) fn start(&self, source: &dyn WeightSource, version: u64) -> Result<bool> {
+        if let Some(last) = self.published
+            && version <= last
+        {
+            return Err(RolloutError::config(
+                "weight_sync.version",
+                format!("versions must increase: {version} after {last}"),
+            ));
+        }
+        let every = self.verify_every as u64;
+        let verify = every > 0 && (self.count + 1).is_multiple_of(every);
+        if verify && source.scorer().is_none() {
+            return Err(RolloutError::config(
+                "weight_sync.verify_every",
+                "the weight source has no scorer to check the engine against (set verify_every = 0)",
+            ));
+        }
+        Ok(verify)
+    }
+
+    /// After the engines loaded `version`: checks the version they report, records it, and runs
+    /// the probe when `verify` (its largest per-server mean |Δ|).
+    pub(crate) fn finish(
+        &mut self,
+        client: &Client,
+        source: &dyn WeightSource,
+        version: u64,
+        verify: bool,
+    ) -> Result<Option<f64>> {
+        client.check_version(version)?;
+        self.observe(client, version);
+        self.count += 1;
+        if !verify {
+            return Ok(None);
+        }
+        let scorer = source.scorer().expect("checked in Ledger::start");
+        let diffs = client.probe(scorer)?;
+        Ok(Some(diffs.iter().copied().fold(0.0, f64::max)))
+    }
+
+    pub(crate) fn observe(&mut self, client: &Client, version: u64) {
+        *client.version.lock().expect("version lock") = Some(version);
+        self.published = Some(version);
+    }
+}
+
+/// vLLM's weight swap on every server (dev mode, `VLLM_SERVER_DEV_MODE=1`): `POST
+/// /pause?mode=wait` on all → `POST /collective_rpc calls[i]` to every server at once while
+/// `send` runs on this thread (it gets a flag that turns true when a call failed, so it can
+/// stop waiting for workers that will not come) → `POST /reset_prefix_cache` →
+/// `POST /update_weight_version {"new_version"}` on each → `POST /resume` on every paused
+/// server, also after a failure (a paused engine would hang the next rollout). Returns each
+/// server's `results` (one entry per worker), checked non-empty.
+pub(crate) fn vllm_swap(
+    client: &Client,
+    version: u64,
+    calls: &[Value],
+    send: impl FnOnce(&AtomicBool) -> Result<()>,
+) -> Result<Vec<Vec<Value>>> {
+    let post = |i: usize, path: &str, body: &Value| {
+        client.http.post(&client.url(i, path), body, &format!("weight sync {path}"))
+    };
+    let mut paused = 0;
+    let run = || -> Result<Vec<Vec<Value>>> {
+        for i in 0..calls.len() {
+            post(i, "/pause?mode=wait", &Value::Null)?;
+            paused += 1;
+        }
+        let failed = AtomicBool::new(false);
+        let (answers, sent) = std::thread::scope(|s| {
+            let handles: Vec<_> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    let failed = &failed;
+                    s.spawn(move || {
+                        let url = client.url(i, "/collective_rpc");
+                        let out = client.http.post_once(&url, body, "weight sync /collective_rpc");
+                        if out.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let sent = send(&failed);
+            let answers: Vec<Result<Value>> =
+                handles.into_iter().map(|h| h.join().expect("collective_rpc thread")).collect();
+            (answers, sent)
+        });
+        // The engine's own error says more than "a worker never connected".
+        let answers = answers.into_iter().collect::<Result<Vec<_>>>()?;
+        sent?;
+        let mut all = Vec::with_capacity(answers.len());
+        for (i, out) in answers.into_iter().enumerate() {
+            let url = client.url(i, "/collective_rpc");
+            let results = out
+                .get("results")
+                .and_then(Value::as_array)
+                .filter(|r| !r.is_empty())
+                .cloned()
+                .ok_or_else(|| {
+                    RolloutError::response(&url, "weight sync", "results", "missing or empty")
+                })?;
+            all.push(results);
+        }
+        for i in 0..calls.len() {
+            let reset = post(i, "/reset_prefix_cache", &Value::Null)?;
+            if reset.get("success").and_then(Value::as_bool) == Some(false) {
+                let url = client.url(i, "/reset_prefix_cache");
+                return Err(RolloutError::response(&url, "weight sync", "success", "false"));
+            }
+            post(i, "/update_weight_version", &json!({"new_version": version.to_string()}))?;
+        }
+        Ok(all)
+    };
+    let out = run();
+    let resumed: Result<()> =
+        (0..paused).try_for_each(|i| post(i, "/resume", &Value::Null).map(drop));
+    let out = out?;
+    resumed?;
+    Ok(out)
+}
+
+/// Checks that every worker's result has `field == want` (the proof that rl-zero's worker
+/// method ran, not another one that also answers 200).
+pub(crate) fn check_results(
+    client: &Client,
+    results: &[Vec<Value>],
+    field: &str,
+    want: &Value,
+) -> Result<()> {
+    for (i, per_worker) in results.iter().enumerate() {
+        for (w, r) in per_worker.iter().enumerate() {
+            if r.get(field) != Some(want) {
+                return Err(RolloutError::response(
+                    &client.url(i, "/collective_rpc"),
+                    "weight sync",
+                    format!("results[{w}].{field}"),
+                    format!("expected {want}, the worker answered {r}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -39,6 +39,12 @@ pub trait MockModel: Send {
     fn reload(&mut self, dir: &Path) -> rl_core::Result<()>;
     /// The engine-side tokenizer (for `/tokenize`).
     fn tokenize(&self, text: &str) -> rl_core::Result<Vec<u32>>;
+    /// Replaces the named weights (Hugging Face names) in place, as vLLM's in-place reload does
+    /// with a weight stream (`rlz_receive_weights`). Default: not supported.
+    fn load_weights(&mut self, weights: Vec<(String, rl_core::Tensor)>) -> rl_core::Result<()> {
+        let _ = weights;
+        Err(rl_core::Error::Unsupported("this mock model cannot load streamed weights".into()))
+    }
 }
 
 /// A fault injected into the next matching request.
@@ -62,6 +68,9 @@ pub enum Fault {
     IgnoreReload,
     /// `/update_weight_version`: answer success without changing the version.
     KeepVersion,
+    /// `rlz_receive_weights`: read the first tensor, then close the stream and fail (a worker
+    /// dying mid-transfer).
+    DropStream,
 }
 
 #[derive(Default)]
@@ -372,6 +381,15 @@ fn route(
             st().paused = false;
             (200, json!({"status": "resumed"}))
         }
+        (Engine::Vllm, "POST", "/collective_rpc") if req["method"] == "rlz_worker_info" => {
+            (200, json!({"results": [{"rank": 0, "world_size": 1, "device": "cpu"}]}))
+        }
+        (Engine::Vllm, "POST", "/collective_rpc") if req["method"] == "rlz_receive_weights" => {
+            match receive_stream(shared, &req["kwargs"], fault) {
+                Ok(result) => (200, json!({"results": [result]})),
+                Err(e) => (500, json!({"error": e})),
+            }
+        }
         (Engine::Vllm, "POST", "/collective_rpc") => {
             let method = req["method"].as_str().unwrap_or("");
             let Some(dir) = req["kwargs"]["weights_path"].as_str() else {
@@ -417,6 +435,66 @@ fn route(
         }
         _ => (404, json!({"error": format!("no route {method} {path}")})),
     }
+}
+
+/// The worker side of a TCP weight stream, as `scripts/vllm/rlz_vllm_ext.py` does it: connect,
+/// say hello with the nonce and version, read every tensor, load them.
+fn receive_stream(
+    shared: &Shared,
+    kwargs: &Value,
+    fault: Option<&Fault>,
+) -> std::result::Result<Value, String> {
+    if kwargs["transport"] != "tcp" {
+        return Err(format!("the mock receives over tcp only, not {}", kwargs["transport"]));
+    }
+    let (Some(address), Some(nonce), Some(version), Some(specs)) = (
+        kwargs["address"].as_str(),
+        kwargs["nonce"].as_u64(),
+        kwargs["version"].as_u64(),
+        kwargs["tensors"].as_array(),
+    ) else {
+        return Err(format!("kwargs need address, nonce, version and tensors: {kwargs}"));
+    };
+    let mut sock = TcpStream::connect(address).map_err(|e| format!("connect {address}: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let mut hello = crate::STREAM_HELLO.to_vec();
+    hello.extend_from_slice(&nonce.to_le_bytes());
+    hello.extend_from_slice(&version.to_le_bytes());
+    hello.extend_from_slice(&0u32.to_le_bytes());
+    sock.write_all(&hello).map_err(|e| e.to_string())?;
+    let mut weights = Vec::with_capacity(specs.len());
+    let mut bytes = 0u64;
+    for spec in specs {
+        let (Some(name), Some(dtype), Some(shape)) =
+            (spec[0].as_str(), spec[1].as_str(), spec[2].as_array())
+        else {
+            return Err(format!("bad tensor spec {spec}"));
+        };
+        let dtype = crate::export_dtype(dtype, "dtype").map_err(|e| e.to_string())?;
+        let shape: Vec<usize> =
+            shape.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect();
+        let mut buf = vec![0u8; shape.iter().product::<usize>() * dtype.size_in_bytes()];
+        sock.read_exact(&mut buf).map_err(|e| format!("reading {name}: {e}"))?;
+        bytes += buf.len() as u64;
+        let t = rl_core::Tensor::from_raw_buffer(&buf, dtype, &shape, &rl_core::Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        weights.push((name.to_string(), t));
+        if fault == Some(&Fault::DropStream) {
+            return Err(format!("worker dropped the stream after {name}"));
+        }
+    }
+    let n = weights.len();
+    if fault != Some(&Fault::IgnoreReload) {
+        shared
+            .model
+            .lock()
+            .expect("mock model")
+            .load_weights(weights)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(
+        json!({"version": version, "rank": 0, "tensors": n, "bytes": bytes, "tied": true, "lm_head_resynced": true}),
+    )
 }
 
 fn tokenize(shared: &Shared, text: Option<&str>) -> (u16, Value) {

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use common::{PolicyModel, codec, perturb, rows, tiny_policy};
 use rl_core::{FinishReason, Prompt, Sampler, SamplingConfig, TokenScorer, WeightSync};
 use rl_rollout::testing::{Fault, MockServer};
-use rl_rollout::{DiskSyncConfig, Engine, EngineConfig, RemoteSampler, RolloutError, request_seed};
+use rl_rollout::{
+    DiskSyncConfig, Engine, EngineConfig, RemoteSampler, RolloutError, StreamSyncConfig,
+    StreamTransport, request_seed,
+};
 
 const SERVED: &str = "tiny";
 
@@ -202,6 +205,77 @@ fn vllm_publish_reloads_checks_versions_and_catches_stale_weights() {
     assert_eq!(pauses, resumes);
 }
 
+/// The TCP weight stream: the worker (the mock, as rl-zero's vLLM extension does it) connects,
+/// reads every tensor and loads it; the choreography, the counts, the version and the probe are
+/// checked; a worker dying mid-stream and an engine that ignores the weights are reported, and
+/// the engine is resumed after every failure.
+#[test]
+fn vllm_tcp_stream_publishes_and_catches_faults() {
+    let (policy, tok) = tiny_policy();
+    let server =
+        MockServer::start(Engine::Vllm, PolicyModel::copy_of(&policy, &tok), SERVED, 128).unwrap();
+    let sampler =
+        RemoteSampler::connect(Engine::Vllm, cfg_for(&server), codec(&tok), Some(&policy)).unwrap();
+    let cfg = StreamSyncConfig { connect_timeout_s: 20.0, ..StreamSyncConfig::default() };
+    let mut sync = sampler.stream_sync(cfg, StreamTransport::Tcp).unwrap();
+    assert!(sync.address().unwrap().starts_with("127.0.0.1:"));
+
+    perturb(&policy, "model.norm.weight", 1.5);
+    perturb(&policy, "embed_tokens", 0.9);
+    assert!(matches!(sampler.probe(&policy), Err(RolloutError::ProbeMismatch { .. })));
+    let before = server.calls().len();
+    let report = sync.publish(&policy, 1).unwrap();
+    assert_eq!(report.bytes, 4 * 129_600, "{report:?}"); // every f32 parameter, once
+    assert!(report.probe_mean_abs_diff.unwrap() < 1e-5, "{report:?}");
+    assert_eq!(server.weight_version(), "1");
+    let calls: Vec<String> = server.calls()[before..].to_vec();
+    let order = [
+        "POST /collective_rpc", // rlz_worker_info, first publication only
+        "POST /pause?mode=wait",
+        "POST /collective_rpc", // rlz_receive_weights while the trainer streams
+        "POST /reset_prefix_cache",
+        "POST /update_weight_version",
+        "POST /resume",
+        "GET /weight_info",
+    ];
+    assert_eq!(&calls[..order.len()], &order, "{calls:?}");
+
+    // bf16 on the wire: half the bytes, the engine's weights within bf16 rounding.
+    perturb(&policy, "mlp.down_proj", 1.3);
+    let cfg = StreamSyncConfig { dtype: "bfloat16".into(), verify_every: 0, ..cfg_default() };
+    let mut bf16 = sampler.stream_sync(cfg, StreamTransport::Tcp).unwrap();
+    let report = bf16.publish(&policy, 2).unwrap();
+    assert_eq!(report.bytes, 2 * 129_600);
+    let diff = sampler.probe(&policy).unwrap()[0];
+    assert!(diff > 0.0 && diff < 1e-3, "bf16 weights: probe |Δ| {diff}");
+
+    // A worker that dies mid-stream: an error, and the engine is resumed.
+    perturb(&policy, "embed_tokens", 1.1);
+    server.push_fault("/collective_rpc", Fault::DropStream);
+    let e = sync.publish(&policy, 3).unwrap_err();
+    assert!(matches!(rollout_err(&e), RolloutError::Status { status: 500, .. }), "{e}");
+    assert!(e.to_string().contains("dropped the stream"), "{e}");
+    // An engine that takes the bytes but keeps its weights: the probe catches it.
+    server.push_fault("/collective_rpc", Fault::IgnoreReload);
+    let e = sync.publish(&policy, 4).unwrap_err();
+    assert!(matches!(rollout_err(&e), RolloutError::ProbeMismatch { .. }), "{e}");
+    sync.publish(&policy, 5).unwrap();
+    assert_eq!(sync.published_version(), Some(5));
+    let calls = server.calls();
+    let pauses = calls.iter().filter(|c| c.starts_with("POST /pause")).count();
+    let resumes = calls.iter().filter(|c| c.as_str() == "POST /resume").count();
+    assert_eq!(pauses, resumes);
+    // Without the `nccl` feature the NCCL transport is a typed refusal, not a silent fallback.
+    if !cfg!(feature = "nccl") {
+        let e = sampler.stream_sync(cfg_default(), StreamTransport::Nccl).unwrap_err();
+        assert!(matches!(e, RolloutError::Unsupported(ref m) if m.contains("nccl")), "{e}");
+    }
+}
+
+fn cfg_default() -> StreamSyncConfig {
+    StreamSyncConfig { connect_timeout_s: 20.0, ..StreamSyncConfig::default() }
+}
+
 #[test]
 fn sampler_refuses_an_engine_on_another_version() {
     let (policy, tok) = tiny_policy();
@@ -235,8 +309,10 @@ fn sglang_publish_and_llama_cpp_nccl_are_typed() {
     sync.publish(&policy, 1).unwrap();
     assert_eq!(server.weight_version(), "1");
     assert!(server.calls().iter().any(|c| c == "POST /update_weights_from_disk"));
-    let nccl = sampler.weight_sync(&rl_rollout::WeightSyncConfig::Nccl).err().unwrap();
-    assert!(matches!(nccl, RolloutError::Unsupported(ref m) if m.contains("nccl")), "{nccl}");
+    // The streamed syncs go into vLLM's workers only.
+    let tcp = rl_rollout::WeightSyncConfig::Tcp(StreamSyncConfig::default());
+    let e = sampler.weight_sync(&tcp).err().unwrap();
+    assert!(matches!(e, RolloutError::Unsupported(ref m) if m.contains("disk")), "{e}");
     // SGLang's log-probs follow the sampling temperature: refused rather than mixed up.
     let mut s = sampler;
     let hot = SamplingConfig { temperature: 0.7, ..sampling() };

@@ -223,7 +223,22 @@ fn configs_are_typed_and_validated_with_paths() {
         "{e}"
     );
     let nccl: WeightSyncConfig = serde_json::from_value(json!({"type": "nccl"})).unwrap();
-    assert_eq!(nccl, WeightSyncConfig::Nccl);
+    assert_eq!(nccl, WeightSyncConfig::Nccl(rl_rollout::StreamSyncConfig::default()));
+    nccl.validate("weight_sync").unwrap();
+    for (field, body) in [
+        ("weight_sync.listen", json!({"type": "tcp", "listen": "host-without-port"})),
+        ("weight_sync.advertise", json!({"type": "tcp", "advertise": "no-port"})),
+        ("weight_sync.sync_every", json!({"type": "tcp", "sync_every": 0})),
+        ("weight_sync.connect_timeout_s", json!({"type": "nccl", "connect_timeout_s": 1e9})),
+        ("weight_sync.dtype", json!({"type": "nccl", "dtype": "fp8"})),
+    ] {
+        let sync: WeightSyncConfig = serde_json::from_value(body).unwrap();
+        let e = sync.validate("weight_sync").unwrap_err();
+        assert!(matches!(e, RolloutError::Config { field: ref f, .. } if f == field), "{e}");
+    }
+    assert!(
+        serde_json::from_value::<WeightSyncConfig>(json!({"type": "tcp", "dir": "w"})).is_err()
+    );
     assert!(
         serde_json::from_value::<WeightSyncConfig>(json!({"type": "disk", "dir": "w", "x": 1}))
             .is_err()

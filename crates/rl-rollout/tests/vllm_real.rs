@@ -5,7 +5,8 @@
 //! * `vllm_samples_match_and_reload_with_tied_head`: preflight (model, tokenizer, context, greedy
 //!   probe), sampling through the engine with its per-token log-probs compared with rl-zero's on
 //!   the same ids, a publish of perturbed weights (tied embedding included) through
-//!   `/collective_rpc reload_weights_tied` (rl-zero's worker extension), and the comparison again.
+//!   `/collective_rpc reload_weights_tied` (rl-zero's worker extension), and the comparison again;
+//!   then another change streamed over TCP into the worker (`StreamSync`), compared again.
 //! * `vllm_plain_reload_keeps_a_stale_tied_head`: without the extension, vLLM 0.32.0's own
 //!   `reload_weights` leaves the tied `lm_head` stale; rl-zero's post-publish probe must catch it.
 //!
@@ -26,7 +27,10 @@ use rl_core::{
 };
 use rl_policy::LmPolicy;
 use rl_policy::tokenizer::Tokenizer;
-use rl_rollout::{DiskSyncConfig, Engine, EngineConfig, RemoteSampler, RolloutError};
+use rl_rollout::{
+    DiskSyncConfig, Engine, EngineConfig, RemoteSampler, RolloutError, StreamSyncConfig,
+    StreamTransport,
+};
 
 fn enabled() -> bool {
     if std::env::var("RLZ_VLLM").as_deref() == Ok("1") {
@@ -177,6 +181,20 @@ fn vllm_samples_match_and_reload_with_tied_head() {
     assert_eq!(sampler.engine_versions().unwrap(), vec![Some("1".to_string())]);
     let (mean, max, _) = compare(&mut sampler, &policy, &tok);
     assert!(mean < 1e-3 && max < 1e-2, "after reload: mean {mean} max {max}");
+
+    // New weights again, now streamed over TCP into the worker (no files), through the same
+    // extension and vLLM's in-place reload.
+    perturb(&policy, "embed_tokens", 0.95);
+    perturb(&policy, "layers.3.mlp.down_proj", 1.2);
+    assert!(matches!(sampler.probe(&policy), Err(RolloutError::ProbeMismatch { .. })));
+    let mut tcp = sampler.stream_sync(StreamSyncConfig::default(), StreamTransport::Tcp).unwrap();
+    let report = tcp.publish(&policy, 2).unwrap();
+    eprintln!("tcp publish: {:?}", report.metrics());
+    assert!(report.bytes > 500_000_000, "{report:?}");
+    assert!(report.probe_mean_abs_diff.unwrap() < 2e-3);
+    assert_eq!(sampler.engine_versions().unwrap(), vec![Some("2".to_string())]);
+    let (mean, max, _) = compare(&mut sampler, &policy, &tok);
+    assert!(mean < 1e-3 && max < 1e-2, "after the tcp stream: mean {mean} max {max}");
 }
 
 #[test]

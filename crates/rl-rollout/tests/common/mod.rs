@@ -77,6 +77,18 @@ impl MockModel for PolicyModel {
     fn tokenize(&self, text: &str) -> rl_core::Result<Vec<u32>> {
         TokenCodec::encode(&self.tokenizer, text)
     }
+
+    fn load_weights(&mut self, weights: Vec<(String, rl_core::Tensor)>) -> rl_core::Result<()> {
+        let vars: std::collections::HashMap<String, rl_core::Var> =
+            self.policy.model().named_vars().into_iter().collect();
+        for (name, t) in weights {
+            let v = vars.get(&name).ok_or_else(|| {
+                rl_core::Error::Unsupported(format!("no weight named {name} in the mock model"))
+            })?;
+            v.set(&t.to_dtype(v.dtype())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Multiplies every weight whose name contains `name` by `factor` (in place: the trainer's
