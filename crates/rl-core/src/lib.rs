@@ -41,6 +41,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dist;
 mod error;
+pub mod fs;
 pub mod grad;
 pub mod host;
 pub mod masked;

@@ -417,9 +417,7 @@ impl ValueModel {
         ]
         .into();
         let path = dir.join(VALUE_HEAD_FILE);
-        let tmp = dir.join(format!("{VALUE_HEAD_FILE}.tmp{}", std::process::id()));
-        candle_core::safetensors::save(&head, &tmp)?;
-        std::fs::rename(&tmp, &path)?;
+        rl_core::fs::write_atomic(&path, |tmp| candle_core::safetensors::save(&head, tmp))?;
         Ok(())
     }
 

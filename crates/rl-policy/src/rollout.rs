@@ -3,7 +3,6 @@
 //! trainer-side log-probs that engine probes are compared with); [`Tokenizer`] as a
 //! [`TokenCodec`].
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
@@ -59,21 +58,9 @@ impl TokenScorer for LmPolicy {
     }
 }
 
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F64 => "float64",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        _ => "float32",
-    }
-}
-
 /// Writes `bytes` to `path` through a temporary name in the same directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> crate::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(rl_core::fs::write_atomic(path, |tmp| std::fs::write(tmp, bytes))?)
 }
 
 impl WeightSource for LmPolicy {
@@ -92,22 +79,7 @@ impl WeightSource for LmPolicy {
     /// `generation_config.json` (the policy's EOS ids and pad id). Tokenizer files are not known
     /// to an `LmPolicy`; write them once with [`export_tokenizer`].
     fn export_hf(&self, dir: &Path, dtype: DType) -> rl_core::Result<u64> {
-        std::fs::create_dir_all(dir)?;
-        let tensors: HashMap<String, Tensor> = self
-            .named_weights()?
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
-            .collect::<rl_core::Result<_>>()?;
-        let weights = dir.join("model.safetensors");
-        let tmp = weights.with_extension(format!("tmp{}", std::process::id()));
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &weights)?;
-        let mut cfg = self.model().config().to_hf_json();
-        if let Some(obj) = cfg.as_object_mut() {
-            obj.insert("torch_dtype".into(), dtype_name(dtype).into());
-            obj.insert("dtype".into(), dtype_name(dtype).into());
-        }
-        write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+        let mut bytes = self.model().save_as(dir, dtype)?;
         let generation = serde_json::json!({
             "eos_token_id": self.eos_ids(),
             "pad_token_id": self.pad_id(),
@@ -116,10 +88,7 @@ impl WeightSource for LmPolicy {
             &dir.join("generation_config.json"),
             serde_json::to_string_pretty(&generation)?.as_bytes(),
         )?;
-        let mut bytes = 0;
-        for f in ["model.safetensors", "config.json", "generation_config.json"] {
-            bytes += std::fs::metadata(dir.join(f))?.len();
-        }
+        bytes += std::fs::metadata(dir.join("generation_config.json"))?.len();
         Ok(bytes)
     }
 

@@ -2,7 +2,7 @@
 //! with random initialisation and Hugging Face checkpoints.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -263,16 +263,26 @@ impl LanguageModel {
     /// # Errors
     /// I/O and serialisation errors.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_as(dir, self.dtype).map(drop)
+    }
+
+    /// [`Transformer::save`] with the weights converted to `dtype` (and `torch_dtype` / `dtype`
+    /// of `config.json` saying so); returns the bytes of the two files.
+    ///
+    /// # Errors
+    /// I/O, conversion and serialisation errors.
+    pub fn save_as(&self, dir: &Path, dtype: DType) -> Result<u64> {
         std::fs::create_dir_all(dir)?;
-        let tensors: HashMap<String, Tensor> =
-            self.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+        let tensors: HashMap<String, Tensor> = self
+            .named_vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().detach().to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
         let weights = dir.join("model.safetensors");
-        let tmp = tmp_name(&weights);
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &weights)?;
+        rl_core::fs::write_atomic(&weights, |tmp| candle_core::safetensors::save(&tensors, tmp))?;
         let mut cfg = self.cfg.to_hf_json();
         if let Some(obj) = cfg.as_object_mut() {
-            let name = match self.dtype {
+            let name = match dtype {
                 DType::F64 => "float64",
                 DType::F16 => "float16",
                 DType::BF16 => "bfloat16",
@@ -283,15 +293,8 @@ impl LanguageModel {
             obj.insert("dtype".into(), name.into());
         }
         let config = dir.join("config.json");
-        let tmp = tmp_name(&config);
-        std::fs::write(&tmp, serde_json::to_string_pretty(&cfg)?)?;
-        std::fs::rename(&tmp, &config)?;
-        Ok(())
+        let text = serde_json::to_string_pretty(&cfg)?;
+        rl_core::fs::write_atomic(&config, |tmp| std::fs::write(tmp, &text))?;
+        Ok(std::fs::metadata(&weights)?.len() + std::fs::metadata(&config)?.len())
     }
-}
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
 }

@@ -47,11 +47,8 @@ impl EvalReport {
     pub fn write_jsonl(&self, path: &Path) -> Result<()> {
         let io =
             |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp{}", std::process::id()));
-        let tmp = path.with_file_name(name);
-        let write = || -> std::io::Result<()> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(tmp)?);
             for (s, r) in self.samples.iter().zip(&self.rewards) {
                 let line = serde_json::json!({
                     "prompt": s.prompt,
@@ -63,13 +60,9 @@ impl EvalReport {
                 });
                 writeln!(out, "{line}")?;
             }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
         };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e).into()
-        })
+        rl_core::fs::write_atomic(path, write).map_err(|e| io(e).into())
     }
 }
 
