@@ -85,7 +85,7 @@ class TiedReloadExtension:
 
         if transport == "tcp":
             host, port = address.rsplit(":", 1)
-            with socket.create_connection((host, int(port)), timeout=600) as sock:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=600) as sock:
                 sock.sendall(_HELLO + struct.pack("<QQI", int(nonce), int(version), self.rank))
                 self.reload_weights(weights_iterator=counting(_tcp_tensors(sock, specs)))
         elif transport == "nccl":
