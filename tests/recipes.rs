@@ -42,6 +42,7 @@ fn every_recipe_directory_entry_is_tested() {
     names.sort();
     let mut known: Vec<String> = presets().iter().map(|(n, _)| n.to_string()).collect();
     known.push("smollm2_addition".into());
+    known.push("smollm2_arithmetic".into());
     known.sort();
     assert_eq!(names, known);
 }
@@ -328,6 +329,24 @@ fn the_smollm2_addition_recipe_is_dr_grpo_on_the_held_out_split() {
     assert_eq!(f.run.model.as_deref(), Some(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert_eq!(f.run.eval_split, run::EvalSplit::Test);
     assert_eq!((f.trainer.sampling.temperature, f.trainer.actor.lr), (0.7, 2e-5));
+}
+
+/// `recipes/smollm2_arithmetic.toml` (the harder task of docs/results.md) is the addition recipe
+/// with only the task (and the run length, evaluation interval and output) changed.
+#[test]
+fn the_smollm2_arithmetic_recipe_changes_only_the_task() {
+    let add = RunFile::from_toml_file(recipe_path("smollm2_addition")).unwrap();
+    let hard = RunFile::from_toml_file(recipe_path("smollm2_arithmetic")).unwrap();
+    assert_eq!(hard.recipe(), add.recipe());
+    assert_eq!(hard.run.dataset, "arithmetic:1".parse().unwrap());
+    let same = run::RunSettings {
+        dataset: add.run.dataset.clone(),
+        steps: add.run.steps,
+        eval_every: add.run.eval_every,
+        out: add.run.out.clone(),
+        ..hard.run.clone()
+    };
+    assert_eq!(same, add.run);
 }
 
 /// `run.compute_dtype = "bf16"` trains and evaluates with bf16 products: the run file says so

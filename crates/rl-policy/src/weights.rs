@@ -266,7 +266,7 @@ impl LanguageModel {
         self.save_as(dir, self.dtype).map(drop)
     }
 
-    /// [`Transformer::save`] with the weights converted to `dtype` (and `torch_dtype` / `dtype`
+    /// [`LanguageModel::save`] with the weights converted to `dtype` (and `torch_dtype` / `dtype`
     /// of `config.json` saying so); returns the bytes of the two files.
     ///
     /// # Errors
