@@ -178,7 +178,25 @@ impl StreamSync {
             weights.iter().map(|(_, t)| (t.elem_count() * self.dtype.size_in_bytes()) as u64).sum();
         let timeout = Duration::from_secs_f64(self.cfg.connect_timeout_s);
         let mut send_seconds = 0.0;
-        let results = match &mut self.transport {
+        let client = Arc::clone(&self.client);
+        let n_tensors = weights.len();
+        // Every worker loaded exactly what was sent (checked before the engine takes the version).
+        let check = |results: &[Vec<Value>]| -> Result<()> {
+            for (i, (per_worker, want)) in results.iter().zip(&workers).enumerate() {
+                if per_worker.len() != *want {
+                    return Err(RolloutError::response(
+                        &client.url(i, "/collective_rpc"),
+                        "weight sync",
+                        "results",
+                        format!("{} workers answered, {want} expected", per_worker.len()),
+                    ));
+                }
+            }
+            check_results(&client, results, "version", &json!(version))?;
+            check_results(&client, results, "tensors", &json!(n_tensors))?;
+            check_results(&client, results, "bytes", &json!(bytes))
+        };
+        match &mut self.transport {
             Transport::Tcp { listener, advertise } => {
                 let nonce = nonce();
                 let call = json!({"method": "rlz_receive_weights", "kwargs": {
@@ -188,13 +206,19 @@ impl StreamSync {
                 let calls = vec![call; workers.len()];
                 let expected = workers.iter().sum();
                 let hello = Hello { nonce, version };
-                vllm_swap(&self.client, version, &calls, |failed| {
-                    let t = Instant::now();
-                    let conns = accept_workers(listener, expected, hello, timeout, failed)?;
-                    send_tcp(conns, &weights, self.dtype)?;
-                    send_seconds = t.elapsed().as_secs_f64();
-                    Ok(())
-                })?
+                vllm_swap(
+                    &self.client,
+                    version,
+                    &calls,
+                    |failed| {
+                        let t = Instant::now();
+                        let conns = accept_workers(listener, expected, hello, timeout, failed)?;
+                        send_tcp(conns, &weights, self.dtype)?;
+                        send_seconds = t.elapsed().as_secs_f64();
+                        Ok(())
+                    },
+                    check,
+                )?;
             }
             #[cfg(feature = "nccl")]
             Transport::Nccl { root } => {
@@ -203,27 +227,20 @@ impl StreamSync {
                     "transport": "nccl", "version": version, "tensors": specs,
                 }});
                 let calls = vec![call; workers.len()];
-                vllm_swap(&self.client, version, &calls, |_| {
-                    let t = Instant::now();
-                    nccl::broadcast(root, &weights, self.dtype)?;
-                    send_seconds = t.elapsed().as_secs_f64();
-                    Ok(())
-                })?
-            }
-        };
-        for (i, (per_worker, want)) in results.iter().zip(&workers).enumerate() {
-            if per_worker.len() != *want {
-                return Err(RolloutError::response(
-                    &self.client.url(i, "/collective_rpc"),
-                    "weight sync",
-                    "results",
-                    format!("{} workers answered, {want} expected", per_worker.len()),
-                ));
+                vllm_swap(
+                    &self.client,
+                    version,
+                    &calls,
+                    |_| {
+                        let t = Instant::now();
+                        nccl::broadcast(root, &weights, self.dtype)?;
+                        send_seconds = t.elapsed().as_secs_f64();
+                        Ok(())
+                    },
+                    check,
+                )?;
             }
         }
-        check_results(&self.client, &results, "version", &json!(version))?;
-        check_results(&self.client, &results, "tensors", &json!(weights.len()))?;
-        check_results(&self.client, &results, "bytes", &json!(bytes))?;
         let probe = self.ledger.finish(&self.client, source, version, verify)?;
         Ok(SyncReport {
             version,

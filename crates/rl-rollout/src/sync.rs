@@ -131,10 +131,18 @@ fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<
             let method = s.cfg.vllm_reload_method.as_str();
             let call = json!({"method": method, "kwargs": {"weights_path": abs_str}});
             let calls = vec![call; s.client.cfg.urls.len()];
-            let results = vllm_swap(&s.client, version, &calls, |_| Ok(()))?;
-            if method == "reload_weights_tied" {
-                check_results(&s.client, &results, "weights_path", &json!(abs_str))?;
-            }
+            vllm_swap(
+                &s.client,
+                version,
+                &calls,
+                |_| Ok(()),
+                |results| {
+                    if method == "reload_weights_tied" {
+                        check_results(&s.client, results, "weights_path", &json!(abs_str))?;
+                    }
+                    Ok(())
+                },
+            )?;
         }
         Engine::Sglang => {
             for i in 0..s.client.cfg.urls.len() {
@@ -222,21 +230,23 @@ impl Ledger {
 /// vLLM's weight swap on every server (dev mode, `VLLM_SERVER_DEV_MODE=1`): `POST
 /// /pause?mode=wait` on all → `POST /collective_rpc calls[i]` to every server at once while
 /// `send` runs on this thread (it gets a flag that turns true when a call failed, so it can
-/// stop waiting for workers that will not come) → `POST /reset_prefix_cache` →
+/// stop waiting for workers that will not come) → `check` on every server's `results` (one
+/// entry per worker; a worker that did not load the weights fails here, before the engine is
+/// told the new version) → `POST /reset_prefix_cache` →
 /// `POST /update_weight_version {"new_version"}` on each → `POST /resume` on every paused
-/// server, also after a failure (a paused engine would hang the next rollout). Returns each
-/// server's `results` (one entry per worker), checked non-empty.
+/// server, also after a failure (a paused engine would hang the next rollout).
 pub(crate) fn vllm_swap(
     client: &Client,
     version: u64,
     calls: &[Value],
     send: impl FnOnce(&AtomicBool) -> Result<()>,
-) -> Result<Vec<Vec<Value>>> {
+    check: impl FnOnce(&[Vec<Value>]) -> Result<()>,
+) -> Result<()> {
     let post = |i: usize, path: &str, body: &Value| {
         client.http.post(&client.url(i, path), body, &format!("weight sync {path}"))
     };
     let mut paused = 0;
-    let run = || -> Result<Vec<Vec<Value>>> {
+    let run = || -> Result<()> {
         for i in 0..calls.len() {
             post(i, "/pause?mode=wait", &Value::Null)?;
             paused += 1;
@@ -279,6 +289,7 @@ pub(crate) fn vllm_swap(
                 })?;
             all.push(results);
         }
+        check(&all)?;
         for i in 0..calls.len() {
             let reset = post(i, "/reset_prefix_cache", &Value::Null)?;
             if reset.get("success").and_then(Value::as_bool) == Some(false) {
@@ -287,14 +298,12 @@ pub(crate) fn vllm_swap(
             }
             post(i, "/update_weight_version", &json!({"new_version": version.to_string()}))?;
         }
-        Ok(all)
+        Ok(())
     };
     let out = run();
     let resumed: Result<()> =
         (0..paused).try_for_each(|i| post(i, "/resume", &Value::Null).map(drop));
-    let out = out?;
-    resumed?;
-    Ok(out)
+    out.and(resumed)
 }
 
 /// Checks that every worker's result has `field == want` (the proof that rl-zero's worker
