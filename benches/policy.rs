@@ -75,6 +75,11 @@ fn smollm2(spec: &str) {
     let rt = rl_policy::runtime::init(rl_policy::runtime::RuntimeOptions::default()).expect("init");
     let (retain, joined) = (rt.retained_freed_memory, rt.built_pool);
     let (side, blas) = if rt.blas == "gemm" { ("rl-zero", "gemm") } else { ("rl-zero-mkl", "mkl") };
+    // A decode kernel chosen with `RLZ_DECODE_KERNEL` (other than `auto`) is a side of its own.
+    let side = match std::env::var("RLZ_DECODE_KERNEL") {
+        Ok(k) if !k.is_empty() && k != "auto" => format!("{side}-{}", rt.decode_kernel),
+        _ => side.to_string(),
+    };
     let precision = std::env::var("RLZ_COMPUTE_DTYPE").unwrap_or_else(|_| "f32".into());
     let compute: rl_policy::ComputeDtype = precision.parse().expect("RLZ_COMPUTE_DTYPE");
     println!("runtime: {rt:?}");
@@ -90,12 +95,13 @@ fn smollm2(spec: &str) {
         println!(
             "RESULT side={side} what={what} shape={r}x{c} threads={threads} iter={iter} \
              secs={secs:.3} tok_s={:.1} peak_rss_mb={:.0} retain={} joined={} blas={blas} \
-             precision={precision} bf16_path={} convert_s={convert:.3}",
+             precision={precision} bf16_path={} convert_s={convert:.3} decode={}",
             tokens as f64 / secs,
             peak_rss_mb(),
             u8::from(retain),
             u8::from(joined),
             rt.bf16.to_string().split_whitespace().next().unwrap_or("?"),
+            rt.decode_kernel,
         );
     };
     match what.as_str() {

@@ -7,6 +7,8 @@
 #   ROUNDS=5 THREADS="2" WORKLOADS="fwdbwd:8x256" bash scripts/bench/compare.sh
 #   BLAS="gemm mkl" bash scripts/bench/compare.sh      # rl-zero also with MKL (scripts/setup_mkl.sh)
 #   PRECISION="f32 bf16" BLAS=mkl bash scripts/bench/compare.sh
+#   KERNELS="auto portable" WORKLOADS=sample:16x128 bash scripts/bench/compare.sh
+#       # rl-zero also with the portable decode kernel (RLZ_DECODE_KERNEL; side rl-zero-portable)
 #   PROFILE=dev ...                                    # reuse the test build (see below)
 #       # also bf16 products (rl-zero: RLZ_COMPUTE_DTYPE=bf16; PyTorch: torch.autocast("cpu", bfloat16))
 #
@@ -23,6 +25,7 @@ THREADS=${THREADS:-"1 2"}
 BLAS=${BLAS:-gemm}
 WORKLOADS=${WORKLOADS:-"fwdbwd:8x256 sample:16x128"}
 PRECISION=${PRECISION:-f32}
+KERNELS=${KERNELS:-auto}
 out=target/bench-compare
 mkdir -p "$out"
 bash scripts/fetch_smollm2.sh >/dev/null
@@ -49,9 +52,11 @@ for w in $WORKLOADS; do
      for p in $PRECISION; do
       echo "::: $w threads=$t precision=$p round $round" >&2
       for blas in $BLAS; do
+       for kernel in $KERNELS; do
         lib=; [ "$blas" = mkl ] && lib=$mkl
-        RLZ_COMPUTE_DTYPE=$p RLZ_BLAS=$lib RAYON_NUM_THREADS=$t RLZ_POLICY_BENCH_SMOLLM2="$w:$ITERS" "$bench" none 2>/dev/null |
+        RLZ_DECODE_KERNEL=$kernel RLZ_COMPUTE_DTYPE=$p RLZ_BLAS=$lib RAYON_NUM_THREADS=$t RLZ_POLICY_BENCH_SMOLLM2="$w:$ITERS" "$bench" none 2>/dev/null |
           grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"
+       done
       done
       OMP_NUM_THREADS=$t scripts/.venv/bin/python scripts/bench/policy_vs_torch.py "$w:$ITERS" --threads "$t" --precision "$p" 2>/dev/null |
         grep '^RESULT' | sed "s/\$/ round=$round/" >>"$results"

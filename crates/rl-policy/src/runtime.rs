@@ -71,15 +71,21 @@ pub struct RuntimeReport {
     pub blas: String,
     /// How bf16 matrix products run on the CPU now ([`crate::ops::blas::bf16_path`]).
     pub bf16: crate::ops::blas::Bf16Path,
+    /// The decoding products' kernel (`"avx512"`, `"avx2"`, `"portable"` or `"mkl"`:
+    /// [`crate::ops::blas::decode_kernel`]); `RLZ_DECODE_KERNEL` chooses another
+    /// ([`crate::ops::blas::use_decode_kernel_from_env`]).
+    pub decode_kernel: &'static str,
 }
 
-/// Sets the process-wide knobs of `opts`, in order: allocator, thread pool, BLAS backend.
+/// Sets the process-wide knobs of `opts`, in order: allocator, thread pool, BLAS backend,
+/// decode kernel (`RLZ_DECODE_KERNEL`).
 /// Call it once, first thing in `main`, on the thread that drives the work; a second call
 /// leaves the pool as it is (reported in [`RuntimeReport::built_pool`]).
 ///
 /// # Errors
 /// [`crate::PolicyError::Blas`] when the MKL library cannot be used;
-/// [`crate::PolicyError::Config`] for `threads: Some(0)`.
+/// [`crate::PolicyError::Config`] for `threads: Some(0)` or a `RLZ_DECODE_KERNEL` this CPU
+/// does not run.
 pub fn init(opts: RuntimeOptions) -> Result<RuntimeReport> {
     if opts.threads == Some(0) {
         return Err(crate::PolicyError::config("runtime.threads", "must be at least 1"));
@@ -100,6 +106,7 @@ pub fn init(opts: RuntimeOptions) -> Result<RuntimeReport> {
         threads: rayon::current_num_threads(),
         blas,
         bf16: crate::ops::blas::bf16_path(),
+        decode_kernel: crate::ops::blas::use_decode_kernel_from_env()?,
     })
 }
 

@@ -195,14 +195,109 @@ impl Elem for f32 {
     }
 
     unsafe fn dots(p: Dots<f32>) {
-        // SAFETY: forwarded from the caller; the AVX-512 variant runs only where it is present.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return dots_avx512(p);
-            }
-            dots_f32(p);
+        // SAFETY: forwarded from the caller; `f32_dots` picks a variant the CPU runs.
+        unsafe { f32_dots().1(p) }
+    }
+}
+
+/// An f32 decode kernel ([`Dots`]).
+type DotsF32 = unsafe fn(Dots<f32>);
+
+/// The f32 decode kernel in use and its name, fixed on first use ([`use_decode_kernel`]).
+static DECODE: OnceLock<(&'static str, DotsF32)> = OnceLock::new();
+
+/// The f32 decode kernels this CPU runs, preferred first: AVX-512F where present, AVX2 + FMA
+/// where present, and the portable code everywhere.
+fn f32_kernels() -> Vec<(&'static str, DotsF32)> {
+    let mut kernels: Vec<(&'static str, DotsF32)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            kernels.push(("avx512", dots_avx512));
         }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            kernels.push(("avx2", dots_avx2));
+        }
+    }
+    kernels.push(("portable", dots_f32));
+    kernels
+}
+
+/// The f32 decode kernel in use and its name (the preferred one unless
+/// [`use_decode_kernel`] chose another first).
+fn f32_dots() -> (&'static str, DotsF32) {
+    *DECODE.get_or_init(|| f32_kernels()[0])
+}
+
+/// The kernel of the few-row f32 products of decoding on this CPU (one token per sequence:
+/// each weight row streamed once, no packing): `"avx512"`, `"avx2"` (x86-64 without AVX-512,
+/// e.g. AMD Zen 1-3) or `"portable"`; `"mkl"` while MKL runs every product ([`use_mkl`]).
+/// Reported by [`crate::runtime::init`] so a run's log says which path ran.
+///
+/// ```
+/// let k = rl_policy::ops::blas::decode_kernel();
+/// assert!(["avx512", "avx2", "portable", "mkl"].contains(&k));
+/// ```
+pub fn decode_kernel() -> &'static str {
+    if MKL.get().is_some() { "mkl" } else { f32_dots().0 }
+}
+
+/// Chooses the f32 decode kernel for the rest of the process by name (`"auto"` is the
+/// preferred one for this CPU), for A/B measurements and to rule a kernel out when debugging.
+/// Returns the kernel's name. Results agree across kernels to f32 rounding (summation order).
+///
+/// ```
+/// use rl_policy::ops::blas::{decode_kernel, use_decode_kernel};
+///
+/// assert_eq!(use_decode_kernel("portable")?, "portable");
+/// assert_eq!(decode_kernel(), "portable");
+/// // The choice holds for the process: naming it again is fine, an unknown name is not.
+/// assert_eq!(use_decode_kernel("portable")?, "portable");
+/// assert!(use_decode_kernel("sse9").is_err());
+/// # Ok::<(), rl_policy::PolicyError>(())
+/// ```
+///
+/// # Errors
+/// [`PolicyError::Config`] (field `decode_kernel`) for a name that is not a kernel this CPU
+/// runs (the message lists those it does), or when another kernel already ran in this process.
+pub fn use_decode_kernel(name: &str) -> Result<&'static str> {
+    let kernels = f32_kernels();
+    let pick = if name == "auto" {
+        Some(kernels[0])
+    } else {
+        kernels.iter().copied().find(|(n, _)| *n == name)
+    };
+    let Some(pick) = pick else {
+        let names: Vec<&str> = kernels.iter().map(|(n, _)| *n).collect();
+        return Err(PolicyError::config(
+            "decode_kernel",
+            format!("`{name}` is not a decode kernel this CPU runs (auto, {})", names.join(", ")),
+        ));
+    };
+    let in_use = *DECODE.get_or_init(|| pick);
+    if in_use.0 == pick.0 {
+        Ok(pick.0)
+    } else {
+        Err(PolicyError::config(
+            "decode_kernel",
+            format!(
+                "`{}` is already in use in this process; choose before the first product",
+                in_use.0
+            ),
+        ))
+    }
+}
+
+/// Applies the environment variable `RLZ_DECODE_KERNEL` ([`use_decode_kernel`]; unset or empty
+/// leaves the choice to the CPU) and returns the decode kernel in use, as [`decode_kernel`].
+///
+/// # Errors
+/// As [`use_decode_kernel`].
+pub fn use_decode_kernel_from_env() -> Result<&'static str> {
+    match std::env::var("RLZ_DECODE_KERNEL") {
+        Ok(v) if !v.is_empty() => use_decode_kernel(&v).map(|_| decode_kernel()),
+        _ => Ok(decode_kernel()),
     }
 }
 
@@ -215,29 +310,39 @@ impl Elem for f64 {
 /// Weight rows per tile of the decode kernels: each loaded chunk of an `x` row feeds this many
 /// FMA chains.
 const TILE_W: usize = 4;
-/// `x` rows per tile of the decode kernels: each loaded chunk of a weight row feeds this many.
+/// `x` rows per tile of the portable and AVX-512 decode kernels: each loaded chunk of a weight
+/// row feeds this many.
 const TILE_X: usize = 4;
+/// `x` rows per tile of the AVX2 kernel: AVX2 has 16 vector registers (AVX-512 has 32), and
+/// `TILE_W × 2` accumulators plus `TILE_W + 1` operands (13) fit in them where `TILE_W × 4`
+/// (21) would spill on every chunk.
+#[cfg(target_arch = "x86_64")]
+const TILE_X_AVX2: usize = 2;
 
-/// Runs `tile::<TILE_W or 1, TILE_X or 1>(p, i, j, first)` over the `m × js` outputs of `p`,
+/// Runs `tile::<TILE_W or 1, $tx or 1>(p, i, j, first)` over the `m × js` outputs of `p`,
 /// weight-row groups outermost (a group stays in L1 while every row of `x` passes over it);
-/// `first` is `true` for the first tile of a group.
+/// `first` is `true` for the first tile of a group. `$tx` (the `x` rows per tile) is
+/// [`TILE_X`] unless given.
 macro_rules! tiles {
-    ($p:expr, $tile:ident) => {{
+    ($p:expr, $tile:ident) => {
+        tiles!($p, $tile, TILE_X)
+    };
+    ($p:expr, $tile:ident, $tx:expr) => {{
         let Dots { m, js, .. } = $p;
         let mut j = 0;
         while j < js {
             let full = j + TILE_W <= js;
             let mut i = 0;
             while i < m {
-                let rows = i + TILE_X <= m;
+                let rows = i + $tx <= m;
                 let first = i == 0;
                 match (full, rows) {
-                    (true, true) => $tile::<TILE_W, TILE_X>($p, i, j, first),
+                    (true, true) => $tile::<TILE_W, { $tx }>($p, i, j, first),
                     (true, false) => $tile::<TILE_W, 1>($p, i, j, first),
-                    (false, true) => $tile::<1, TILE_X>($p, i, j, first),
+                    (false, true) => $tile::<1, { $tx }>($p, i, j, first),
                     (false, false) => $tile::<1, 1>($p, i, j, first),
                 }
-                i += if rows { TILE_X } else { 1 };
+                i += if rows { $tx } else { 1 };
             }
             j += if full { TILE_W } else { 1 };
         }
@@ -355,6 +460,85 @@ unsafe fn dots_avx512(p: Dots<f32>) {
     // SAFETY: every tile lies inside the outputs of `p`, which the caller guarantees; AVX-512F
     // is enabled here.
     unsafe { tiles!(p, tile_avx512) }
+}
+
+/// The `R × J` dot products of rows `i..i + R` of `x` with rows `j..j + J` of `w` with AVX2 and
+/// FMA intrinsics, for the x86-64 CPUs without AVX-512 (AMD Zen 1-3, Intel before Skylake-SP and
+/// its client parts): [`tile_avx512`]'s scheme on 8-wide registers, the remainder of `k` a masked
+/// load, and the next weight-row group prefetched by the group's first tile, one cache line
+/// (16 floats) at a time. Inlined into [`dots_avx2`], which enables AVX2 and FMA.
+///
+/// # Safety
+/// As [`Dots`], with the tile inside its `m × js` outputs, on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_avx2<const J: usize, const R: usize>(p: Dots<f32>, i: usize, j: usize, first: bool) {
+    use std::arch::x86_64::{
+        __m256, __m256i, _MM_HINT_T0, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps,
+        _mm_prefetch, _mm_shuffle_ps, _mm256_castps256_ps128, _mm256_extractf128_ps,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_maskload_ps,
+        _mm256_setzero_ps,
+    };
+    /// Lane masks of a partial chunk: the 8 lanes from `8 - n` on enable the first `n` lanes.
+    const LANES: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    let Dots { k, x, x_rs, w, w_rs, c, ldc, .. } = p;
+    // SAFETY: the caller guarantees rows `i..i + R` of `x`, `j..j + J` of `w` (each `k` long)
+    // and the outputs of the tile; full loads stay below `k`, the masked one touches only the
+    // first `k` elements of a row. Prefetches never fault, and their addresses are computed
+    // without `add`'s in-bounds rule.
+    unsafe {
+        let (x, w) = (x.add(i * x_rs), w.add(j * w_rs));
+        let next = w.wrapping_add(J * w_rs);
+        let mut acc = [[_mm256_setzero_ps(); J]; R];
+        let body = k / 8 * 8;
+        let mut s = 0;
+        while s < body {
+            if first && s % 16 == 0 {
+                for q in 0..J {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(q * w_rs + s).cast());
+                }
+            }
+            let wv: [__m256; J] = std::array::from_fn(|q| _mm256_loadu_ps(w.add(q * w_rs + s)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(r * x_rs + s));
+                for (acc, wv) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm256_fmadd_ps(xv, *wv, *acc);
+                }
+            }
+            s += 8;
+        }
+        if body < k {
+            let mask = _mm256_loadu_si256(LANES.as_ptr().add(8 - (k - body)).cast::<__m256i>());
+            let wv: [__m256; J] =
+                std::array::from_fn(|q| _mm256_maskload_ps(w.add(q * w_rs + body), mask));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_maskload_ps(x.add(r * x_rs + body), mask);
+                for (acc, wv) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm256_fmadd_ps(xv, *wv, *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, acc) in acc.iter().enumerate() {
+                let v = _mm_add_ps(_mm256_castps256_ps128(*acc), _mm256_extractf128_ps::<1>(*acc));
+                let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+                let v = _mm_add_ss(v, _mm_shuffle_ps::<0b01>(v, v));
+                *c.add((i + r) * ldc + j + q) = _mm_cvtss_f32(v);
+            }
+        }
+    }
+}
+
+/// [`Dots`] with AVX2 and FMA intrinsics ([`tile_avx2`] tiles).
+///
+/// # Safety
+/// As [`Dots`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(p: Dots<f32>) {
+    // SAFETY: every tile lies inside the outputs of `p`, which the caller guarantees; AVX2 and
+    // FMA are enabled here.
+    unsafe { tiles!(p, tile_avx2, TILE_X_AVX2) }
 }
 
 /// Output rows at most for which [`skinny`] streams the weights instead of calling gemm.
@@ -1057,18 +1241,13 @@ mod tests {
         }
     }
 
-    /// Both decode kernels (portable and, where the CPU has it, AVX-512) against f64 dot
+    /// The decode kernels (portable and, where the CPU has them, AVX-512 and AVX2) against f64 dot
     /// products, for every tile remainder (rows and weight rows not multiples of the tile, `k`
     /// not a multiple of 16) and an output row stride wider than the block, whose padding stays
     /// untouched.
     #[test]
     fn decode_kernels_match_plain_dot_products() {
-        type Kernel = unsafe fn(Dots<f32>);
-        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", dots_f32)];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            kernels.push(("avx512", dots_avx512));
-        }
+        let kernels = f32_kernels();
         let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 * 2e-3 - 1.0;
         for (m, js, k) in
             [(1, 1, 1), (3, 5, 17), (4, 4, 16), (5, 9, 33), (16, 64, 576), (13, 7, 100)]
