@@ -120,6 +120,9 @@ fn publish(s: &mut DiskSync, source: &dyn WeightSource, version: u64) -> Result<
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::rename(&tmp, &dir)?;
+    // A version whose publication failed is published again under the same name: one entry,
+    // or pruning would remove the directory twice (and fail on the second, after the swap).
+    s.kept.retain(|d| d != &dir);
     s.kept.push_back(dir.clone());
     let export_seconds = t0.elapsed().as_secs_f64();
     let abs = std::fs::canonicalize(&dir)?;

@@ -71,6 +71,10 @@ pub enum Fault {
     /// `rlz_receive_weights`: read the first tensor, then close the stream and fail (a worker
     /// dying mid-transfer).
     DropStream,
+    /// Reload routes: load the weights but report something else (`rlz_receive_weights`: one
+    /// tensor fewer; `reload_weights_tied`: another path), as a stale or mismatched worker
+    /// extension would.
+    Misreport,
 }
 
 #[derive(Default)]
@@ -403,8 +407,10 @@ fn route(
             {
                 return (500, json!({"error": e.to_string()}));
             }
+            let reported =
+                if fault == Some(&Fault::Misreport) { format!("{dir}.old") } else { dir.into() };
             let result = if method == "reload_weights_tied" {
-                json!({"weights_path": dir, "tied": true, "lm_head_resynced": true})
+                json!({"weights_path": reported, "tied": true, "lm_head_resynced": true})
             } else {
                 Value::Null
             };
@@ -483,7 +489,7 @@ fn receive_stream(
             return Err(format!("worker dropped the stream after {name}"));
         }
     }
-    let n = weights.len();
+    let n = weights.len() - usize::from(fault == Some(&Fault::Misreport));
     if fault != Some(&Fault::IgnoreReload) {
         shared
             .model

@@ -182,6 +182,19 @@ fn vllm_publish_reloads_checks_versions_and_catches_stale_weights() {
     server.push_fault("/collective_rpc", Fault::IgnoreReload);
     let e = sync.publish(&policy, 2).unwrap_err();
     assert!(matches!(rollout_err(&e), RolloutError::ProbeMismatch { .. }), "{e}");
+    // A worker reporting another path than the one published: refused before the engine takes
+    // the version (no prefix-cache reset, no version update; straight to the resume).
+    let before = server.calls().len();
+    server.push_fault("/collective_rpc", Fault::Misreport);
+    let e = sync.publish(&policy, 3).unwrap_err();
+    assert!(
+        matches!(rollout_err(&e), RolloutError::Response { field, .. }
+            if field == "results[0].weights_path"),
+        "{e}"
+    );
+    assert_eq!(server.weight_version(), "2");
+    let calls: Vec<String> = server.calls()[before..].to_vec();
+    assert_eq!(calls, ["POST /pause?mode=wait", "POST /collective_rpc", "POST /resume"]);
     // A version the engine does not report is a typed error.
     server.push_fault("/update_weight_version", Fault::KeepVersion);
     let e = sync.publish(&policy, 3).unwrap_err();
@@ -259,8 +272,20 @@ fn vllm_tcp_stream_publishes_and_catches_faults() {
     server.push_fault("/collective_rpc", Fault::IgnoreReload);
     let e = sync.publish(&policy, 4).unwrap_err();
     assert!(matches!(rollout_err(&e), RolloutError::ProbeMismatch { .. }), "{e}");
-    sync.publish(&policy, 5).unwrap();
-    assert_eq!(sync.published_version(), Some(5));
+    // A worker reporting another tensor count: refused before the engine takes the version
+    // (no prefix-cache reset, no version update; straight to the resume).
+    let before = server.calls().len();
+    server.push_fault("/collective_rpc", Fault::Misreport);
+    let e = sync.publish(&policy, 5).unwrap_err();
+    assert!(
+        matches!(rollout_err(&e), RolloutError::Response { field, .. } if field == "results[0].tensors"),
+        "{e}"
+    );
+    assert_eq!(server.weight_version(), "4");
+    let calls: Vec<String> = server.calls()[before..].to_vec();
+    assert_eq!(calls, ["POST /pause?mode=wait", "POST /collective_rpc", "POST /resume"]);
+    sync.publish(&policy, 6).unwrap();
+    assert_eq!(sync.published_version(), Some(6));
     let calls = server.calls();
     let pauses = calls.iter().filter(|c| c.starts_with("POST /pause")).count();
     let resumes = calls.iter().filter(|c| c.as_str() == "POST /resume").count();
