@@ -313,38 +313,41 @@ const TILE_W: usize = 4;
 /// `x` rows per tile of the portable and AVX-512 decode kernels: each loaded chunk of a weight
 /// row feeds this many.
 const TILE_X: usize = 4;
-/// `x` rows per tile of the AVX2 kernel: AVX2 has 16 vector registers (AVX-512 has 32), and
-/// `TILE_W × 2` accumulators plus `TILE_W + 1` operands (13) fit in them where `TILE_W × 4`
-/// (21) would spill on every chunk.
+/// Weight rows and `x` rows per tile of the AVX2 kernel: AVX2 has 16 vector registers (AVX-512
+/// has 32). `3 × 4` accumulators plus the 3 weight chunks and one `x` chunk use all 16: each
+/// chunk of 8 costs 7 loads for 12 FMAs, where the `4 × 2` tile first used here (8 accumulators,
+/// 5 operands) cost 6 loads for 8 FMAs, and `4 × 4` (21 registers) would spill on every chunk.
 #[cfg(target_arch = "x86_64")]
-const TILE_X_AVX2: usize = 2;
+const TILE_W_AVX2: usize = 3;
+#[cfg(target_arch = "x86_64")]
+const TILE_X_AVX2: usize = 4;
 
-/// Runs `tile::<TILE_W or 1, $tx or 1>(p, i, j, first)` over the `m × js` outputs of `p`,
+/// Runs `tile::<$tw or 1, $tx or 1>(p, i, j, first)` over the `m × js` outputs of `p`,
 /// weight-row groups outermost (a group stays in L1 while every row of `x` passes over it);
-/// `first` is `true` for the first tile of a group. `$tx` (the `x` rows per tile) is
-/// [`TILE_X`] unless given.
+/// `first` is `true` for the first tile of a group. The weight and `x` rows per tile, `$tw` and
+/// `$tx`, are [`TILE_W`] and [`TILE_X`] unless given.
 macro_rules! tiles {
     ($p:expr, $tile:ident) => {
-        tiles!($p, $tile, TILE_X)
+        tiles!($p, $tile, TILE_W, TILE_X)
     };
-    ($p:expr, $tile:ident, $tx:expr) => {{
+    ($p:expr, $tile:ident, $tw:expr, $tx:expr) => {{
         let Dots { m, js, .. } = $p;
         let mut j = 0;
         while j < js {
-            let full = j + TILE_W <= js;
+            let full = j + $tw <= js;
             let mut i = 0;
             while i < m {
                 let rows = i + $tx <= m;
                 let first = i == 0;
                 match (full, rows) {
-                    (true, true) => $tile::<TILE_W, { $tx }>($p, i, j, first),
-                    (true, false) => $tile::<TILE_W, 1>($p, i, j, first),
+                    (true, true) => $tile::<{ $tw }, { $tx }>($p, i, j, first),
+                    (true, false) => $tile::<{ $tw }, 1>($p, i, j, first),
                     (false, true) => $tile::<1, { $tx }>($p, i, j, first),
                     (false, false) => $tile::<1, 1>($p, i, j, first),
                 }
                 i += if rows { $tx } else { 1 };
             }
-            j += if full { TILE_W } else { 1 };
+            j += if full { $tw } else { 1 };
         }
     }};
 }
@@ -538,7 +541,7 @@ unsafe fn tile_avx2<const J: usize, const R: usize>(p: Dots<f32>, i: usize, j: u
 unsafe fn dots_avx2(p: Dots<f32>) {
     // SAFETY: every tile lies inside the outputs of `p`, which the caller guarantees; AVX2 and
     // FMA are enabled here.
-    unsafe { tiles!(p, tile_avx2, TILE_X_AVX2) }
+    unsafe { tiles!(p, tile_avx2, TILE_W_AVX2, TILE_X_AVX2) }
 }
 
 /// Output rows at most for which [`skinny`] streams the weights instead of calling gemm.
