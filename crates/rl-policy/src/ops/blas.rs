@@ -307,8 +307,8 @@ impl Elem for f64 {
     }
 }
 
-/// Weight rows per tile of the decode kernels: each loaded chunk of an `x` row feeds this many
-/// FMA chains.
+/// Weight rows per tile of the portable and AVX-512 decode kernels: each loaded chunk of an `x`
+/// row feeds this many FMA chains.
 const TILE_W: usize = 4;
 /// `x` rows per tile of the portable and AVX-512 decode kernels: each loaded chunk of a weight
 /// row feeds this many.
