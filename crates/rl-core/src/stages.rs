@@ -298,6 +298,16 @@ impl<'a> PolicyLossInput<'a> {
 pub trait PolicyLoss {
     /// The loss (to be minimised) and its metrics.
     fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput>;
+
+    /// `true` when a row whose advantages are all zero adds exactly nothing to the loss and to
+    /// its gradient whatever the other rows hold, given mini-batch-wide [`GlobalCounts`] (its
+    /// tokens still count in them) and the same padded length `T`. A trainer may then leave
+    /// such rows out of the forward and backward passes: the groups of Dr. GRPO / GRPO whose
+    /// samples all got the same reward. `false` (the default) when the loss uses statistics of
+    /// the rows it is given (Clip-Cov, KL-Cov select tokens by a covariance over them).
+    fn zero_advantage_rows_inert(&self) -> bool {
+        false
+    }
 }
 
 /// What a value (critic) loss gets. All tensors are `(B, T)` f32.

@@ -197,4 +197,8 @@ impl PolicyLoss for PolicyLossConfig {
     fn compute(&self, input: &PolicyLossInput<'_>) -> Result<LossOutput> {
         self.inner().compute(input)
     }
+
+    fn zero_advantage_rows_inert(&self) -> bool {
+        self.inner().zero_advantage_rows_inert()
+    }
 }

@@ -178,6 +178,12 @@ impl PolicyLoss for PpoLoss {
             }),
         }
     }
+
+    /// A zero advantage gives a zero token loss and gradient; the aggregation's row weights
+    /// depend only on the row, the counts and `T`.
+    fn zero_advantage_rows_inert(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,12 @@ impl PolicyLoss for GspoLoss {
         })?;
         Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) })
     }
+
+    /// A zero advantage gives a zero token loss and gradient; the aggregation's row weights
+    /// depend only on the row, the counts and `T`.
+    fn zero_advantage_rows_inert(&self) -> bool {
+        true
+    }
 }
 
 /// CISPO (MiniMax-M1, arXiv 2506.13585; verl `core_algos.py` L1722-1779): the clipped ratio is a
@@ -134,6 +140,12 @@ impl PolicyLoss for CispoLoss {
         };
         token_loss(input, &self.aggregation, f)
     }
+
+    /// A zero advantage gives a zero token loss and gradient; the aggregation's row weights
+    /// depend only on the row, the counts and `T`.
+    fn zero_advantage_rows_inert(&self) -> bool {
+        true
+    }
 }
 
 /// SAPO, soft adaptive gate (arXiv 2511.20347; verl `core_algos.py` L1330-1411; TRL
@@ -180,6 +192,12 @@ impl PolicyLoss for SapoLoss {
         };
         token_loss(input, &self.aggregation, f)
     }
+
+    /// A zero advantage gives a zero token loss and gradient; the aggregation's row weights
+    /// depend only on the row, the counts and `T`.
+    fn zero_advantage_rows_inert(&self) -> bool {
+        true
+    }
 }
 
 /// GMPO, geometric-mean policy optimisation (arXiv 2507.20673; verl
@@ -223,6 +241,12 @@ impl PolicyLoss for GmpoLoss {
             self.run(hb, input.counts)
         })?;
         Ok(LossOutput { loss: emit(input.log_probs, loss, grad)?, metrics: stats.metrics(loss) })
+    }
+
+    /// `ℓ_b = −Ā_b·ratio_b` is zero with its gradient when the row's advantages are; the
+    /// sequence mean uses [`rl_core::GlobalCounts::sequences`].
+    fn zero_advantage_rows_inert(&self) -> bool {
+        true
     }
 }
 
@@ -312,5 +336,11 @@ impl PolicyLoss for ReinforceLoss {
             Tok::new(Dual::var(lp).neg().mul(Dual::c(adv)))
         };
         token_loss(input, &self.aggregation, f)
+    }
+
+    /// A zero advantage gives a zero token loss and gradient; the aggregation's row weights
+    /// depend only on the row, the counts and `T`.
+    fn zero_advantage_rows_inert(&self) -> bool {
+        true
     }
 }

@@ -49,6 +49,21 @@ impl Batch {
         }
     }
 
+    /// Copies rows `keep` (in that order) into a new batch.
+    fn select(&self, keep: &[usize]) -> Batch {
+        let pick = |v: &[f32]| -> Vec<f32> {
+            keep.iter().flat_map(|&r| v[r * self.t..(r + 1) * self.t].iter().copied()).collect()
+        };
+        Batch {
+            b: keep.len(),
+            t: self.t,
+            lp: pick(&self.lp),
+            old: pick(&self.old),
+            adv: pick(&self.adv),
+            mask: pick(&self.mask),
+        }
+    }
+
     /// Appends `extra` padding columns holding NaN (log-probs, advantages) and garbage.
     fn padded(&self, extra: usize) -> Batch {
         let t2 = self.t + extra;
@@ -286,6 +301,49 @@ proptest! {
                 for b in 0..x.b {
                     prop_assert_eq!(&g[b * x.t..(b + 1) * x.t], &gp[b * p.t..b * p.t + x.t]);
                     prop_assert!(gp[b * p.t + x.t..(b + 1) * p.t].iter().all(|v| *v == 0.0));
+                }
+            }
+        }
+    }
+
+    /// What `PolicyLoss::zero_advantage_rows_inert` promises the trainer: with mini-batch-wide
+    /// counts and the same padded length, leaving out rows whose advantages are all zero changes
+    /// neither the loss nor the gradient of the other rows, and those rows' gradient is zero.
+    /// Every loss claims it but the two that select tokens by a batch covariance.
+    #[test]
+    fn zero_advantage_rows_are_inert_where_claimed(
+        x in batch(),
+        zero in prop::collection::vec(any::<bool>(), 5),
+    ) {
+        let ids: Vec<usize> = (0..x.b).map(|i| i / 2).collect();
+        let mut x = x;
+        let width = x.t;
+        for (row, _) in x.adv.chunks_mut(width).zip(&zero).filter(|(_, z)| **z) {
+            row.iter_mut().for_each(|a| *a = 0.0);
+        }
+        let keep: Vec<usize> = (0..x.b).filter(|b| !zero[*b]).collect();
+        let kept = x.select(&keep);
+        let kept_ids: Vec<usize> = keep.iter().map(|&b| ids[b]).collect();
+        let counts = GlobalCounts::from_batch(&t(&x.mask, x.b, x.t), &ids).unwrap();
+        for agg in modes() {
+            let mut losses = policy_losses(agg);
+            losses.push(PolicyLossConfig::Gmpo(GmpoLoss::default()));
+            for loss in losses {
+                let batch_stats = matches!(loss, PolicyLossConfig::ClipCov(_) | PolicyLossConfig::KlCov(_));
+                prop_assert_eq!(loss.zero_advantage_rows_inert(), !batch_stats, "{:?}", loss);
+                if !loss.zero_advantage_rows_inert() || keep.is_empty() {
+                    continue;
+                }
+                let (l, g, _) = run(&loss, &x, Some(&ids), Some(&counts)).unwrap();
+                let (lk, gk, _) = run(&loss, &kept, Some(&kept_ids), Some(&counts)).unwrap();
+                close(lk, l, &format!("{loss:?} loss"));
+                for (k, &b) in keep.iter().enumerate() {
+                    for j in 0..x.t {
+                        close(gk[k * x.t + j], g[b * x.t + j], &format!("{loss:?} grad"));
+                    }
+                }
+                for b in (0..x.b).filter(|b| zero[*b]) {
+                    prop_assert!(g[b * x.t..(b + 1) * x.t].iter().all(|v| *v == 0.0), "{:?}", loss);
                 }
             }
         }

@@ -104,6 +104,42 @@ fn different_answers() {
     }
 }
 
+/// A calculation left unevaluated is not the answer to a numeric question (the reward hack a
+/// SmolLM2 run found: answering `10 + 10` to *What is 10 + 10?*), unless asked for
+/// (`accept_unevaluated`, Math-Verify's behaviour); number forms and exact forms still match.
+#[test]
+fn unevaluated_calculations_do_not_answer_numeric_questions() {
+    use rl_reward::math::VerifyConfig;
+    let lenient =
+        MathVerifier::new(VerifyConfig { accept_unevaluated: true, ..Default::default() });
+    for (gold, pred) in [
+        ("20", "10 + 10"),
+        ("20", "\\boxed{10+10}"),
+        ("108", "19 + 89 = 19 + 89"),
+        ("-73", "17 - 90"),
+        ("20", "2 \\times 10"),
+        ("8", "2^3"),
+        ("10", "(9+1)"),
+        ("0.5", "1/4 + 1/4"),
+    ] {
+        assert!(!eq(gold, pred), "{gold} / {pred}");
+        assert!(lenient.equivalent(gold, pred), "lenient: {gold} / {pred}");
+    }
+    for (gold, pred) in [
+        ("20", "10 + 10 = 20"),
+        ("20", "\\boxed{20}"),
+        ("20", "\\frac{40}{2}"),
+        ("-73", "-73"),
+        ("0.5", "50\\%"),
+        ("107/9", "11 \\frac{8}{9}"),
+        ("4.123105625617661", "\\sqrt{17}"),
+        ("2\\sqrt{3}", "\\sqrt{12}"),
+        ("x + 1", "1 + x"),
+    ] {
+        assert!(eq(gold, pred), "{gold} / {pred}");
+    }
+}
+
 #[test]
 fn extraction_order() {
     let ex = |s: &str| extract_answer(s).map(|e| e.text);

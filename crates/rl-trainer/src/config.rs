@@ -172,6 +172,19 @@ pub struct TrainerConfig {
     /// Rollout/trainer mismatch correction for an external sampler (default: token-level TIS,
     /// threshold 2; a local sampler never uses it).
     pub rollout_correction: RolloutCorrection,
+    /// Leave the responses whose advantages are all exactly zero out of the actor's forward and
+    /// backward passes when that cannot change the update: the policy loss says such rows are
+    /// inert ([`rl_core::PolicyLoss::zero_advantage_rows_inert`]: every built-in loss but
+    /// Clip-Cov and KL-Cov), there is no critic, and no extra loss term (KL, entropy bonus)
+    /// reads them. The mini-batch counts that normalise the loss still include them, so the
+    /// gradient is the one of the full mini-batch (up to float summation order); when every row
+    /// of a mini-batch is zero, one micro-batch still runs so the optimizer steps on exact zero
+    /// gradients as PyTorch would. With group-relative advantages (GRPO, Dr. GRPO) these are the
+    /// groups whose samples all got the same reward: most groups early in a run (nothing
+    /// solved) and late (everything solved). Default on; `train/zero_adv_rows_skipped` counts
+    /// them, and the `actor/*` ratio and clip metrics then cover the rows that ran. verl and TRL
+    /// run these rows (their gradient is zero).
+    pub skip_zero_advantage_rows: bool,
 }
 
 impl Default for TrainerConfig {
@@ -197,6 +210,7 @@ impl Default for TrainerConfig {
             accuracy_threshold: 0.0,
             metrics_path: None,
             rollout_correction: RolloutCorrection::default(),
+            skip_zero_advantage_rows: true,
         }
     }
 }

@@ -624,6 +624,48 @@ mod recipes {
         Ok(())
     }
 
+    /// Leaving zero-advantage rows out (`skip_zero_advantage_rows`, on by default) changes only
+    /// the work: Dr. GRPO with and without it ends with the same weights and metrics, over a
+    /// step where two groups got one reward for every sample and a step where every group did
+    /// (one micro-batch still runs, so AdamW moves the weights on its moments exactly as with
+    /// zero gradients).
+    #[test]
+    fn skipping_zero_advantage_rows_changes_only_the_work() -> R {
+        fn flat_for_q0_q1(s: &Sample) -> rl_core::Result<f32> {
+            if s.prompt == "q0" || s.prompt == "q1" { Ok(0.5) } else { contains_b(s) }
+        }
+        let run = |skip: bool| -> R<(Vec<f32>, Vec<Named>, Vec<f64>)> {
+            let mut r = small(Recipe::dr_grpo());
+            r.algorithm = AlgorithmConfig::dr_grpo(4);
+            r.trainer.skip_zero_advantage_rows = skip;
+            let mut t = r.grpo(mock(), flat_for_q0_q1)?;
+            let ps = prompts(5);
+            let (mut named, mut skipped) = (Vec::new(), Vec::new());
+            for batch in [&ps[..], &ps[..2], &ps[..]] {
+                let m = t.step(batch)?.metrics;
+                skipped.push(m.get("train/zero_adv_rows_skipped").expect("metric"));
+                let m = deterministic(&m);
+                named.push(
+                    m.into_iter().filter(|(k, _)| k != "train/zero_adv_rows_skipped").collect(),
+                );
+            }
+            Ok((logits(&t), named, skipped))
+        };
+        let (want_logits, want, none) = run(false)?;
+        let (got_logits, got, skipped) = run(true)?;
+        assert_eq!(none, [0.0; 3]);
+        // Step 1: at least the 16 responses of q0 and q1; step 2: all 16 but one micro-batch.
+        assert!(skipped[0] >= 16.0 && skipped[1] == 12.0, "{skipped:?}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_same_metrics(g, w, 1e-6, &format!("step {}", i + 1));
+        }
+        for (a, b) in got_logits.iter().zip(&want_logits) {
+            assert!((a - b).abs() < 1e-6, "{got_logits:?} vs {want_logits:?}");
+        }
+        assert!(want_logits.iter().any(|v| *v != 0.0), "the run must move the weights");
+        Ok(())
+    }
+
     #[test]
     fn dr_grpo_recipe_raises_the_reward() -> R {
         let mut r = small(Recipe::dr_grpo());

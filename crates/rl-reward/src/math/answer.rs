@@ -754,7 +754,42 @@ fn numbers_close(a: f64, b: f64, cfg: &VerifyConfig) -> bool {
         || cfg.float_rounding.is_some_and(|d| round_to(a, d) == round_to(b, d) && a.is_finite())
 }
 
+/// A number as written for an answer: a literal, a fraction of literals, a mixed number
+/// (`11 4/9`), scientific notation (`1.5E-3`), with an optional sign.
+fn number_form(n: &Node) -> bool {
+    let num = |n: &Node| matches!(n, Node::Num(..));
+    let fraction = |n: &Node| matches!(n, Node::Div(p, q) if num(p) && num(q));
+    let ten =
+        |n: &Node| matches!(n, Node::Num(r, _) if r.is_integer() && r.to_integer() == 10.into());
+    let exponent = |n: &Node| num(n) || matches!(n, Node::Neg(x) if num(x));
+    match n {
+        Node::Neg(x) => number_form(x),
+        Node::Add(parts) => matches!(parts.as_slice(), [i, f] if num(i) && fraction(f)),
+        Node::Mul(parts) => {
+            matches!(parts.as_slice(), [m, Node::Pow(b, e)] if num(m) && ten(b) && exponent(e))
+        }
+        n => num(n) || fraction(n),
+    }
+}
+
+/// Arithmetic of number literals only (`+ − × ÷` and powers): a calculation whose result is a
+/// number form.
+fn literal_arithmetic(n: &Node) -> bool {
+    match n {
+        Node::Num(..) => true,
+        Node::Neg(x) => literal_arithmetic(x),
+        Node::Add(v) | Node::Mul(v) => v.iter().all(literal_arithmetic),
+        Node::Div(p, q) | Node::Pow(p, q) => literal_arithmetic(p) && literal_arithmetic(q),
+        _ => false,
+    }
+}
+
 fn scalar_eq(a: &Node, pa: bool, b: &Node, pb: bool, cfg: &VerifyConfig) -> bool {
+    // An unevaluated calculation of numbers (`10 + 10`) is not an answer to a numeric question;
+    // exact forms with roots, π, functions (`\sqrt{17}`) still are.
+    if !cfg.accept_unevaluated && number_form(a) && !number_form(b) && literal_arithmetic(b) {
+        return false;
+    }
     if scalar_eq_plain(a, b, cfg) {
         return true;
     }

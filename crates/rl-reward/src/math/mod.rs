@@ -38,12 +38,21 @@ pub struct VerifyConfig {
     /// When set, two inexact numbers also match when they agree after rounding to this many
     /// decimal places (Math-Verify's `float_rounding`).
     pub float_rounding: Option<u32>,
+    /// Accept an unevaluated calculation of numbers (`10 + 10`, `2 \times 10`, `2^3`) for a
+    /// numeric gold answer, as Math-Verify does. Off by default: on a task that states the
+    /// calculation (*What is 10 + 10?*), echoing it is not solving it, and a policy finds that
+    /// (a SmolLM2 Dr. GRPO run learned to answer `10 + 10` for every held-out sum within 15
+    /// steps). Number forms still match: integers, decimals, fractions `a/b`, mixed numbers,
+    /// percentages, a sign; so do exact forms with roots, π or functions (`\sqrt{17}` for
+    /// `4.1231`) and answers with symbols. The Math-Verify agreement suite runs with it on.
+    pub accept_unevaluated: bool,
 }
 
 impl Default for VerifyConfig {
-    /// `rel_tol = 1e-4` (Qwen2.5-Math's `math_equal`), no rounding rule.
+    /// `rel_tol = 1e-4` (Qwen2.5-Math's `math_equal`), no rounding rule, unevaluated
+    /// calculations refused for a numeric gold answer.
     fn default() -> Self {
-        Self { rel_tol: 1e-4, float_rounding: None }
+        Self { rel_tol: 1e-4, float_rounding: None, accept_unevaluated: false }
     }
 }
 
@@ -303,7 +312,7 @@ mod tests {
         [
             VerifyConfig::default(),
             VerifyConfig { float_rounding: Some(2), ..VerifyConfig::default() },
-            VerifyConfig { rel_tol: 0.0, float_rounding: None },
+            VerifyConfig { rel_tol: 0.0, float_rounding: None, accept_unevaluated: false },
         ]
     }
 

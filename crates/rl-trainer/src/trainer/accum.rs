@@ -120,6 +120,8 @@ pub(super) struct UpdateStats {
     pub(super) actor: Vec<Update>,
     pub(super) critic: Vec<Update>,
     pub(super) train_tokens: usize,
+    /// Rows left out of the forward/backward passes (all-zero advantages), over the epochs.
+    pub(super) skipped_rows: usize,
     pub(super) train_s: f64,
     pub(super) optimizer_s: f64,
 }

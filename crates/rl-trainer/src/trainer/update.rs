@@ -72,6 +72,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         acc.write(metrics, actor_frozen, self.critic.is_some());
         metrics.insert("train/skipped_total", self.state.skipped_updates as f64);
+        metrics.insert("train/zero_adv_rows_skipped", acc.skipped_rows as f64);
         Ok(())
     }
 
@@ -103,10 +104,14 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let mut actor = Accum::new(!actor_frozen, disjoint.then_some(&actor_vars[..]))?;
         let mut critic = Accum::new(self.critic.is_some(), disjoint.then_some(&critic_vars[..]))?;
         let t = Instant::now();
-        let n = part.map_or(0, |(mini, _, _)| mini.len());
-        for start in (0..n).step_by(self.config.micro_batch_size) {
+        let rows = match part {
+            Some((mini, adv, _)) => self.rows_to_train(mini, adv)?,
+            None => Vec::new(),
+        };
+        acc.skipped_rows += part.map_or(0, |(mini, _, _)| mini.len()) - rows.len();
+        for idx in rows.chunks(self.config.micro_batch_size) {
             let Some((mini, adv, returns)) = part else { break };
-            let idx: Vec<usize> = (start..(start + self.config.micro_batch_size).min(n)).collect();
+            let idx = idx.to_vec();
             let micro = mini.select(&idx)?;
             let micro_adv = select_rows(adv, &idx)?;
             let tokens = micro.response_lengths()?.iter().sum::<usize>();
@@ -161,6 +166,28 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         acc.optimizer_s += t.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// The rows of `mini` (advantages `adv`, `(B, T)`) that the micro-batches run: all of them,
+    /// or, under [`crate::TrainerConfig::skip_zero_advantage_rows`] when nothing else reads
+    /// them, those whose advantages are not all exactly zero on their valid tokens (a NaN
+    /// counts as non-zero and fails the update as before). When none is left, the first
+    /// micro-batch's rows, so the optimizer steps on exact zero gradients.
+    fn rows_to_train(&self, mini: &RolloutBatch, adv: &Tensor) -> Result<Vec<usize>> {
+        let all: Vec<usize> = (0..mini.len()).collect();
+        let skip = self.config.skip_zero_advantage_rows
+            && self.critic.is_none()
+            && self.terms.is_empty()
+            && self.policy_loss.zero_advantage_rows_inert();
+        if !skip {
+            return Ok(all);
+        }
+        let mass = adv.abs()?.mul(&mini.response_mask)?.sum(1)?.to_vec1::<f32>()?;
+        let keep: Vec<usize> = all.iter().copied().filter(|&r| mass[r] != 0.0).collect();
+        if keep.is_empty() {
+            return Ok(all.into_iter().take(self.config.micro_batch_size).collect());
+        }
+        Ok(keep)
     }
 
     /// Policy loss + extra terms (KL, entropy bonus, ...) for one micro-batch.
