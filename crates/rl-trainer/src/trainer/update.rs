@@ -175,7 +175,11 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
     /// micro-batch's rows, so the optimizer steps on exact zero gradients.
     fn rows_to_train(&self, mini: &RolloutBatch, adv: &Tensor) -> Result<Vec<usize>> {
         let all: Vec<usize> = (0..mini.len()).collect();
+        // Not under data parallelism yet: a rank whose rows are all zero would run its own
+        // fallback micro-batch where one process runs none, so the per-row metrics would differ.
+        let data_parallel = self.dist.as_ref().is_some_and(|pg| pg.world_size() > 1);
         let skip = self.config.skip_zero_advantage_rows
+            && !data_parallel
             && self.critic.is_none()
             && self.terms.is_empty()
             && self.policy_loss.zero_advantage_rows_inert();

@@ -65,6 +65,10 @@ fn config() -> TrainerConfig {
         mini_batch_groups: Some(4),
         actor: opt.clone(),
         critic: opt,
+        // The trainer does not skip zero-advantage rows under data parallelism; the one-process
+        // baseline must run the same rows for its per-row metrics (approx KL, clip fractions)
+        // to be comparable.
+        skip_zero_advantage_rows: false,
         ..TrainerConfig::default()
     }
 }
