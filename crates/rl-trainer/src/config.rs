@@ -176,8 +176,9 @@ pub struct TrainerConfig {
     /// backward passes when that cannot change the update: the policy loss says such rows are
     /// inert ([`rl_core::PolicyLoss::zero_advantage_rows_inert`]: every built-in loss but
     /// Clip-Cov and KL-Cov), there is no critic, no extra loss term (KL, entropy bonus) reads
-    /// them, and the trainer is not data-parallel (not implemented there yet). The mini-batch counts that normalise the loss still include them, so the
-    /// gradient is the one of the full mini-batch (up to float summation order); when every row
+    /// them, and the trainer is not data-parallel (not implemented there yet). The mini-batch
+    /// counts that normalise the loss still include them, so the gradient is the one of the
+    /// full mini-batch (up to float summation order); when every row
     /// of a mini-batch is zero, one micro-batch still runs so the optimizer steps on exact zero
     /// gradients as PyTorch would. With group-relative advantages (GRPO, Dr. GRPO) these are the
     /// groups whose samples all got the same reward: most groups early in a run (nothing

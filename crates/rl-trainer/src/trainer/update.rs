@@ -177,7 +177,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let all: Vec<usize> = (0..mini.len()).collect();
         // Not under data parallelism yet: a rank whose rows are all zero would run its own
         // fallback micro-batch where one process runs none, so the per-row metrics would differ.
-        let data_parallel = self.dist.as_ref().is_some_and(|pg| pg.world_size() > 1);
+        let data_parallel = self.dist.as_deref().is_some_and(super::dist::is_dp);
         let skip = self.config.skip_zero_advantage_rows
             && !data_parallel
             && self.critic.is_none()
