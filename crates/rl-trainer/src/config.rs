@@ -175,12 +175,14 @@ pub struct TrainerConfig {
     /// Leave the responses whose advantages are all exactly zero out of the actor's forward and
     /// backward passes when that cannot change the update: the policy loss says such rows are
     /// inert ([`rl_core::PolicyLoss::zero_advantage_rows_inert`]: every built-in loss but
-    /// Clip-Cov and KL-Cov), there is no critic, no extra loss term (KL, entropy bonus) reads
-    /// them, and the trainer is not data-parallel (not implemented there yet). The mini-batch
-    /// counts that normalise the loss still include them, so the gradient is the one of the
-    /// full mini-batch (up to float summation order); when every row
-    /// of a mini-batch is zero, one micro-batch still runs so the optimizer steps on exact zero
-    /// gradients as PyTorch would. With group-relative advantages (GRPO, Dr. GRPO) these are the
+    /// Clip-Cov and KL-Cov), there is no critic and no extra loss term (KL, entropy bonus) reads
+    /// them. The mini-batch counts that normalise the loss still include them, so the gradient
+    /// is the one of the full mini-batch (up to float summation order); when every row of a
+    /// mini-batch is zero, its first micro-batch still runs so the optimizer steps on exact zero
+    /// gradients as PyTorch would. Under data parallelism each rank leaves out its own zero
+    /// rows; whether a whole mini-batch is zero is decided over every rank (one all-reduce), and
+    /// then each rank runs its share of that first micro-batch, so the rows that run, and the
+    /// per-row metrics, are those of one process. With group-relative advantages (GRPO, Dr. GRPO) these are the
     /// groups whose samples all got the same reward: most groups early in a run (nothing
     /// solved) and late (everything solved). Default on; `train/zero_adv_rows_skipped` counts
     /// them, and the `actor/*` ratio and clip metrics then cover the rows that ran. verl and TRL

@@ -40,6 +40,19 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             None => (groups.len(), (0..groups.len()).map(|g| (g, g)).collect()),
         };
         let per_mini = self.config.mini_batch_groups.unwrap_or(total).min(total).max(1);
+        // The rows of every group (global order), for the skip's all-zero fallback.
+        let sizes = if self.skips_zero_rows() {
+            let mut sizes = vec![0u64; total];
+            for (&k, &g) in &local {
+                sizes[k] = groups.rows(g).len() as u64;
+            }
+            if let Some(pg) = self.dp() {
+                pg.all_reduce_u64(&mut sizes, rl_core::dist::ReduceOp::Sum)?;
+            }
+            sizes
+        } else {
+            Vec::new()
+        };
         let actor_frozen =
             self.critic.is_some() && self.state.step < self.config.critic_warmup_steps as u64;
         let mut acc = UpdateStats::default();
@@ -67,7 +80,8 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
                         select_rows(returns, &rows)?,
                     ))
                 };
-                self.update_mini_batch(part.as_ref(), actor_frozen, &mut acc)?;
+                let head = self.first_micro_batch(chunk, &local, &sizes);
+                self.update_mini_batch(part.as_ref(), &head, actor_frozen, &mut acc)?;
             }
         }
         acc.write(metrics, actor_frozen, self.critic.is_some());
@@ -77,10 +91,12 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
     }
 
     /// One optimizer step per model over the micro-batches of one mini-batch (this rank's part
-    /// of it: `(rows, advantages, returns)`, `None` when it has none).
+    /// of it: `(rows, advantages, returns)`, `None` when it has none; `head`: the rows of the
+    /// part that are in the mini-batch's first micro-batch, see [`Self::rows_to_train`]).
     fn update_mini_batch(
         &mut self,
         part: Option<&(RolloutBatch, Tensor, Tensor)>,
+        head: &[usize],
         actor_frozen: bool,
         acc: &mut UpdateStats,
     ) -> Result<()> {
@@ -104,11 +120,8 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let mut actor = Accum::new(!actor_frozen, disjoint.then_some(&actor_vars[..]))?;
         let mut critic = Accum::new(self.critic.is_some(), disjoint.then_some(&critic_vars[..]))?;
         let t = Instant::now();
-        let rows = match part {
-            Some((mini, adv, _)) => self.rows_to_train(mini, adv)?,
-            None => Vec::new(),
-        };
-        acc.skipped_rows += part.map_or(0, |(mini, _, _)| mini.len()) - rows.len();
+        let (rows, skipped) = self.rows_to_train(part.map(|(mini, adv, _)| (mini, adv)), head)?;
+        acc.skipped_rows += skipped;
         for idx in rows.chunks(self.config.micro_batch_size) {
             let Some((mini, adv, returns)) = part else { break };
             let idx = idx.to_vec();
@@ -168,30 +181,76 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         Ok(())
     }
 
-    /// The rows of `mini` (advantages `adv`, `(B, T)`) that the micro-batches run: all of them,
-    /// or, under [`crate::TrainerConfig::skip_zero_advantage_rows`] when nothing else reads
-    /// them, those whose advantages are not all exactly zero on their valid tokens (a NaN
-    /// counts as non-zero and fails the update as before). When none is left, the first
-    /// micro-batch's rows, so the optimizer steps on exact zero gradients.
-    fn rows_to_train(&self, mini: &RolloutBatch, adv: &Tensor) -> Result<Vec<usize>> {
-        let all: Vec<usize> = (0..mini.len()).collect();
-        // Not under data parallelism yet: a rank whose rows are all zero would run its own
-        // fallback micro-batch where one process runs none, so the per-row metrics would differ.
-        let data_parallel = self.dist.as_deref().is_some_and(super::dist::is_dp);
-        let skip = self.config.skip_zero_advantage_rows
-            && !data_parallel
+    /// `true` when the update leaves out rows whose advantages are all zero
+    /// ([`crate::TrainerConfig::skip_zero_advantage_rows`]): nothing but the policy loss reads
+    /// them (no critic, no extra term) and the loss declares them inert. The same on every rank.
+    fn skips_zero_rows(&self) -> bool {
+        self.config.skip_zero_advantage_rows
             && self.critic.is_none()
             && self.terms.is_empty()
-            && self.policy_loss.zero_advantage_rows_inert();
-        if !skip {
-            return Ok(all);
+            && self.policy_loss.zero_advantage_rows_inert()
+    }
+
+    /// The rows of this rank's part of a mini-batch (the groups `chunk`, global ids, in order;
+    /// `local`: global id -> this rank's group index) that are among the mini-batch's first
+    /// `micro_batch_size` rows: the part's row indices, given every group's row count `sizes`
+    /// (by global id; empty when no rows are skipped).
+    fn first_micro_batch(
+        &self,
+        chunk: &[usize],
+        local: &std::collections::HashMap<usize, usize>,
+        sizes: &[u64],
+    ) -> Vec<usize> {
+        let (mut head, mut at, mut mine) = (Vec::new(), 0usize, 0usize);
+        if sizes.is_empty() {
+            return head;
         }
-        let mass = adv.abs()?.mul(&mini.response_mask)?.sum(1)?.to_vec1::<f32>()?;
-        let keep: Vec<usize> = all.iter().copied().filter(|&r| mass[r] != 0.0).collect();
-        if keep.is_empty() {
-            return Ok(all.into_iter().take(self.config.micro_batch_size).collect());
+        for &k in chunk {
+            let n = sizes[k] as usize;
+            if local.contains_key(&k) {
+                let lead = self.config.micro_batch_size.saturating_sub(at).min(n);
+                head.extend(mine..mine + lead);
+                mine += n;
+            }
+            at += n;
         }
-        Ok(keep)
+        head
+    }
+
+    /// The rows of this rank's part `(mini, adv)` of a mini-batch (advantages `(B, T)`; `None`:
+    /// no rows) that the micro-batches run, and how many rows of the whole mini-batch (every
+    /// rank's) are left out. All of them run unless [`Self::skips_zero_rows`]; then the rows
+    /// whose advantages are not all exactly zero on their valid tokens (a NaN counts as non-zero
+    /// and fails the update as before), and when no rank has such a row, the rows of the
+    /// mini-batch's first micro-batch (`head`, this rank's share of them), so the optimizer steps
+    /// on exact zero gradients. Every rank calls it (one collective under data parallelism).
+    fn rows_to_train(
+        &mut self,
+        part: Option<(&RolloutBatch, &Tensor)>,
+        head: &[usize],
+    ) -> Result<(Vec<usize>, usize)> {
+        let len = part.map_or(0, |(mini, _)| mini.len());
+        let all: Vec<usize> = (0..len).collect();
+        if !self.skips_zero_rows() {
+            return Ok((all, 0));
+        }
+        let keep: Vec<usize> = match part {
+            Some((mini, adv)) => {
+                let mass = adv.abs()?.mul(&mini.response_mask)?.sum(1)?.to_vec1::<f32>()?;
+                all.iter().copied().filter(|&r| mass[r] != 0.0).collect()
+            }
+            None => Vec::new(),
+        };
+        // [rows kept, rows, rows of the first micro-batch] over the ranks.
+        let mut n = [keep.len() as u64, len as u64, head.len() as u64];
+        if let Some(pg) = self.dp() {
+            pg.all_reduce_u64(&mut n, rl_core::dist::ReduceOp::Sum)?;
+        }
+        let [kept, rows, lead] = n.map(|v| v as usize);
+        if kept == 0 {
+            return Ok((head.to_vec(), rows - lead));
+        }
+        Ok((keep, rows - kept))
     }
 
     /// Policy loss + extra terms (KL, entropy bonus, ...) for one micro-batch.

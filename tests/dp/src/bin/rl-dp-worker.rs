@@ -19,6 +19,11 @@ use rl_trainer::{AdamWConfig, OptimizerConfig, TrainStep, Trainer, TrainerConfig
 use rl_zero_dp_check::{Letters, model};
 use serde_json::json;
 
+/// The rollout call whose responses all read "zz" (no vowel, reward 0): a step where every
+/// advantage is zero, so the trainer's skip of zero-advantage rows falls back to running the
+/// mini-batch's first micro-batch, whose rows span ranks.
+const FLAT_CALL: u64 = 2;
+
 /// Samples each prompt on its own with seed `(prompt text, call)`; a handle on the trained
 /// weights (an `LmPolicy` clone shares them).
 struct PerPrompt {
@@ -39,7 +44,12 @@ impl Sampler for PerPrompt {
             b.samples.iter_mut().for_each(|s| s.group_id = i);
             parts.push(b);
         }
-        RolloutBatch::concat(&parts)
+        let mut batch = RolloutBatch::concat(&parts)?;
+        if self.calls.get() == FLAT_CALL {
+            // No response earns a reward: every advantage of the step is zero.
+            batch.samples.iter_mut().for_each(|s| s.response = "zz".into());
+        }
+        Ok(batch)
     }
 }
 
@@ -65,10 +75,6 @@ fn config() -> TrainerConfig {
         mini_batch_groups: Some(4),
         actor: opt.clone(),
         critic: opt,
-        // The trainer does not skip zero-advantage rows under data parallelism; the one-process
-        // baseline must run the same rows for its per-row metrics (approx KL, clip fractions)
-        // to be comparable.
-        skip_zero_advantage_rows: false,
         ..TrainerConfig::default()
     }
 }
@@ -116,6 +122,7 @@ fn report(
                 ["actor/", "critic/", "reward/", "response/", "rollout/", "sync/"]
                     .iter()
                     .any(|p| k.starts_with(p))
+                    || *k == "train/zero_adv_rows_skipped"
             })
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect()
