@@ -20,9 +20,11 @@ The recipe, mirrored field by field (rl-zero name -> GRPOConfig):
   Reward: rl-zero's own `{ type = "orz" }` through `rl-zero score` (the same answer extraction and
   math verifier, 1 only when correct AND the completion stopped by itself, i.e. its ids end in an
   EOS token), so both sides train on identical rewards.
-  Prompts: the same chat-templated question "What is A + B? Put the final answer in \\boxed{}." over
-  the same training pool (every pair 10..99 x 10..99 that is not held out, `held_out` below = rl-zero's
-  split); the order is a seeded shuffle of Python's, not rl-zero's.
+  Prompts: the same chat-templated questions over the same training pool: for `run.dataset =
+  "addition"` the question "What is A + B? Put the final answer in \\boxed{}." on every pair
+  10..99 x 10..99 that is not held out (`held_out` below = rl-zero's split); for a JSONL file its
+  rows but the last `run.eval_prompts` (rl-zero's split). The order is a seeded shuffle of
+  Python's, not rl-zero's.
 
 Time: `train_secs` accumulates on_step_begin -> on_step_end (generation, reward, forward/backward,
 optimizer step); saving a checkpoint happens after on_step_end and is not counted, as rl-zero's
@@ -74,13 +76,12 @@ def train(a):
     eos_ids = {tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
 
     rng = random.Random(a.seed)
-    pairs = [(x, y) for x in range(10, 100) for y in range(10, 100) if not held_out(x, y)]
-    rng.shuffle(pairs)
+    rows = training_rows(a.dataset, a.eval_prompts)
+    rng.shuffle(rows)
     need = a.steps * a.prompts
     data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": f"What is {x} + {y}? Put the final answer in \\boxed{{}}."}],
-         "answer": str(x + y)}
-        for x, y in (pairs * (need // len(pairs) + 1))[:need]
+        {"prompt": [{"role": "user", "content": q}], "answer": ans}
+        for q, ans in (rows * (need // len(rows) + 1))[:need]
     ])
 
     rlz = os.environ.get("RLZ_BIN", str(ROOT / "target/release/rl-zero"))
@@ -159,6 +160,20 @@ def train(a):
     print(json.dumps(summary))
 
 
+def training_rows(dataset, eval_prompts):
+    """(question, answer) training rows of `run.dataset`: the built-in "addition" (every pair of
+    10..99 that `held_out` does not keep back, with the built-in question) or a JSONL file of
+    `prompt`/`answer` rows whose last `eval_prompts` lines are the held-out ones, as rl-zero reads it
+    (src/run/data.rs; e.g. written by scripts/data/addition_jsonl.py with another question)."""
+    if dataset == "addition":
+        return [(f"What is {x} + {y}? Put the final answer in \\boxed{{}}.", str(x + y))
+                for x in range(10, 100) for y in range(10, 100) if not held_out(x, y)]
+    lines = [json.loads(l) for l in pathlib.Path(dataset).read_text().splitlines() if l.strip()]
+    if len(lines) <= eval_prompts:
+        sys.exit(f"{dataset}: {len(lines)} rows, need more than run.eval_prompts = {eval_prompts}")
+    return [(r["prompt"], str(r["answer"])) for r in lines[: len(lines) - eval_prompts]]
+
+
 def recipe_args(path):
     """The GRPOConfig-relevant fields of an rl-zero run file; refuses what this script does not mirror."""
     import tomllib
@@ -168,7 +183,6 @@ def recipe_args(path):
     samp, actor = tr.get("sampling", {}), tr.get("actor", {})
     adam, sched = actor.get("adam", {}), actor.get("schedule", {"type": "constant"})
     checks = {
-        "run.dataset": (run.get("dataset", "addition"), "addition"),
         "run.reward": (run.get("reward", {}).get("type"), "orz"),
         "algorithm.advantage.type": (alg.get("advantage", {}).get("type"), "dr_grpo"),
         "algorithm.policy_loss.type": (alg.get("policy_loss", {}).get("type"), "ppo"),
@@ -182,7 +196,16 @@ def recipe_args(path):
     for field, (got, want) in checks.items():
         if got != want:
             sys.exit(f"{path}: {field} = {got!r}; this script mirrors only {want!r}")
+    dataset = run.get("dataset", "addition")
+    if dataset != "addition" and not dataset.endswith(".jsonl"):
+        sys.exit(f"{path}: run.dataset = {dataset!r}; this script mirrors \"addition\" or a JSONL file")
+    if dataset != "addition" and not pathlib.Path(dataset).is_absolute():
+        dataset = str(ROOT / dataset)
+    if run.get("eval_split", "test") != "test":
+        sys.exit(f"{path}: run.eval_split = {run['eval_split']!r}; this script mirrors only \"test\"")
     return {
+        "dataset": dataset,
+        "eval_prompts": run.get("eval_prompts", 200),
         "prompts": run.get("prompts_per_step", 8),
         "samples": samp.get("n", 8),
         "micro_batch": tr.get("micro_batch_size", 8),
