@@ -44,7 +44,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         let sizes = if self.skips_zero_rows() {
             let mut sizes = vec![0u64; total];
             for (&k, &g) in &local {
-                sizes[k] = groups.rows(g).len() as u64;
+                if let Some(n) = sizes.get_mut(k) {
+                    *n = groups.rows(g).len() as u64;
+                }
             }
             if let Some(pg) = self.dp() {
                 pg.all_reduce_u64(&mut sizes, rl_core::dist::ReduceOp::Sum)?;
@@ -206,7 +208,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             return head;
         }
         for &k in chunk {
-            let n = sizes[k] as usize;
+            let n = sizes.get(k).map_or(0, |&n| n as usize);
             if local.contains_key(&k) {
                 let lead = self.config.micro_batch_size.saturating_sub(at).min(n);
                 head.extend(mine..mine + lead);
