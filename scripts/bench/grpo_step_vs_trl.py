@@ -47,6 +47,11 @@ def held_out(a, b):
     return (a * 31 + b * 17) % 97 < 10
 
 
+def question(a, b):
+    """rl-zero's built-in addition question (src/run/data.rs `addition_prompts`)."""
+    return f"What is {a} + {b}? Put the final answer in \\boxed{{}}."
+
+
 def last_boxed(text):
     """Content of the last \\boxed{...} (balanced braces), or None."""
     start = text.rfind("\\boxed{")
@@ -147,7 +152,7 @@ def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new):
     rng.shuffle(pairs)
     pairs = pairs[: 8 * prompts_per_step]
     data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": f"What is {a} + {b}? Put the final answer in \\boxed{{}}."}],
+        {"prompt": [{"role": "user", "content": question(a, b)}],
          "answer": str(a + b)}
         for a, b in pairs
     ])

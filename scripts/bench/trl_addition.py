@@ -48,7 +48,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from grpo_step_vs_trl import dr_grpo_config, held_out  # noqa: E402
+from grpo_step_vs_trl import dr_grpo_config, held_out, question  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -166,7 +166,7 @@ def training_rows(dataset, eval_prompts):
     `prompt`/`answer` rows whose last `eval_prompts` lines are the held-out ones, as rl-zero reads it
     (src/run/data.rs; e.g. written by scripts/data/addition_jsonl.py with another question)."""
     if dataset == "addition":
-        return [(f"What is {x} + {y}? Put the final answer in \\boxed{{}}.", str(x + y))
+        return [(question(x, y), str(x + y))
                 for x in range(10, 100) for y in range(10, 100) if not held_out(x, y)]
     lines = [json.loads(l) for l in pathlib.Path(dataset).read_text().splitlines() if l.strip()]
     if len(lines) <= eval_prompts:

@@ -182,9 +182,9 @@ pub struct TrainerConfig {
     /// gradients as PyTorch would. Under data parallelism each rank leaves out its own zero
     /// rows; whether a whole mini-batch is zero is decided over every rank (one all-reduce), and
     /// then each rank runs its share of that first micro-batch, so the rows that run, and the
-    /// per-row metrics, are those of one process. With group-relative advantages (GRPO, Dr. GRPO) these are the
-    /// groups whose samples all got the same reward: most groups early in a run (nothing
-    /// solved) and late (everything solved). Default on; `train/zero_adv_rows_skipped` counts
+    /// per-row metrics, are those of one process. With group-relative advantages (GRPO,
+    /// Dr. GRPO) these are the groups whose samples all got the same reward: most groups early
+    /// in a run (nothing solved) and late (everything solved). Default on; `train/zero_adv_rows_skipped` counts
     /// them, and the `actor/*` ratio and clip metrics then cover the rows that ran. verl and TRL
     /// run these rows (their gradient is zero).
     pub skip_zero_advantage_rows: bool,

@@ -98,14 +98,9 @@ pub(super) fn gather_rollout(
 /// The group of a trainer that trains data-parallel over more than one rank.
 pub(super) fn dp_of(dist: &mut Option<Box<dyn ProcessGroup>>) -> Option<&mut dyn ProcessGroup> {
     match dist {
-        Some(pg) if is_dp(pg.as_ref()) => Some(pg.as_mut()),
+        Some(pg) if pg.world_size() > 1 => Some(pg.as_mut()),
         _ => None,
     }
-}
-
-/// `true` for a process group of more than one rank: the trainer is data-parallel.
-pub(super) fn is_dp(pg: &dyn ProcessGroup) -> bool {
-    pg.world_size() > 1
 }
 
 /// The sum of `local` over the ranks.
