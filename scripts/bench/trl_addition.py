@@ -168,10 +168,21 @@ def training_rows(dataset, eval_prompts):
     if dataset == "addition":
         return [(question(x, y), str(x + y))
                 for x in range(10, 100) for y in range(10, 100) if not held_out(x, y)]
-    lines = [json.loads(l) for l in pathlib.Path(dataset).read_text().splitlines() if l.strip()]
-    if len(lines) <= eval_prompts:
-        sys.exit(f"{dataset}: {len(lines)} rows, need more than run.eval_prompts = {eval_prompts}")
-    return [(r["prompt"], str(r["answer"])) for r in lines[: len(lines) - eval_prompts]]
+    rows = []
+    for n, line in enumerate(pathlib.Path(dataset).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            q, ans = r["prompt"], r["answer"]
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(f"{dataset}:{n}: not a JSON object with `prompt` and `answer` ({e!r})")
+        if not isinstance(q, str) or not isinstance(ans, (str, int, float)):
+            sys.exit(f"{dataset}:{n}: `prompt` must be a string and `answer` a string or number")
+        rows.append((q, str(ans)))
+    if len(rows) <= eval_prompts:
+        sys.exit(f"{dataset}: {len(rows)} rows, need more than run.eval_prompts = {eval_prompts}")
+    return rows[: len(rows) - eval_prompts]
 
 
 def recipe_args(path):
