@@ -15,6 +15,10 @@
 //! needs it; it runs in MKL's sequential threading layer and rl-zero splits each product over its
 //! own rayon threads (why: `docs/benchmarks.md`). `scripts/setup_mkl.sh` installs MKL from its
 //! PyPI wheel. Results differ from the `gemm` crate's by float rounding only.
+//!
+//! Products with bf16 operands (mixed precision, [`super::precision`]) take the path
+//! [`bf16_path`] names: MKL's bf16 GEMM on AMX, rl-zero's AVX-512 BF16 kernels, MKL without AMX,
+//! or the operands widened to f32.
 
 #![allow(unsafe_code)]
 
@@ -26,6 +30,9 @@ use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::{PolicyError, Result};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
 
 /// `cblas_?gemm(layout, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`, LP64.
 type Cblas<T> = unsafe extern "C" fn(
@@ -583,6 +590,13 @@ struct Mat<T> {
 /// A raw pointer that may cross threads: each task writes a disjoint block of the output.
 #[derive(Clone, Copy)]
 struct Out<T>(*mut T);
+
+impl<T> Out<T> {
+    /// The pointer (a method, so that a closure captures the whole `Out`, which is `Sync`).
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
 // SAFETY: the tasks given an `Out` write disjoint elements and the caller waits for all of them.
 unsafe impl<T> Send for Out<T> {}
 unsafe impl<T> Sync for Out<T> {}
@@ -945,7 +959,11 @@ pub(crate) fn mm(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 pub enum Bf16Path {
     /// MKL's `cblas_gemm_bf16bf16f32` on a CPU with AMX-BF16 tiles.
     MklAmx,
-    /// MKL's `cblas_gemm_bf16bf16f32` on a CPU without AMX (AVX-512 BF16 or MKL's emulation).
+    /// rl-zero's own kernels on the AVX-512 BF16 dot-product instruction (`vdpbf16ps`; AMD Zen 4
+    /// and later, Intel Cooper Lake / Sapphire Rapids and later), chosen over MKL unless the CPU
+    /// has AMX.
+    Avx512Bf16,
+    /// MKL's `cblas_gemm_bf16bf16f32` on a CPU without AMX or AVX-512 BF16 (MKL's emulation).
     Mkl,
     /// No bf16 GEMM (MKL not loaded, or too old): the bf16 operands are widened to f32 and
     /// multiplied by the f32 backend. Same rounding of the inputs, f32 accumulation, no speed-up.
@@ -956,6 +974,7 @@ impl std::fmt::Display for Bf16Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::MklAmx => "mkl-bf16 (AMX)",
+            Self::Avx512Bf16 => "avx512-bf16 (vdpbf16ps)",
             Self::Mkl => "mkl-bf16 (no AMX)",
             Self::F32Fallback => "f32 fallback (bf16-rounded operands, f32 products)",
         })
@@ -980,18 +999,35 @@ pub fn cpu_has_amx_bf16() -> bool {
 /// Which path the CPU's bf16 products take now (it changes when [`use_mkl`] succeeds).
 ///
 /// ```
-/// use rl_policy::ops::blas::{Bf16Path, bf16_path, cpu_backend};
+/// use rl_policy::ops::blas::{Bf16Path, bf16_path, cpu_backend, cpu_has_avx512_bf16};
 ///
 /// if cpu_backend() == "gemm" {
-///     assert_eq!(bf16_path(), Bf16Path::F32Fallback);
+///     let expected =
+///         if cpu_has_avx512_bf16() { Bf16Path::Avx512Bf16 } else { Bf16Path::F32Fallback };
+///     assert_eq!(bf16_path(), expected);
 /// }
 /// ```
 pub fn bf16_path() -> Bf16Path {
     match MKL.get().and_then(|m| m.gemm_bf16) {
         Some(_) if cpu_has_amx_bf16() => Bf16Path::MklAmx,
+        _ if cpu_has_avx512_bf16() => Bf16Path::Avx512Bf16,
         Some(_) => Bf16Path::Mkl,
         None => Bf16Path::F32Fallback,
     }
+}
+
+/// `true` when the CPU runs AVX-512 F and AVX-512 BF16 (`vdpbf16ps`), detected at run time;
+/// `false` on other CPUs and architectures. Set `RLZ_NO_AVX512_BF16=1` to report `false` (and so
+/// take another [`Bf16Path`]), e.g. to compare the paths.
+pub fn cpu_has_avx512_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let has = avx512_bf16::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        has && std::env::var_os("RLZ_NO_AVX512_BF16").is_none_or(|v| v.is_empty() || v == "0")
+    })
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), NaN kept NaN (quiet).
@@ -1103,6 +1139,10 @@ fn batched_bf16(
     if k == 0 || len == 0 {
         return vec![0.0; len];
     }
+    #[cfg(target_arch = "x86_64")]
+    if bf16_path() == Bf16Path::Avx512Bf16 {
+        return batched_avx512_bf16((batch, m, n, k), a, sa, b, sb);
+    }
     let fits = |v: usize| c_int::try_from(v).is_ok();
     let f = MKL.get().and_then(|mkl| mkl.gemm_bf16);
     let (Some(f), Some((ta, lda)), Some((tb, ldb))) = (f, blas_ld(sa, m, k), blas_ld(sb, k, n))
@@ -1167,6 +1207,49 @@ fn batched_bf16(
         });
     }
     // SAFETY: the calls above wrote all `len` elements (`m, n, k > 0`).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`batched_bf16`] on the AVX-512 BF16 kernels: few rows against a transposed weight stream it
+/// ([`avx512_bf16::dots`]), everything else is packed ([`avx512_bf16::gemm`]); batch items one
+/// per thread, a single product split over the threads when it is large.
+#[cfg(target_arch = "x86_64")]
+fn batched_avx512_bf16(
+    (batch, m, n, k): (usize, usize, usize, usize),
+    a: &[half::bf16],
+    sa: Strides,
+    b: &[half::bf16],
+    sb: Strides,
+) -> Vec<f32> {
+    let len = batch * m * n;
+    let mut out = Vec::<f32>::with_capacity(len);
+    let c = Out(out.as_mut_ptr());
+    let ma = Mat { ptr: a.as_ptr().cast::<u16>(), rs: sa.rs, cs: sa.cs };
+    let mb = Mat { ptr: b.as_ptr().cast::<u16>(), rs: sb.rs, cs: sb.cs };
+    let one = move |i: usize, parallel: bool| {
+        let (c, ma, mb) = (c, ma, mb);
+        // SAFETY: item `i`'s operands lie inside `a` and `b` (the caller checked their extents);
+        // its output block `i·m·n..(i+1)·m·n` of `out` is written by this call only; the CPU runs
+        // AVX-512 BF16 (`bf16_path`).
+        unsafe {
+            let ai = Mat { ptr: ma.ptr.add(i * sa.batch), ..ma };
+            let bi = Mat { ptr: mb.ptr.add(i * sb.batch), ..mb };
+            let ci = c.0.add(i * m * n);
+            if !avx512_bf16::dots((m, n, k), ai, bi, ci, n, parallel) {
+                avx512_bf16::gemm((m, n, k), ai, bi, ci, n, parallel);
+            }
+        }
+    };
+    if batch > 1 {
+        (0..batch).into_par_iter().for_each(|i| one(i, false));
+    } else {
+        one(
+            0,
+            rayon::current_num_threads() > 1 && m.saturating_mul(n).saturating_mul(k) >= 1 << 18,
+        );
+    }
+    // SAFETY: every item's `m × n` outputs were written above (`m, n, k > 0`).
     unsafe { out.set_len(len) };
     out
 }
@@ -1241,6 +1324,76 @@ mod tests {
                 );
                 assert!(ours.is_contiguous());
             }
+        }
+    }
+
+    /// bf16 products on the active [`Bf16Path`] (on a CPU with AVX-512 BF16: rl-zero's kernels,
+    /// both the packed and the streaming one) against the f64 product of the same bf16-rounded
+    /// operands, for every layout the decoder produces, tile remainders (rows, columns and `k`
+    /// not multiples of the tiles, odd `k`), multi-threaded sizes and batches.
+    #[test]
+    fn bf16_products_match_the_product_of_rounded_operands() {
+        let mut cases: Vec<(Tensor, Tensor)> = Vec::new();
+        for (m, k, n) in [
+            (3, 5, 4),
+            (1, 7, 9),
+            (9, 7, 1),
+            (1, 64, 5),
+            (5, 96, 67),
+            (16, 576, 300),
+            (32, 64, 130),
+            (33, 64, 130),
+            (13, 37, 70),
+            (300, 96, 200),
+            (130, 700, 64),
+            (70, 513, 290),
+        ] {
+            let a = values(&[m, k], 1, DType::F32);
+            let b = values(&[k, n], 2, DType::F32);
+            let at = values(&[k, m], 3, DType::F32).t().unwrap();
+            let bt = values(&[n, k], 4, DType::F32).t().unwrap();
+            cases.extend([(a.clone(), b.clone()), (at.clone(), b), (a, bt.clone()), (at, bt)]);
+        }
+        let p = values(&[2, 3, 6, 64], 5, DType::F32);
+        let v = values(&[2, 3, 64, 4], 6, DType::F32);
+        let q = values(&[2, 3, 6, 4], 7, DType::F32);
+        cases.push((p.clone(), v.clone()));
+        cases.push((p.transpose(2, 3).unwrap(), q));
+        let big = values(&[40, 70], 9, DType::F32);
+        cases.push((
+            big.narrow(0, 3, 20).unwrap().narrow(1, 0, 35).unwrap(),
+            big.narrow(0, 1, 33).unwrap().narrow(1, 2, 35).unwrap().t().unwrap(),
+        ));
+        let kt = values(&[2, 3, 5, 64], 8, DType::F32).transpose(2, 3).unwrap();
+        cases.push((p.clone(), kt));
+        for (i, (a, b)) in cases.iter().enumerate() {
+            let rank = a.rank();
+            let (m, k, n) = (a.dims()[rank - 2], a.dims()[rank - 1], b.dims()[rank - 1]);
+            let batch = a.elem_count() / (m * k);
+            let (sa, la) = a.storage_and_layout();
+            let (sb, lb) = b.storage_and_layout();
+            let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb)
+            else {
+                unreachable!()
+            };
+            let CpuStorage::F32(ours) =
+                matmul_bf16_storage(sa, la, sb, lb, (batch, m, n, k)).unwrap()
+            else {
+                unreachable!()
+            };
+            let mut dims = a.dims().to_vec();
+            dims[rank - 1] = n;
+            let ours = Tensor::from_vec(ours, dims, &Device::Cpu).unwrap();
+            let round = |t: &Tensor| to_bf16(t).unwrap().to_dtype(DType::F64).unwrap();
+            let reference = round(a).matmul(&round(b)).unwrap();
+            let d = max_diff(&ours, &reference);
+            assert!(
+                d <= 1e-4,
+                "case {i} ({}): {:?}·{:?} differs by {d}",
+                bf16_path(),
+                a.dims(),
+                b.dims()
+            );
         }
     }
 

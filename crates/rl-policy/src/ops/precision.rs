@@ -16,8 +16,9 @@
 //! and the products of one forward + backward pass convert each weight once), and never
 //! refreshed: a cache must not outlive an optimizer step (a new `Transformer` per step does it).
 //!
-//! On the CPU the products run in MKL's `cblas_gemm_bf16bf16f32` when MKL is loaded (AMX tiles on
-//! CPUs that have them), else the bf16-rounded operands are multiplied in f32
+//! On the CPU the products run in MKL's `cblas_gemm_bf16bf16f32` on CPUs with AMX tiles when MKL
+//! is loaded, else in rl-zero's AVX-512 BF16 kernels on CPUs with that instruction, else in MKL
+//! without AMX, else the bf16-rounded operands are multiplied in f32
 //! ([`super::blas::bf16_path`]). Elsewhere (CUDA) the operands are cast to bf16 per product and
 //! multiplied by candle (cuBLAS with f32 accumulation), the result cast back to f32.
 
