@@ -2,8 +2,9 @@
 //! bf16-rounded operands (values and gradients, tight), and SmolLM2-135M in bf16 against f32
 //! (per-token log-prob deltas and per-tensor gradient cosine similarity, bounds stated below).
 //!
-//! With `RLZ_BLAS=<libmkl_rt.so>` the products run in MKL's `cblas_gemm_bf16bf16f32` (AMX where
-//! the CPU has it), without it in the f32 fallback: run both (`.ci/run` phase `mkl`).
+//! The products take the path `ops::blas::bf16_path` names: MKL's `cblas_gemm_bf16bf16f32` on AMX
+//! (with `RLZ_BLAS=<libmkl_rt.so>`), rl-zero's AVX-512 BF16 kernels where the CPU has them, else
+//! the f32 fallback (`RLZ_NO_AVX512_BF16=1` forces it there; `.ci/run` phase `bf16-fallback`).
 
 use std::sync::Arc;
 

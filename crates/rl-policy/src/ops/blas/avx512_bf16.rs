@@ -57,58 +57,31 @@ unsafe fn at(x: Mat<u16>, i: usize, j: usize) -> u32 {
     unsafe { u32::from(*x.ptr.add(i * x.rs + j * x.cs)) }
 }
 
-/// `a` (`m × k`) as micro-panels of `MR` rows: word `(panel, pair p, row r)` holds
-/// `a[row, 2p]` in its low and `a[row, 2p + 1]` in its high half, zero past `m` or `k`.
+/// `x` (`rows × k`) as panels of `width` rows: word `(panel, pair p, row r)` holds `x[row, 2p]`
+/// in its low and `x[row, 2p + 1]` in its high half, zero past `rows` or `k`. `a` is packed with
+/// `width = MR`, `b` as `bᵀ` with `width = NR` (a panel's pair `p` is then one `b` row pair).
 ///
 /// # Safety
-/// `a` addresses `m × k` readable elements.
-unsafe fn pack_a(m: usize, k: usize, a: Mat<u16>, parallel: bool) -> Vec<u32> {
+/// `x` addresses `rows × k` readable elements.
+unsafe fn pack(rows: usize, k: usize, x: Mat<u16>, width: usize, parallel: bool) -> Vec<u32> {
     let kp = k.div_ceil(2);
-    let mut out = vec![0u32; m.div_ceil(MR) * kp * MR];
+    let mut out = vec![0u32; rows.div_ceil(width) * kp * width];
     let fill = |(panel, dst): (usize, &mut [u32])| {
-        let rows = MR.min(m - panel * MR);
+        let live = width.min(rows - panel * width);
         for p in 0..kp {
-            for r in 0..rows {
-                let row = panel * MR + r;
-                // SAFETY: `row < m`, `2p < k`, and `2p + 1` is read only when `< k`.
-                let lo = unsafe { at(a, row, 2 * p) };
-                let hi = if 2 * p + 1 < k { unsafe { at(a, row, 2 * p + 1) } } else { 0 };
-                dst[p * MR + r] = lo | hi << 16;
+            for r in 0..live {
+                let row = panel * width + r;
+                // SAFETY: `row < rows`, `2p < k`, and `2p + 1` is read only when `< k`.
+                let lo = unsafe { at(x, row, 2 * p) };
+                let hi = if 2 * p + 1 < k { unsafe { at(x, row, 2 * p + 1) } } else { 0 };
+                dst[p * width + r] = lo | hi << 16;
             }
         }
     };
     if parallel {
-        out.par_chunks_mut(kp * MR).enumerate().for_each(fill);
+        out.par_chunks_mut(kp * width).enumerate().for_each(fill);
     } else {
-        out.chunks_mut(kp * MR).enumerate().for_each(fill);
-    }
-    out
-}
-
-/// `b` (`k × n`) as panels of `NR` columns: word `(panel, pair p, column c)` holds `b[2p, col]`
-/// in its low and `b[2p + 1, col]` in its high half, zero past `k` or `n`.
-///
-/// # Safety
-/// `b` addresses `k × n` readable elements.
-unsafe fn pack_b(k: usize, n: usize, b: Mat<u16>, parallel: bool) -> Vec<u32> {
-    let kp = k.div_ceil(2);
-    let mut out = vec![0u32; n.div_ceil(NR) * kp * NR];
-    let fill = |(panel, dst): (usize, &mut [u32])| {
-        let cols = NR.min(n - panel * NR);
-        for p in 0..kp {
-            for c in 0..cols {
-                let col = panel * NR + c;
-                // SAFETY: `col < n`, `2p < k`, and `2p + 1` is read only when `< k`.
-                let lo = unsafe { at(b, 2 * p, col) };
-                let hi = if 2 * p + 1 < k { unsafe { at(b, 2 * p + 1, col) } } else { 0 };
-                dst[p * NR + c] = lo | hi << 16;
-            }
-        }
-    };
-    if parallel {
-        out.par_chunks_mut(kp * NR).enumerate().for_each(fill);
-    } else {
-        out.chunks_mut(kp * NR).enumerate().for_each(fill);
+        out.chunks_mut(kp * width).enumerate().for_each(fill);
     }
     out
 }
@@ -223,7 +196,8 @@ pub(super) unsafe fn gemm(
         return;
     }
     // SAFETY: the caller's bounds.
-    let (pa, pb) = unsafe { (pack_a(m, k, a, parallel), pack_b(k, n, b, parallel)) };
+    let bt = Mat { ptr: b.ptr, rs: b.cs, cs: b.rs };
+    let (pa, pb) = unsafe { (pack(m, k, a, MR, parallel), pack(n, k, bt, NR, parallel)) };
     let (blocks_m, blocks_n) = (m.div_ceil(MC), n.div_ceil(NC));
     let out = Out(c);
     let block = |t: usize| {
