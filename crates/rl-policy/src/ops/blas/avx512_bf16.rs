@@ -195,8 +195,8 @@ pub(super) unsafe fn gemm(
         }
         return;
     }
-    // SAFETY: the caller's bounds.
     let bt = Mat { ptr: b.ptr, rs: b.cs, cs: b.rs };
+    // SAFETY: the caller's bounds (`bt` addresses the same elements as `b`).
     let (pa, pb) = unsafe { (pack(m, k, a, MR, parallel), pack(n, k, bt, NR, parallel)) };
     let (blocks_m, blocks_n) = (m.div_ceil(MC), n.div_ceil(NC));
     let out = Out(c);
