@@ -90,7 +90,9 @@ impl LanguageModel {
                     });
                 }
                 let t = t.to_dtype(dtype)?.to_device(device)?;
-                data.insert(name, Var::from_tensor(&t)?);
+                let var = Var::from_tensor(&t)?;
+                crate::runtime::huge_pages_for(var.as_tensor());
+                data.insert(name, var);
             }
         }
         Ok(Self { cfg, varmap, dtype, device: device.clone(), compute: ComputeDtype::F32 })
@@ -127,7 +129,9 @@ impl LanguageModel {
         {
             let mut dst = varmap.data().lock().expect("varmap lock");
             for (name, var) in self.named_vars() {
-                dst.insert(name, Var::from_tensor(&var.as_tensor().copy()?)?);
+                let copy = Var::from_tensor(&var.as_tensor().copy()?)?;
+                crate::runtime::huge_pages_for(copy.as_tensor());
+                dst.insert(name, copy);
             }
         }
         Ok(Self {

@@ -329,34 +329,54 @@ const TILE_W_AVX2: usize = 3;
 #[cfg(target_arch = "x86_64")]
 const TILE_X_AVX2: usize = 4;
 
-/// Runs `tile::<$tw or 1, $tx or 1>(p, i, j, first)` over the `m × js` outputs of `p`,
+/// Runs `tile::<$tw or 1, $tx or 1>(p, i, j, (t, nt))` over the `m × js` outputs of `p`,
 /// weight-row groups outermost (a group stays in L1 while every row of `x` passes over it);
-/// `first` is `true` for the first tile of a group. The weight and `x` rows per tile, `$tw` and
-/// `$tx`, are [`TILE_W`] and [`TILE_X`] unless given.
+/// `t` is the tile's place among the `nt` tiles of its group (for [`prefetch_rows`]). The weight
+/// and `x` rows per tile, `$tw` and `$tx`, are [`TILE_W`] and [`TILE_X`] unless given.
 macro_rules! tiles {
     ($p:expr, $tile:ident) => {
         tiles!($p, $tile, TILE_W, TILE_X)
     };
     ($p:expr, $tile:ident, $tw:expr, $tx:expr) => {{
         let Dots { m, js, .. } = $p;
+        let nt = m / $tx + m % $tx;
         let mut j = 0;
         while j < js {
             let full = j + $tw <= js;
-            let mut i = 0;
+            let (mut i, mut t) = (0, 0);
             while i < m {
                 let rows = i + $tx <= m;
-                let first = i == 0;
                 match (full, rows) {
-                    (true, true) => $tile::<{ $tw }, { $tx }>($p, i, j, first),
-                    (true, false) => $tile::<{ $tw }, 1>($p, i, j, first),
-                    (false, true) => $tile::<1, { $tx }>($p, i, j, first),
-                    (false, false) => $tile::<1, 1>($p, i, j, first),
+                    (true, true) => $tile::<{ $tw }, { $tx }>($p, i, j, (t, nt)),
+                    (true, false) => $tile::<{ $tw }, 1>($p, i, j, (t, nt)),
+                    (false, true) => $tile::<1, { $tx }>($p, i, j, (t, nt)),
+                    (false, false) => $tile::<1, 1>($p, i, j, (t, nt)),
                 }
                 i += if rows { $tx } else { 1 };
+                t += 1;
             }
             j += if full { $tw } else { 1 };
         }
     }};
+}
+
+/// Weight-row groups between a group and the one its tiles prefetch ([`prefetch_rows`]).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_GROUPS: usize = 2;
+
+/// The rows `lo..hi` (of `J`) of the weight-row group [`PREFETCH_GROUPS`] ahead that tile `t` of
+/// the `nt` tiles of a group prefetches: the rows are dealt out over the tiles (row `q` to tile
+/// `q·nt / J`), so the prefetches spread over the whole group's work instead of crowding into
+/// its first tile; all three x86-64 decode kernels use it (AVX-512, AVX2, and
+/// [`avx512_bf16::dots`]). On the AMD Zen 4 host of 2026-12-05, a C transcription of the
+/// AVX-512 tile streamed a `49152 × 576` weight (SmolLM2's output projection, 16 rows of `x`) at
+/// 84 GFLOP/s this way against 62 with the next group prefetched into L1 by the first tile (both
+/// on huge pages; 55 without any prefetch); sampling timings: `docs/benchmarks.md`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_rows<const J: usize>((t, nt): (usize, usize)) -> (usize, usize) {
+    // Row `q` goes to tile `q·nt / J`, so tile `t` takes the `q` with `t·J ≤ q·nt < (t+1)·J`.
+    ((t * J).div_ceil(nt), ((t + 1) * J).div_ceil(nt).min(J))
 }
 
 /// The `R × J` dot products of rows `i..i + R` of `x` with rows `j..j + J` of `w`, in portable
@@ -365,7 +385,12 @@ macro_rules! tiles {
 /// # Safety
 /// As [`Dots`], with the tile inside its `m × js` outputs.
 #[inline(always)]
-unsafe fn tile_f32<const J: usize, const R: usize>(p: Dots<f32>, i: usize, j: usize, _: bool) {
+unsafe fn tile_f32<const J: usize, const R: usize>(
+    p: Dots<f32>,
+    i: usize,
+    j: usize,
+    _: (usize, usize),
+) {
     let Dots { k, x, x_rs, w, w_rs, c, ldc, .. } = p;
     // SAFETY: the caller guarantees rows `i..i + R` of `x` and `j..j + J` of `w`.
     let xs: [&[f32]; R] =
@@ -407,10 +432,10 @@ unsafe fn dots_f32(p: Dots<f32>) {
 /// The `R × J` dot products of rows `i..i + R` of `x` with rows `j..j + J` of `w` with AVX-512
 /// intrinsics: each 16-wide chunk of `x` is loaded once for `J` FMA chains and each chunk of `w`
 /// once for `R`, so the `R·J` chains run on `R + J` loads; the remainder of `k` is a masked load.
-/// The `first` tile of a weight-row group also prefetches the next group's rows: the weights
-/// stream from memory once each, and the hardware prefetcher stops at every 4 KiB page, which
-/// left the kernel waiting on memory at a third of the bandwidth a plain read reaches.
-/// Inlined into [`dots_avx512`], which enables AVX-512F.
+/// Each tile also prefetches its share of a weight-row group ahead into L2 ([`prefetch_rows`]):
+/// the weights stream from memory once each, and the hardware prefetcher stops at every 4 KiB
+/// page, which left the kernel waiting on memory at a third of the bandwidth a plain read
+/// reaches. Inlined into [`dots_avx512`], which enables AVX-512F.
 ///
 /// # Safety
 /// As [`Dots`], with the tile inside its `m × js` outputs, on a CPU with AVX-512F.
@@ -420,37 +445,76 @@ unsafe fn tile_avx512<const J: usize, const R: usize>(
     p: Dots<f32>,
     i: usize,
     j: usize,
-    first: bool,
+    place: (usize, usize),
+) {
+    let rows = prefetch_rows::<J>(place);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if rows.0 < rows.1 {
+            tile_avx512_body::<J, R, true>(p, i, j, rows)
+        } else {
+            tile_avx512_body::<J, R, false>(p, i, j, rows)
+        }
+    }
+}
+
+/// [`tile_avx512`] with whether it prefetches decided at compile time (`PREFETCH`; the rows are
+/// `pf.0..pf.1` of the group ahead) and the full 16-wide chunks of `k` in a loop without masks,
+/// so the `R·J` accumulators, the `J` weight chunks and the `x` chunk stay in the 32 vector
+/// registers (with a run-time test and the mask inside one loop the compiler spilled
+/// accumulators to the stack on every chunk).
+///
+/// # Safety
+/// As [`tile_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_avx512_body<const J: usize, const R: usize, const PREFETCH: bool>(
+    p: Dots<f32>,
+    i: usize,
+    j: usize,
+    pf: (usize, usize),
 ) {
     use std::arch::x86_64::{
-        __m512, _MM_HINT_T0, _mm_prefetch, _mm512_fmadd_ps, _mm512_maskz_loadu_ps,
+        __m512, _MM_HINT_T1, _mm_prefetch, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_maskz_loadu_ps,
         _mm512_reduce_add_ps, _mm512_setzero_ps,
     };
     let Dots { k, x, x_rs, w, w_rs, c, ldc, .. } = p;
     // SAFETY: the caller guarantees rows `i..i + R` of `x`, `j..j + J` of `w` (each `k` long)
-    // and the outputs of the tile; masked loads touch only the first `k` elements of a row.
-    // Prefetches never fault, and their addresses are computed without `add`'s in-bounds rule.
+    // and the outputs of the tile; full loads stay below `k`, the masked one touches only the
+    // first `k` elements of a row. Prefetches never fault, and their addresses are computed
+    // without `add`'s in-bounds rule.
     unsafe {
         let (x, w) = (x.add(i * x_rs), w.add(j * w_rs));
-        let next = w.wrapping_add(J * w_rs);
+        let ahead = w.wrapping_add(PREFETCH_GROUPS * J * w_rs);
         let mut acc = [[_mm512_setzero_ps(); J]; R];
+        let body = k / 16 * 16;
         let mut s = 0;
-        while s < k {
-            let mask = if s + 16 <= k { u16::MAX } else { (1u16 << (k - s)) - 1 };
-            if first {
-                for q in 0..J {
-                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(q * w_rs + s).cast());
+        while s < body {
+            if PREFETCH {
+                for q in pf.0..pf.1 {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(q * w_rs + s).cast());
                 }
             }
-            let wv: [__m512; J] =
-                std::array::from_fn(|q| _mm512_maskz_loadu_ps(mask, w.add(q * w_rs + s)));
+            let wv: [__m512; J] = std::array::from_fn(|q| _mm512_loadu_ps(w.add(q * w_rs + s)));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mask, x.add(r * x_rs + s));
+                let xv = _mm512_loadu_ps(x.add(r * x_rs + s));
                 for (acc, wv) in acc.iter_mut().zip(&wv) {
                     *acc = _mm512_fmadd_ps(xv, *wv, *acc);
                 }
             }
             s += 16;
+        }
+        if body < k {
+            // The tail's cache line of the group ahead is not prefetched (at most one per row).
+            let mask = (1u16 << (k - body)) - 1;
+            let wv: [__m512; J] =
+                std::array::from_fn(|q| _mm512_maskz_loadu_ps(mask, w.add(q * w_rs + body)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(mask, x.add(r * x_rs + body));
+                for (acc, wv) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm512_fmadd_ps(xv, *wv, *acc);
+                }
+            }
         }
         for (r, acc) in acc.iter().enumerate() {
             for (q, acc) in acc.iter().enumerate() {
@@ -475,16 +539,22 @@ unsafe fn dots_avx512(p: Dots<f32>) {
 /// The `R × J` dot products of rows `i..i + R` of `x` with rows `j..j + J` of `w` with AVX2 and
 /// FMA intrinsics, for the x86-64 CPUs without AVX-512 (AMD Zen 1-3, Intel before Skylake-SP and
 /// its client parts): [`tile_avx512`]'s scheme on 8-wide registers, the remainder of `k` a masked
-/// load, and the next weight-row group prefetched by the group's first tile, one cache line
-/// (16 floats) at a time. Inlined into [`dots_avx2`], which enables AVX2 and FMA.
+/// load, and the tile's share of a weight-row group ahead prefetched into L2 ([`prefetch_rows`]),
+/// one cache line (16 floats) at a time. Inlined into [`dots_avx2`], which enables AVX2 and FMA.
 ///
 /// # Safety
 /// As [`Dots`], with the tile inside its `m × js` outputs, on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile_avx2<const J: usize, const R: usize>(p: Dots<f32>, i: usize, j: usize, first: bool) {
+unsafe fn tile_avx2<const J: usize, const R: usize>(
+    p: Dots<f32>,
+    i: usize,
+    j: usize,
+    place: (usize, usize),
+) {
+    let pf = prefetch_rows::<J>(place);
     use std::arch::x86_64::{
-        __m256, __m256i, _MM_HINT_T0, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps,
+        __m256, __m256i, _MM_HINT_T1, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps,
         _mm_prefetch, _mm_shuffle_ps, _mm256_castps256_ps128, _mm256_extractf128_ps,
         _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_maskload_ps,
         _mm256_setzero_ps,
@@ -498,14 +568,14 @@ unsafe fn tile_avx2<const J: usize, const R: usize>(p: Dots<f32>, i: usize, j: u
     // without `add`'s in-bounds rule.
     unsafe {
         let (x, w) = (x.add(i * x_rs), w.add(j * w_rs));
-        let next = w.wrapping_add(J * w_rs);
+        let ahead = w.wrapping_add(PREFETCH_GROUPS * J * w_rs);
         let mut acc = [[_mm256_setzero_ps(); J]; R];
         let body = k / 8 * 8;
         let mut s = 0;
         while s < body {
-            if first && s % 16 == 0 {
-                for q in 0..J {
-                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(q * w_rs + s).cast());
+            if s % 16 == 0 {
+                for q in pf.0..pf.1 {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(q * w_rs + s).cast());
                 }
             }
             let wv: [__m256; J] = std::array::from_fn(|q| _mm256_loadu_ps(w.add(q * w_rs + s)));
@@ -1444,6 +1514,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `prefetch_rows` deals every row of the group ahead to exactly one tile of a group, for
+    /// any tile count (fewer tiles than rows, as many, more).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn prefetch_rows_deal_each_row_to_one_tile() {
+        fn check<const J: usize>() {
+            for nt in 1..=20 {
+                let mut seen = [0usize; J];
+                let mut last = 0;
+                for t in 0..nt {
+                    let (lo, hi) = prefetch_rows::<J>((t, nt));
+                    assert!(lo <= hi && hi <= J, "J={J} nt={nt} t={t}: {lo}..{hi}");
+                    assert_eq!(lo.max(last), lo, "J={J} nt={nt} t={t}: ranges out of order");
+                    last = last.max(hi);
+                    seen[lo..hi].iter_mut().for_each(|s| *s += 1);
+                }
+                assert!(seen.iter().all(|&s| s == 1), "J={J} nt={nt}: rows dealt {seen:?}");
+            }
+        }
+        check::<1>();
+        check::<3>();
+        check::<4>();
     }
 
     /// The graph op's gradients equal candle's `matmul` backward.

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Mat, Out};
+use super::{Mat, Out, PREFETCH_GROUPS, prefetch_rows};
 
 /// Rows of a register tile of `c`.
 const MR: usize = 8;
@@ -243,9 +243,16 @@ unsafe fn dots_tile<const R: usize, const J: usize>(
     c: *mut f32,
     ldc: usize,
     (i, j): (usize, usize),
+    pf: (usize, usize),
 ) {
+    // Rows `pf.0..pf.1` of the column group `PREFETCH_GROUPS` ahead, one cache line (32
+    // elements) per step; prefetches never fault and their addresses use `wrapping_add`.
+    let ahead = b.ptr.wrapping_add((j + PREFETCH_GROUPS * J) * b.cs);
     let mut acc = [[_mm512_setzero_ps(); J]; R];
     for p in (0..k).step_by(32) {
+        for q in pf.0..pf.1 {
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(q * b.cs + p).cast());
+        }
         let mut w = [bh(_mm512_setzero_si512()); J];
         for (q, w) in w.iter_mut().enumerate() {
             // SAFETY: 32 elements of column `j + q` of `b` (contiguous, `b.rs == 1`) from `p`.
@@ -290,17 +297,21 @@ pub(super) unsafe fn dots(
     // Columns `j0..j1` (at least `J`) of every row: tiles of 4 rows × `J` columns, then single
     // rows; a last tile past `j1` moves left and rewrites columns this task already computed.
     let run = |j0: usize, j1: usize| {
+        // Each tile prefetches its share of the columns a group ahead (`prefetch_rows`).
+        let nt = m / 4 + m % 4;
         for j in (j0..j1).step_by(J).map(|j| j.min(j1 - J)) {
-            let mut i = 0;
+            let (mut i, mut t) = (0, 0);
             // SAFETY (both calls): rows `< m`, columns `j..j + J ≤ j1 ≤ n` owned by this task,
             // `k` a multiple of 32, AVX-512 BF16 available (the caller's contract).
             while i + 4 <= m {
-                unsafe { dots_tile::<4, J>(k, a, b, out.ptr(), ldc, (i, j)) };
-                i += 4;
+                let pf = prefetch_rows::<J>((t, nt));
+                unsafe { dots_tile::<4, J>(k, a, b, out.ptr(), ldc, (i, j), pf) };
+                (i, t) = (i + 4, t + 1);
             }
             while i < m {
-                unsafe { dots_tile::<1, J>(k, a, b, out.ptr(), ldc, (i, j)) };
-                i += 1;
+                let pf = prefetch_rows::<J>((t, nt));
+                unsafe { dots_tile::<1, J>(k, a, b, out.ptr(), ldc, (i, j), pf) };
+                (i, t) = (i + 1, t + 1);
             }
         }
     };
