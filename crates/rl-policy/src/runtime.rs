@@ -208,9 +208,14 @@ pub fn join_global_pool() -> bool {
 /// would leave them on small pages). Meant for long-lived
 /// weights that are streamed from memory again and again (every decoding step reads all of
 /// them): with 4 KiB pages each page is a TLB miss and a stop for the hardware prefetcher.
-/// Sampling SmolLM2-135M (16 × 128 tokens, 1 thread, AMD Zen 4) took 7 % less time with its
-/// weights on huge pages (`docs/benchmarks.md`, 2026-12-05). The model loaders and the bf16
-/// weight cache call it; a program may call it on tensors of its own.
+/// Sampling SmolLM2-135M (16 × 128 tokens, 1 thread, AMD Zen 4) took 9.7 s with its weights on
+/// huge pages against 13.2 s without (median, `docs/benchmarks.md`, 2026-12-05). The model
+/// loaders call it once per load; a program may call it on tensors of its own. Not for buffers
+/// remade often: collapsing copies the pages (the bf16 weight copies, remade after every
+/// update, are left on small pages: collapsing them made a forward + backward 4-30 % slower).
+///
+/// Collapsing takes the huge pages the buffer touches, so it also moves neighbouring
+/// allocations (and free heap memory in those pages, which then becomes resident).
 ///
 /// Returns the bytes that the kernel moved to huge pages (whole huge pages): 0 for an empty
 /// tensor, one not on the CPU, where the kernel refuses (transparent huge pages `never`, an older

@@ -108,7 +108,6 @@ impl Bf16Weights {
         }
         let t0 = std::time::Instant::now();
         let c = super::blas::to_bf16(&w.detach())?;
-        crate::runtime::huge_pages_for(&c);
         self.convert_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.converted_elems.fetch_add(w.elem_count() as u64, Ordering::Relaxed);
         copies.insert(w.id(), c.clone());
