@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear};
 
 use crate::ops::ComputeDtype;
-use crate::ops::precision::{Bf16Weights, autocast};
+use crate::ops::precision::{Bf16Buffers, Bf16Weights, autocast};
 use crate::{ModelConfig, PolicyError, Result};
 
 /// Additive mask value for disallowed attention (finite, so fully masked pad rows stay finite).
@@ -359,6 +359,16 @@ impl Transformer {
             ComputeDtype::Bf16 => Some(Arc::new(Bf16Weights::new())),
         };
         Ok(self)
+    }
+
+    /// With bf16 products ([`Self::with_compute_dtype`]), the bf16 weight copies are written
+    /// into `buffers` (shared with other decoders of the same weights, reused across updates)
+    /// instead of fresh memory; unchanged in f32.
+    pub fn with_bf16_buffers(mut self, buffers: Arc<Bf16Buffers>) -> Self {
+        if self.bf16.is_some() {
+            self.bf16 = Some(Arc::new(Bf16Weights::with_buffers(buffers)));
+        }
+        self
     }
 
     /// The dtype of the matrix products.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -11,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::model::Transformer;
 use crate::ops::ComputeDtype;
+use crate::ops::precision::Bf16Buffers;
 use crate::{ModelConfig, PolicyError, Result};
 
 /// bf16 products need f32 master weights.
@@ -33,6 +35,8 @@ pub struct LanguageModel {
     dtype: DType,
     device: Device,
     compute: ComputeDtype,
+    /// The bf16 weight buffers its decoders share (bf16 compute only).
+    bf16_buffers: Arc<Bf16Buffers>,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -95,7 +99,14 @@ impl LanguageModel {
                 data.insert(name, var);
             }
         }
-        Ok(Self { cfg, varmap, dtype, device: device.clone(), compute: ComputeDtype::F32 })
+        Ok(Self {
+            cfg,
+            varmap,
+            dtype,
+            device: device.clone(),
+            compute: ComputeDtype::F32,
+            bf16_buffers: Arc::default(),
+        })
     }
 
     /// A randomly initialised model (reproducible for a `seed`): matrices `N(0, 0.02²)` like
@@ -140,6 +151,7 @@ impl LanguageModel {
             dtype: self.dtype,
             device: self.device.clone(),
             compute: self.compute,
+            bf16_buffers: Arc::default(),
         })
     }
 
@@ -239,6 +251,7 @@ impl LanguageModel {
                 .map(|v| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() })
         })?
         .with_compute_dtype(self.compute)
+        .map(|t| t.with_bf16_buffers(self.bf16_buffers.clone()))
     }
 
     /// The decoder over the trainable vars: gradients of its outputs reach [`Self::vars`].
@@ -252,7 +265,9 @@ impl LanguageModel {
     /// The decoder over detached views of the vars (same storage, so later optimizer updates are
     /// visible, except through the bf16 weight copies of a bf16 [`Self::compute_dtype`], made
     /// once per decoder: build a new one after an update; no autograd graph is recorded). Use
-    /// for sampling and reference log-probs.
+    /// for sampling and reference log-probs. The decoders of one model write their bf16 copies
+    /// into the same buffers ([`crate::ops::precision::Bf16Buffers`]), so an older decoder reads
+    /// the weights a newer one converted.
     ///
     /// # Errors
     /// Never for a model built by this crate.

@@ -1114,10 +1114,47 @@ const CONVERT: usize = 1 << 15;
 /// `x` rounded to bf16, in parallel.
 fn f32_to_bf16(x: &[f32]) -> Vec<half::bf16> {
     let mut out = vec![half::bf16::ZERO; x.len()];
+    f32_to_bf16_into(x, &mut out);
+    out
+}
+
+/// `x` rounded to bf16 into `out` (of `x`'s length), in parallel.
+fn f32_to_bf16_into(x: &[f32], out: &mut [half::bf16]) {
     out.par_chunks_mut(CONVERT).zip(x.par_chunks(CONVERT)).for_each(|(o, x)| {
         o.iter_mut().zip(x).for_each(|(o, &x)| *o = half::bf16::from_bits(bf16_bits(x)));
     });
-    out
+}
+
+/// Rounds a contiguous CPU f32 tensor (the source) into a contiguous CPU bf16 tensor of the same
+/// element count, in place (`dst.inplace_op2(&src, &IntoBf16)`): the bf16 weight buffers reused
+/// across updates ([`super::precision::Bf16Buffers`]).
+pub(crate) struct IntoBf16;
+
+impl candle_core::InplaceOp2 for IntoBf16 {
+    fn name(&self) -> &'static str {
+        "rl-into-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        src: &CpuStorage,
+        sl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::BF16(d), CpuStorage::F32(s)) = (dst, src) else {
+            candle_core::bail!("rl-into-bf16: expected a bf16 destination and an f32 source");
+        };
+        let (Some((d0, d1)), Some((s0, s1))) = (dl.contiguous_offsets(), sl.contiguous_offsets())
+        else {
+            candle_core::bail!("rl-into-bf16: both tensors must be contiguous");
+        };
+        if d1 - d0 != s1 - s0 || d1 > d.len() || s1 > s.len() {
+            candle_core::bail!("rl-into-bf16: {} bf16 slots for {} values", d1 - d0, s1 - s0);
+        }
+        f32_to_bf16_into(&s[s0..s1], &mut d[d0..d1]);
+        Ok(())
+    }
 }
 
 /// `x` widened to f32 (exact), in parallel.

@@ -15,6 +15,8 @@
 //! the cache lives (a [`crate::Transformer`] holds one, so the decode steps of one sampling call
 //! and the products of one forward + backward pass convert each weight once), and never
 //! refreshed: a cache must not outlive an optimizer step (a new `Transformer` per step does it).
+//! The decoders of one [`crate::LanguageModel`] write their copies into the same
+//! [`Bf16Buffers`], so a new cache reuses the previous one's memory.
 //!
 //! On the CPU the products run in MKL's `cblas_gemm_bf16bf16f32` on CPUs with AMX tiles when MKL
 //! is loaded, else in rl-zero's AVX-512 BF16 kernels on CPUs with that instruction, else in MKL
@@ -77,11 +79,65 @@ impl std::str::FromStr for ComputeDtype {
     }
 }
 
+/// The bf16 buffers of one model's weights, kept across [`Bf16Weights`] caches: a cache made
+/// with [`Bf16Weights::with_buffers`] converts each weight into the buffer the previous cache
+/// used instead of allocating a new copy. A [`crate::LanguageModel`] holds one and gives it to
+/// every decoder it builds, so the per-update conversion allocates nothing and faults in no new
+/// pages, and the buffers can sit on huge pages ([`crate::runtime::huge_pages_for`], once, when
+/// a buffer is made). The price: a decoder built before an update reads the new weights through
+/// these buffers once a newer decoder has converted them (as an f32 decoder always reads the
+/// current weights).
+#[derive(Debug, Default)]
+pub struct Bf16Buffers {
+    /// Keyed by where the f32 values live (data address, start offset): decoders see the same
+    /// weights through different tensors (detached views have ids of their own), and an
+    /// optimizer update writes into the same storage.
+    buffers: Mutex<HashMap<(usize, usize), Tensor>>,
+}
+
+impl Bf16Buffers {
+    /// No buffers yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `w` (CPU f32) rounded into its buffer (made, and moved onto huge pages, on first use);
+    /// any other tensor converted afresh.
+    fn convert(&self, w: &Tensor) -> candle_core::Result<Tensor> {
+        let w = w.detach();
+        let key = {
+            let (s, l) = w.storage_and_layout();
+            match &*s {
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if w.is_contiguous() => {
+                    Some((v.as_ptr() as usize, l.start_offset()))
+                }
+                _ => None,
+            }
+        };
+        let Some(key) = key else {
+            return super::blas::to_bf16(&w);
+        };
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = buffers.get(&key)
+            && b.dims() == w.dims()
+        {
+            b.inplace_op2(&w, &super::blas::IntoBf16)?;
+            return Ok(b.clone());
+        }
+        let b = super::blas::to_bf16(&w)?;
+        crate::runtime::huge_pages_for(&b);
+        buffers.insert(key, b.clone());
+        Ok(b)
+    }
+}
+
 /// bf16 copies of f32 weights, keyed by the weight tensor, made on first use; with conversion
 /// statistics (to quantify the cost per step).
 #[derive(Debug, Default)]
 pub struct Bf16Weights {
     copies: Mutex<HashMap<TensorId, Tensor>>,
+    /// Where the copies are written, when kept across caches.
+    buffers: Option<Arc<Bf16Buffers>>,
     converted_elems: AtomicU64,
     convert_nanos: AtomicU64,
 }
@@ -90,6 +146,11 @@ impl Bf16Weights {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache that converts into `buffers` (reused from cache to cache).
+    pub fn with_buffers(buffers: Arc<Bf16Buffers>) -> Self {
+        Self { buffers: Some(buffers), ..Self::default() }
     }
 
     /// The bf16 copy of `w` (a CPU f32 tensor of any shape), converted now if this cache has
@@ -107,7 +168,10 @@ impl Bf16Weights {
             candle_core::bail!("bf16 weights: {:?} weight, expected f32", w.dtype());
         }
         let t0 = std::time::Instant::now();
-        let c = super::blas::to_bf16(&w.detach())?;
+        let c = match &self.buffers {
+            Some(b) => b.convert(w)?,
+            None => super::blas::to_bf16(&w.detach())?,
+        };
         self.convert_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.converted_elems.fetch_add(w.elem_count() as u64, Ordering::Relaxed);
         copies.insert(w.id(), c.clone());
@@ -182,4 +246,65 @@ pub(crate) fn bf16_for(x: &Tensor) -> Option<Arc<Bf16Weights>> {
         return None;
     }
     AUTOCAST.with(|a| a.borrow().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
+
+    use super::{Bf16Buffers, Bf16Weights};
+
+    /// The address of a CPU tensor's storage.
+    fn addr(t: &Tensor) -> usize {
+        let (s, _) = t.storage_and_layout();
+        match &*s {
+            Storage::Cpu(CpuStorage::BF16(v)) => v.as_ptr() as usize,
+            _ => panic!("a CPU bf16 tensor"),
+        }
+    }
+
+    /// A cache made after an update converts the new weights into the buffer the previous cache
+    /// used: same memory, the new values (equal to a fresh conversion), which the older cache's
+    /// copy now reads too.
+    #[test]
+    fn caches_sharing_buffers_convert_in_place() {
+        let v = |scale: f32| {
+            Tensor::from_iter((0..6 * 70).map(|i| (i as f32 * 0.37).sin() * scale), &Device::Cpu)
+                .unwrap()
+                .reshape((6, 70))
+                .unwrap()
+        };
+        let w = Var::from_tensor(&v(1.0)).unwrap();
+        let buffers = Arc::new(Bf16Buffers::new());
+        let first = Bf16Weights::with_buffers(buffers.clone()).get(w.as_tensor()).unwrap();
+        let fresh = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let same = |a: &Tensor, b: &Tensor| {
+            a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                == b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert!(same(&first, &fresh(&v(1.0))));
+        w.set(&v(-3.0)).unwrap();
+        // A later decoder sees the weight through a detached view (a tensor id of its own).
+        let second = Bf16Weights::with_buffers(buffers).get(&w.as_tensor().detach()).unwrap();
+        assert!(same(&second, &fresh(&v(-3.0))), "the new weights");
+        assert_eq!(addr(&first), addr(&second), "converted into the same buffer");
+        assert!(same(&first, &fresh(&v(-3.0))), "the older copy reads the new weights");
+        // Without shared buffers a cache makes its own copy.
+        let own = Bf16Weights::new().get(w.as_tensor()).unwrap();
+        assert_ne!(addr(&own), addr(&second));
+    }
+
+    /// The in-place conversion refuses a destination that is not bf16 or a size mismatch.
+    #[test]
+    fn in_place_conversion_checks_its_operands() {
+        let src = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let f32_dst = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = f32_dst.inplace_op2(&src, &crate::ops::blas::IntoBf16).unwrap_err();
+        assert!(err.to_string().contains("bf16 destination"), "{err}");
+        let short = Tensor::zeros(5, DType::BF16, &Device::Cpu).unwrap();
+        let err = short.inplace_op2(&src, &crate::ops::blas::IntoBf16).unwrap_err();
+        assert!(err.to_string().contains("5 bf16 slots for 6 values"), "{err}");
+    }
 }
