@@ -117,16 +117,17 @@ impl Bf16Buffers {
         let Some(key) = key else {
             return super::blas::to_bf16(&w);
         };
-        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = buffers.get(&key)
-            && b.dims() == w.dims()
-        {
+        let lock = || self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's lock is not held while converting: the in-place write waits for readers of
+        // the buffer (another decoder's products), which may themselves need the map.
+        let existing = lock().get(&key).filter(|b| b.dims() == w.dims()).cloned();
+        if let Some(b) = existing {
             b.inplace_op2(&w, &super::blas::IntoBf16)?;
-            return Ok(b.clone());
+            return Ok(b);
         }
         let b = super::blas::to_bf16(&w)?;
         crate::runtime::huge_pages_for(&b);
-        buffers.insert(key, b.clone());
+        lock().insert(key, b.clone());
         Ok(b)
     }
 }
