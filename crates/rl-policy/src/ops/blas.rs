@@ -370,8 +370,9 @@ const PREFETCH_GROUPS: usize = 2;
 /// its first tile; all three x86-64 decode kernels use it (AVX-512, AVX2, and
 /// [`avx512_bf16::dots`]). On the AMD Zen 4 host of 2026-12-05, a C transcription of the
 /// AVX-512 tile streamed a `49152 × 576` weight (SmolLM2's output projection, 16 rows of `x`) at
-/// 84 GFLOP/s this way against 62 with the next group prefetched into L1 by the first tile (both
-/// on huge pages; 55 without any prefetch); sampling timings: `docs/benchmarks.md`.
+/// 82 GFLOP/s this way against 61 with the next group prefetched into L1 by the first tile (both
+/// on huge pages; 56-58 without any prefetch; `docs/runs/decode_prefetch_zen4_2026-12-05.txt`);
+/// sampling timings: `docs/benchmarks.md`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_rows<const J: usize>((t, nt): (usize, usize)) -> (usize, usize) {
