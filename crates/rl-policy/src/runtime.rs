@@ -202,20 +202,20 @@ pub fn join_global_pool() -> bool {
 
 /// Backs the CPU storage of `t` with transparent huge pages (2 MiB on x86-64) where the kernel
 /// can: `madvise(MADV_COLLAPSE)` (Linux 6.1+) on the 2 MiB pages the tensor's buffer touches
-/// (the whole pages inside it when those are not all one mapping). Contents do not change, the tensor's nor those of other
-/// allocations sharing its first and last huge page (most weight matrices of a small model are
-/// smaller than 2 MiB and sit next to each other in the heap, so rounding the range inwards
-/// would leave them on small pages). Meant for long-lived
-/// weights that are streamed from memory again and again (every decoding step reads all of
-/// them): with 4 KiB pages each page is a TLB miss and a stop for the hardware prefetcher.
-/// Sampling SmolLM2-135M (16 × 128 tokens, 1 thread, AMD Zen 4) took 9.7 s with its weights on
-/// huge pages against 13.2 s without (median, `docs/benchmarks.md`, 2026-12-05). The model
-/// loaders call it once per load; a program may call it on tensors of its own. Not for buffers
-/// remade often: collapsing copies the pages (the bf16 weight copies, remade after every
-/// update, are left on small pages: collapsing them made a forward + backward 4-30 % slower).
+/// (the whole pages inside it when those are not all one mapping). No contents change, neither
+/// the tensor's nor those of other allocations sharing its first and last huge page (most weight
+/// matrices of a small model are under 2 MiB and sit next to each other in the heap, so rounding
+/// the range inwards would leave them on small pages); free heap memory in those pages becomes
+/// resident.
 ///
-/// Collapsing takes the huge pages the buffer touches, so it also moves neighbouring
-/// allocations (and free heap memory in those pages, which then becomes resident).
+/// Meant for long-lived weights that are streamed from memory again and again (every decoding
+/// step reads all of them): with 4 KiB pages each page is a TLB miss and a stop for the hardware
+/// prefetcher. Sampling SmolLM2-135M (16 × 128 tokens, 1 thread, AMD Zen 4) took 9.7 s with its
+/// weights on huge pages against 13.2 s without (median, `docs/benchmarks.md`, 2026-12-05). The
+/// model loaders call it once per load, and [`crate::ops::precision::Bf16Buffers`] once per
+/// buffer; a program may call it on tensors of its own. Not for buffers remade often:
+/// collapsing copies the pages (collapsing a fresh bf16 copy of the weights after every update
+/// made a forward + backward 4-30 % slower).
 ///
 /// Returns the bytes that the kernel moved to huge pages (whole huge pages): 0 for an empty
 /// tensor, one not on the CPU, where the kernel refuses (transparent huge pages `never`, an older
