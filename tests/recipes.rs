@@ -42,6 +42,7 @@ fn every_recipe_directory_entry_is_tested() {
     names.sort();
     let mut known: Vec<String> = presets().iter().map(|(n, _)| n.to_string()).collect();
     known.push("smollm2_addition".into());
+    known.push("smollm2_addition_constant".into());
     known.push("smollm2_arithmetic".into());
     known.sort();
     assert_eq!(names, known);
@@ -236,6 +237,50 @@ fn datasets_are_split_and_written_for_the_model() {
 }
 
 #[test]
+fn a_question_template_wraps_every_question_and_is_checked() {
+    let loaded = run::load_model(None, "main").unwrap();
+    let bos = loaded.tokenizer.bos_token().unwrap().to_string();
+    let plain = run::RunSettings { eval_prompts: 5, ..Default::default() };
+    let (train, test) = run::prompts(&loaded, &plain, 0).unwrap();
+    let f = RunFile::from_toml(
+        "[run]\neval_prompts = 5\nquestion_template = \"{question} Add the ones first.\"",
+    )
+    .unwrap();
+    f.validate().unwrap();
+    assert!(f.to_toml().unwrap().contains("question_template = "));
+    let (ttrain, ttest) = run::prompts(&loaded, &f.run, 0).unwrap();
+    assert_eq!((ttrain.len(), ttest.len()), (train.len(), test.len()));
+    for (p, t) in train.iter().zip(&ttrain).chain(test.iter().zip(&ttest)) {
+        assert_eq!(t.text, format!("{} Add the ones first.", p.text), "{bos}");
+        assert_eq!(t.answer, p.answer);
+    }
+    // Templates of other datasets too (arithmetic, then validation split).
+    let mut s = f.run.clone();
+    s.dataset = run::Dataset::Arithmetic { level: 1 };
+    s.eval_split = run::EvalSplit::Validation;
+    let (a, v) = run::prompts(&loaded, &s, 0).unwrap();
+    assert!(
+        a.iter()
+            .chain(&v)
+            .all(|p| p.text.starts_with(&bos) && p.text.ends_with(" Add the ones first."))
+    );
+    for bad in ["no placeholder", "{question} twice {question}"] {
+        let err = RunFile::from_toml(&format!("[run]\nquestion_template = {bad:?}")).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("run.question_template") && err.contains("{question}"), "{err}");
+    }
+    let long = format!("{{question}}{}", "x".repeat(5000));
+    let err = RunFile::from_toml(&format!("[run]\nquestion_template = {long:?}")).unwrap_err();
+    assert!(format!("{err:#}").contains("at most 4096"), "{err:#}");
+    // A changed template is a changed recipe: `--resume` refuses it.
+    let changes = run::config_changes(&RunFile::default(), &f).unwrap();
+    assert!(
+        changes.iter().any(|c| c.starts_with("run.question_template: absent ->")),
+        "{changes:?}"
+    );
+}
+
+#[test]
 fn tiny_run_files_keep_their_presets_algorithms() {
     let dir = run::workspace_root().join("recipes/tiny");
     let dr = RunFile::from_toml_file(dir.join("dr_grpo.toml")).unwrap();
@@ -316,26 +361,48 @@ fn engine_run_files_select_an_engine_and_export_writes_a_loadable_model() {
     assert!(err.contains("not empty"), "{err}");
 }
 
-/// `recipes/smollm2_addition.toml` (the real-model run of docs/results.md) is Dr. GRPO with the
-/// tuned sampling and learning rate, on the SmolLM2 GGUF, evaluated on the held-out split.
+/// `recipes/smollm2_addition.toml` and `recipes/smollm2_addition_constant.toml` (the real-model
+/// runs of docs/results.md) are Dr. GRPO with the tuned sampling and learning rate, on the SmolLM2
+/// GGUF, evaluated on the held-out split; the first adds a cosine decay over its whole run and
+/// DAPO dynamic sampling, and differs from the second in nothing else.
 #[test]
-fn the_smollm2_addition_recipe_is_dr_grpo_on_the_held_out_split() {
+fn the_smollm2_addition_recipes_are_dr_grpo_on_the_held_out_split() {
     let f = RunFile::from_toml_file(recipe_path("smollm2_addition")).unwrap();
-    let mut algo = f.algorithm.clone();
-    algo.resolve(&f.trainer);
-    let mut dr = Recipe::dr_grpo().algorithm;
-    dr.resolve(&f.trainer);
-    assert_eq!(algo, dr, "the Dr. GRPO stages, constant = max_new_tokens");
-    assert_eq!(f.run.model.as_deref(), Some(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert_eq!(f.run.eval_split, run::EvalSplit::Test);
-    assert_eq!((f.trainer.sampling.temperature, f.trainer.actor.lr), (0.7, 2e-5));
+    let constant = RunFile::from_toml_file(recipe_path("smollm2_addition_constant")).unwrap();
+    for f in [&f, &constant] {
+        let mut algo = f.algorithm.clone();
+        algo.resolve(&f.trainer);
+        let mut dr = Recipe::dr_grpo().algorithm;
+        dr.resolve(&f.trainer);
+        assert_eq!(algo, dr, "the Dr. GRPO stages, constant = max_new_tokens");
+        assert_eq!(f.run.model.as_deref(), Some(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(f.run.eval_split, run::EvalSplit::Test);
+        assert_eq!((f.trainer.sampling.temperature, f.trainer.actor.lr), (0.7, 2e-5));
+    }
+    assert_eq!(constant.trainer.actor.schedule, rl_zero::trainer::LrSchedule::Constant);
+    assert_eq!(
+        f.trainer.actor.schedule,
+        rl_zero::trainer::LrSchedule::WarmupCosine {
+            warmup_steps: 0,
+            total_steps: f.run.steps,
+            min_lr_ratio: 0.1
+        },
+        "the decay spans the run"
+    );
+    let ds = f.trainer.dynamic_sampling.clone().expect("dynamic sampling");
+    assert_eq!((ds.max_rounds, ds.on_shortfall), (4, rl_zero::trainer::Shortfall::Train));
+    let mut same = f.clone();
+    same.trainer.actor.schedule = rl_zero::trainer::LrSchedule::Constant;
+    same.trainer.dynamic_sampling = None;
+    same.run = run::RunSettings { steps: 40, eval_every: 5, ..f.run.clone() };
+    assert_eq!(same, constant, "only the schedule, dynamic sampling and run length differ");
 }
 
-/// `recipes/smollm2_arithmetic.toml` (the harder task of docs/results.md) is the addition recipe
-/// with only the task (and the run length, evaluation interval and output) changed.
+/// `recipes/smollm2_arithmetic.toml` (the harder task of docs/results.md) is the constant-rate
+/// addition recipe with only the task (and the run length, evaluation interval and output) changed.
 #[test]
 fn the_smollm2_arithmetic_recipe_changes_only_the_task() {
-    let add = RunFile::from_toml_file(recipe_path("smollm2_addition")).unwrap();
+    let add = RunFile::from_toml_file(recipe_path("smollm2_addition_constant")).unwrap();
     let hard = RunFile::from_toml_file(recipe_path("smollm2_arithmetic")).unwrap();
     assert_eq!(hard.recipe(), add.recipe());
     assert_eq!(hard.run.dataset, "arithmetic:1".parse().unwrap());

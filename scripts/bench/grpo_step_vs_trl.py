@@ -132,7 +132,7 @@ def prepare(out_dir):
     print(f"wrote {out} (eos {tok.eos_token!r}, pad {tok.pad_token!r})")
 
 
-def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new):
+def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new, precision="f32"):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -160,8 +160,10 @@ def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new):
     micro = 4
     batch = prompts_per_step * samples
     assert batch % micro == 0
+    # bf16: TRL's own mixed precision (`bf16=True`: accelerate wraps the f32 model's forward in
+    # torch.autocast("cpu", dtype=torch.bfloat16), generation included; f32 master weights and AdamW).
     args = dr_grpo_config(out_dir, seed=seed, steps=1, lr=1e-6, micro=micro, batch=batch,
-                          samples=samples, max_new=max_new, temperature=1.0)
+                          samples=samples, max_new=max_new, temperature=1.0, bf16=precision == "bf16")
     assert args.steps_per_generation == args.gradient_accumulation_steps
     assert args.generation_batch_size == batch, args.generation_batch_size
 
@@ -210,7 +212,8 @@ def step(model_dir, seed, threads, out_dir, prompts_per_step, samples, max_new):
     print(f"RESULT side=trl secs={secs:.3f} gen_secs={stats['gen_s']:.3f} train_secs={secs - stats['gen_s']:.3f} "
           f"tokens={stats['tokens']} completion_len={comp_len:.2f} reward={reward:.4f} "
           f"peak_rss_mb={peak_rss_mb():.0f} load_secs={load_s:.2f} setup_secs={setup_s:.2f} "
-          f"train_wall_secs={train_wall:.3f}", flush=True)
+          f"train_wall_secs={train_wall:.3f} precision={precision} "
+          f"accelerate_mixed_precision={trainer.accelerator.mixed_precision}", flush=True)
 
 
 def main():
@@ -223,11 +226,13 @@ def main():
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: GRPOConfig(bf16=True), PyTorch autocast with f32 master weights")
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.dir)
     else:
-        step(a.dir, a.seed, a.threads, a.out, a.prompts, a.samples, a.max_new_tokens)
+        step(a.dir, a.seed, a.threads, a.out, a.prompts, a.samples, a.max_new_tokens, a.precision)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@
 #   bash scripts/bench/grpo_step_vs_trl.sh                 # 3 rounds, table on stdout
 #   ROUNDS=2 bash scripts/bench/grpo_step_vs_trl.sh
 #   REPORT_ONLY=1 bash scripts/bench/grpo_step_vs_trl.sh   # table from $OUT/results.txt again
+#   PRECISION=bf16 bash scripts/bench/grpo_step_vs_trl.sh   # mixed precision on both sides
 #
-# Settings (both sides): SmolLM2-135M-Instruct in f32 on the CPU with THREADS (default 2) threads,
+# PRECISION (f32 | bf16, default f32): bf16 = rl-zero `--compute-dtype bf16` against TRL
+# `GRPOConfig(bf16=True)` (PyTorch autocast), both with f32 master weights and AdamW moments.
+# Settings (both sides): SmolLM2-135M-Instruct with f32 weights on the CPU with THREADS (default 2) threads,
 # PROMPTS (8) two-digit addition prompts "What is A + B? Put the final answer in \boxed{}." through
 # the model's chat template x SAMPLES (4) samples, MAX_NEW (128) new tokens, temperature 1, no
 # top-p / top-k, Dr. GRPO (advantage = reward - group mean, token sums / MAX_NEW), PPO clip 0.2,
@@ -31,6 +34,8 @@ NICE=${NICE:-5}
 PROMPTS=${PROMPTS:-8}
 SAMPLES=${SAMPLES:-4}
 MAX_NEW=${MAX_NEW:-128}
+PRECISION=${PRECISION:-f32}
+case $PRECISION in f32 | bf16) ;; *) echo "PRECISION=$PRECISION: f32 or bf16" >&2; exit 2 ;; esac
 out=${OUT:-$root/target/bench-trl}
 results=$out/results.txt
 py=scripts/.venv/bin/python
@@ -65,6 +70,7 @@ for n in rounds:
           f"| {f(a, 'peak_rss_mb'):.0f} / {f(b, 'peak_rss_mb'):.0f} |")
 mmm = lambda v: f"{min(v):.2f} / {statistics.median(v):.2f} / {max(v):.2f}"
 print()
+print("precision: " + ", ".join(sorted({r.get("precision", "f32") for r in rows})))
 print(f"ratio TRL s / rl-zero s (min / median / max over {len(rounds)} rounds): {mmm(rs)}")
 print(f"ratio rl-zero tok/s / TRL tok/s (min / median / max): {mmm(rt)}")
 print(f"peak RSS: rl-zero {rss['rl-zero']:.0f} MiB, TRL {rss['trl']:.0f} MiB, "
@@ -113,10 +119,10 @@ run_rlz() {  # round first
   rm -rf "$dir"
   RAYON_NUM_THREADS=$THREADS nice -n "$NICE" /usr/bin/time -v -o "$dir.time" "$bin" --model "$gguf" \
     --steps 1 --prompts "$PROMPTS" --samples "$SAMPLES" --max-new-tokens "$MAX_NEW" --lr 1e-6 --temperature 1 --micro-batch 4 \
-    --eval-prompts 1 --eval-every 0 --seed $((r - 1)) --out "$dir" > "$dir.log" 2>&1 ||
+    --compute-dtype "$PRECISION" --eval-prompts 1 --eval-every 0 --seed $((r - 1)) --out "$dir" > "$dir.log" 2>&1 ||
     { cat "$dir.log" >&2; exit 1; }
   "$py" - "$dir/dr_grpo/metrics.jsonl" "$dir.time" "$prompt_tokens" "$((PROMPTS * SAMPLES))" "$r" "$2" \
-    >> "$results" <<'PY'
+    "$PRECISION" >> "$results" <<'PY'
 import json, sys
 # The JSONL also holds the evaluation lines: take the (only) training step.
 m = [json.loads(l) for l in open(sys.argv[1]) if '"time/step_s"' in l][-1]
@@ -126,7 +132,7 @@ step, gen, L = m["time/step_s"], m["time/generate_s"], m["response/length_mean"]
 print(f"RESULT side=rl-zero secs={step:.3f} gen_secs={gen:.3f} train_secs={step - gen:.3f} "
       f"tokens={round(n * (p + L))} completion_len={L:.2f} reward={m['reward/mean']:.4f} "
       f"peak_rss_mb={int(rss) / 1024:.0f} prepare_secs={m['time/prepare_s']:.3f} "
-      f"optimizer_secs={m['time/optimizer_s']:.3f} round={r} first={first}")
+      f"optimizer_secs={m['time/optimizer_s']:.3f} round={r} first={first} precision={sys.argv[7]}")
 PY
   tail -n 1 "$results" >&2
 }
@@ -135,7 +141,7 @@ run_trl() {  # round first
   local r=$1 log=$out/trl-$1
   OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS TOKENIZERS_PARALLELISM=false nice -n "$NICE" \
     /usr/bin/time -v -o "$log.time" "$py" "$helper" step "$hf" --seed $((r - 1)) --threads "$THREADS" \
-    --prompts "$PROMPTS" --samples "$SAMPLES" --max-new-tokens "$MAX_NEW" --out "$out/trl-out-$r" \
+    --prompts "$PROMPTS" --samples "$SAMPLES" --max-new-tokens "$MAX_NEW" --precision "$PRECISION" --out "$out/trl-out-$r" \
     > "$log.log" 2> "$log.err" || { tail -n 40 "$log.err" >&2; exit 1; }
   local rss line
   rss=$(awk '/Maximum resident set size/ {print $NF}' "$log.time")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time to accuracy, rl-zero vs TRL's GRPOTrainer, same recipe: both train SmolLM2-135M-Instruct on
-# two-digit addition with RECIPE (default recipes/smollm2_addition.toml) for STEPS steps; both
+# two-digit addition with RECIPE (default recipes/smollm2_addition_constant.toml) for STEPS steps; both
 # policies are scored every `run.eval_every` steps by rl-zero's greedy evaluator on the same held-out
 # prompts; the report gives held-out accuracy against training time, minutes to each accuracy
 # mark, steps per hour and peak RSS (scripts/bench/time_to_accuracy.py), and a figure.
@@ -19,7 +19,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-RECIPE=${RECIPE:-recipes/smollm2_addition.toml}
+RECIPE=${RECIPE:-recipes/smollm2_addition_constant.toml}
 STEPS=${STEPS:-20}
 TRL_STEPS=${TRL_STEPS:-$STEPS}
 THREADS=${THREADS:-2}

@@ -1,5 +1,5 @@
 """TRL side of scripts/bench/time_to_accuracy.sh: TRL's GRPOTrainer trains SmolLM2-135M-Instruct on
-two-digit addition with the recipe of recipes/smollm2_addition.toml, saving the policy every
+two-digit addition with the recipe of recipes/smollm2_addition_constant.toml, saving the policy every
 `--save-every` steps so that rl-zero's own greedy evaluator (`rl-zero eval`) scores TRL's checkpoints
 on the same held-out prompts as rl-zero's run.
 
@@ -23,18 +23,19 @@ The recipe, mirrored field by field (rl-zero name -> GRPOConfig):
   Prompts: the same chat-templated questions over the same training pool: for `run.dataset =
   "addition"` the question "What is A + B? Put the final answer in \\boxed{}." on every pair
   10..99 x 10..99 that is not held out (`held_out` below = rl-zero's split); for a JSONL file its
-  rows but the last `run.eval_prompts` (rl-zero's split). The order is a seeded shuffle of
+  rows but the last `run.eval_prompts` (rl-zero's split); `run.question_template`, when set, wraps
+  each question as rl-zero does (its `{question}` replaced once). The order is a seeded shuffle of
   Python's, not rl-zero's.
 
 Time: `train_secs` accumulates on_step_begin -> on_step_end (generation, reward, forward/backward,
 optimizer step); saving a checkpoint happens after on_step_end and is not counted, as rl-zero's
 `time/step_s` excludes its evaluations and checkpoints.
 
-The settings are read from `--recipe` (default recipes/smollm2_addition.toml); a run file with a
+The settings are read from `--recipe` (default recipes/smollm2_addition_constant.toml); a run file with a
 setting this script does not mirror (another advantage, loss aggregation, schedule, ...) is refused.
 
 usage: scripts/.venv/bin/python scripts/bench/trl_addition.py train target/bench-trl/smollm2-hf OUT \
-           [--recipe recipes/smollm2_addition.toml] [--steps 20] [--save-every 5] [--seed 0] [--threads 2]
+           [--recipe recipes/smollm2_addition_constant.toml] [--steps 20] [--save-every 5] [--seed 0] [--threads 2]
 """
 import argparse
 import json
@@ -76,7 +77,7 @@ def train(a):
     eos_ids = {tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
 
     rng = random.Random(a.seed)
-    rows = training_rows(a.dataset, a.eval_prompts)
+    rows = training_rows(a.dataset, a.eval_prompts, a.question_template)
     rng.shuffle(rows)
     need = a.steps * a.prompts
     data = Dataset.from_list([
@@ -160,11 +161,20 @@ def train(a):
     print(json.dumps(summary))
 
 
-def training_rows(dataset, eval_prompts):
+def training_rows(dataset, eval_prompts, template=None):
     """(question, answer) training rows of `run.dataset`: the built-in "addition" (every pair of
     10..99 that `held_out` does not keep back, with the built-in question) or a JSONL file of
     `prompt`/`answer` rows whose last `eval_prompts` lines are the held-out ones, as rl-zero reads it
-    (src/run/data.rs; e.g. written by scripts/data/addition_jsonl.py with another question)."""
+    (src/run/data.rs; e.g. written by scripts/data/addition_jsonl.py with another question), each
+    question written into `template` at its `{question}` (rl-zero's `run.question_template`)."""
+    rows = raw_rows(dataset, eval_prompts)
+    if template is None:
+        return rows
+    return [(template.replace("{question}", q, 1), ans) for q, ans in rows]
+
+
+def raw_rows(dataset, eval_prompts):
+    """`training_rows` before the question template."""
     if dataset == "addition":
         return [(question(x, y), str(x + y))
                 for x in range(10, 100) for y in range(10, 100) if not held_out(x, y)]
@@ -204,6 +214,9 @@ def recipe_args(path):
         "trainer.actor.adam.weight_decay": (adam.get("weight_decay"), 0.0),
         "trainer.ppo_epochs": (tr.get("ppo_epochs", 1), 1),
     }
+    if "dynamic_sampling" in tr:
+        sys.exit(f"{path}: trainer.dynamic_sampling is set; TRL's GRPOTrainer has no dynamic sampling "
+                 "to mirror it with")
     for field, (got, want) in checks.items():
         if got != want:
             sys.exit(f"{path}: {field} = {got!r}; this script mirrors only {want!r}")
@@ -214,8 +227,12 @@ def recipe_args(path):
         dataset = str(ROOT / dataset)
     if run.get("eval_split", "test") != "test":
         sys.exit(f"{path}: run.eval_split = {run['eval_split']!r}; this script mirrors only \"test\"")
+    template = run.get("question_template")
+    if template is not None and template.count("{question}") != 1:
+        sys.exit(f"{path}: run.question_template must contain {{question}} exactly once")
     return {
         "dataset": dataset,
+        "question_template": template,
         "eval_prompts": run.get("eval_prompts", 200),
         "prompts": run.get("prompts_per_step", 8),
         "samples": samp.get("n", 8),
@@ -231,7 +248,7 @@ def main():
     ap.add_argument("cmd", choices=["train"])
     ap.add_argument("model_dir")
     ap.add_argument("out")
-    ap.add_argument("--recipe", default=str(ROOT / "recipes/smollm2_addition.toml"),
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/smollm2_addition_constant.toml"),
                     help="rl-zero run file whose sampling, optimizer and batch settings TRL gets")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--save-every", type=int, default=5)

@@ -17,7 +17,11 @@ pub fn held_out(a: u32, b: u32) -> bool {
 pub struct PromptWriter {
     bos: String,
     chat: Option<rl_policy::template::ChatTemplate>,
+    template: Option<String>,
 }
+
+/// The placeholder of `run.question_template` ([`RunSettings::question_template`]).
+pub const QUESTION: &str = "{question}";
 
 impl PromptWriter {
     /// The writer for `loaded` (fails when the model's chat template does not compile).
@@ -29,11 +33,36 @@ impl PromptWriter {
             _ => None,
         };
         let bos = loaded.tokenizer.bos_token().unwrap_or_default().to_string();
-        Ok(Self { bos, chat })
+        Ok(Self { bos, chat, template: None })
+    }
+
+    /// Writes each question into `template` first, at its [`QUESTION`] placeholder (`None`: the
+    /// question as it is).
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// use rl_zero::run::{PromptWriter, load_model};
+    /// let loaded = load_model(None, "main")?; // the embedded model: `<bos>` + question
+    /// let writer = PromptWriter::new(&loaded)?.with_template(Some("Q: {question} A:"));
+    /// assert!(writer.write("1 + 2?")?.ends_with("Q: 1 + 2? A:"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_template(mut self, template: Option<&str>) -> Self {
+        self.template = template.map(str::to_string);
+        self
     }
 
     /// The prompt text of `question`.
     pub fn write(&self, question: &str) -> Result<String> {
+        let templated;
+        let question = match &self.template {
+            None => question,
+            Some(t) => {
+                templated = t.replacen(QUESTION, question, 1);
+                &templated
+            }
+        };
         match &self.chat {
             None => Ok(format!("{}{question}", self.bos)),
             Some(t) => {
@@ -51,7 +80,15 @@ pub fn addition_prompts(
     seed: u64,
     eval: usize,
 ) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
-    let writer = PromptWriter::new(loaded)?;
+    addition_split(&PromptWriter::new(loaded)?, seed, eval)
+}
+
+/// [`addition_prompts`] written by `writer`.
+fn addition_split(
+    writer: &PromptWriter,
+    seed: u64,
+    eval: usize,
+) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
     let write = |a: u32, b: u32| -> Result<Prompt> {
         let q = format!("What is {a} + {b}? Put the final answer in \\boxed{{}}.");
         Ok(Prompt::new(writer.write(&q)?, (a + b).to_string()))
@@ -194,12 +231,12 @@ pub fn prompts(
     run: &RunSettings,
     seed: u64,
 ) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
-    let writer = PromptWriter::new(loaded)?;
+    let writer = PromptWriter::new(loaded)?.with_template(run.question_template.as_deref());
     let rewrite = |ps: Vec<Prompt>| -> Result<Vec<Prompt>> {
         ps.into_iter().map(|p| Ok(Prompt { text: writer.write(&p.text)?, ..p })).collect()
     };
     let (mut train, test) = match &run.dataset {
-        Dataset::Addition => addition_prompts(loaded, seed, run.eval_prompts),
+        Dataset::Addition => addition_split(&writer, seed, run.eval_prompts),
         Dataset::Arithmetic { level } => {
             let test = rewrite(arithmetic(run.eval_prompts, *level, seed ^ 0x5EED_E7A1)?)?;
             let held: std::collections::HashSet<&str> =

@@ -45,7 +45,16 @@ pub struct RunSettings {
     /// `docs/policy.md`, "Mixed precision"). Sampling, training and evaluation all use it.
     #[serde(skip_serializing_if = "is_f32")]
     pub compute_dtype: ComputeDtype,
+    /// The text every question is written into, training and evaluation alike, before the chat
+    /// template: `{question}` stands for the dataset's question (once; at most
+    /// [`MAX_QUESTION_TEMPLATE_BYTES`] bytes). Absent (the default): the question as it is. Like
+    /// the instruction verl's data preprocessing appends to each GSM8K question.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question_template: Option<String>,
 }
+
+/// Upper bound on the length of `run.question_template`, checked by [`RunFile::validate`].
+pub const MAX_QUESTION_TEMPLATE_BYTES: usize = 4096;
 
 fn is_f32(c: &ComputeDtype) -> bool {
     *c == ComputeDtype::F32
@@ -69,6 +78,7 @@ impl Default for RunSettings {
             keep_last: None,
             out: PathBuf::from("runs/cli"),
             compute_dtype: ComputeDtype::F32,
+            question_template: None,
         }
     }
 }
@@ -182,6 +192,17 @@ impl RunFile {
                 r.prompts_per_step,
                 self.trainer.sampling.n
             );
+        }
+        if let Some(t) = &r.question_template {
+            if t.len() > MAX_QUESTION_TEMPLATE_BYTES {
+                bail!(
+                    "run.question_template: {} bytes, at most {MAX_QUESTION_TEMPLATE_BYTES}",
+                    t.len()
+                );
+            }
+            if t.matches(QUESTION).count() != 1 {
+                bail!("run.question_template: must contain `{QUESTION}` exactly once: {t:?}");
+            }
         }
         if r.keep_last == Some(0) {
             bail!("run.keep_last: must be >= 1 (leave it out to keep every checkpoint)");

@@ -75,12 +75,25 @@ pub struct DynamicSampling {
     pub max_rounds: usize,
     /// Behaviour when `max_rounds` rounds are not enough.
     pub on_shortfall: Shortfall,
+    /// Prompts drawn and sampled per generation round (verl DAPO `data.gen_batch_size`; its
+    /// recipe draws 3× the training prompts): one larger round fills the batch more often than
+    /// several small ones, and a batched sampler is faster per response on a larger batch. Groups
+    /// beyond the batch are dropped (their rewards still count in the rollout metrics). Absent,
+    /// or fewer than the step's prompts: the step's prompts. At most
+    /// [`MAX_RESPONSES_PER_ROUND`] responses per round with `sampling.n`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompts_per_round: Option<usize>,
 }
 
+/// Upper bound on `dynamic_sampling.prompts_per_round × sampling.n`, so that a typo cannot ask
+/// for an unbounded generation round.
+pub const MAX_RESPONSES_PER_ROUND: usize = 1 << 20;
+
 impl Default for DynamicSampling {
-    /// 10 rounds, fail on shortfall (DAPO recipe `max_num_gen_batches=10`).
+    /// 10 rounds, fail on shortfall (DAPO recipe `max_num_gen_batches=10`), the step's prompts
+    /// per round.
     fn default() -> Self {
-        Self { max_rounds: 10, on_shortfall: Shortfall::Error }
+        Self { max_rounds: 10, on_shortfall: Shortfall::Error, prompts_per_round: None }
     }
 }
 
@@ -276,6 +289,19 @@ impl TrainerConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(TrainerError::config(*name, "must be >= 1"));
+        }
+        if let Some(p) = self.dynamic_sampling.as_ref().and_then(|d| d.prompts_per_round) {
+            let responses = p.saturating_mul(self.sampling.n);
+            if p == 0 || responses > MAX_RESPONSES_PER_ROUND {
+                return Err(TrainerError::config(
+                    "dynamic_sampling.prompts_per_round",
+                    format!(
+                        "{p} prompts × sampling.n = {} is {responses} responses per round: must \
+                         be between 1 and {MAX_RESPONSES_PER_ROUND}",
+                        self.sampling.n
+                    ),
+                ));
+            }
         }
         if !self.entropy_coef.is_finite() {
             return Err(TrainerError::config("entropy_coef", "must be finite"));

@@ -21,7 +21,10 @@ pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{Checkpointable, TrainerState};
-pub use config::{DynamicSampling, OptimizerConfig, RolloutCorrection, Shortfall, TrainerConfig};
+pub use config::{
+    DynamicSampling, MAX_RESPONSES_PER_ROUND, OptimizerConfig, RolloutCorrection, Shortfall,
+    TrainerConfig,
+};
 pub use data::{DataPosition, FixedPrompts, PromptDataset, PromptSource};
 pub use error::{Result, TrainerError};
 pub use eval::{EvalReport, evaluate};

@@ -355,7 +355,9 @@ fn ppo_trains_the_critic_and_respects_critic_warmup() -> R {
 
 #[test]
 fn dynamic_sampling_fills_the_batch_or_reports_a_shortfall() -> R {
-    let ds = |on_shortfall| Some(DynamicSampling { max_rounds: 8, on_shortfall });
+    let ds = |on_shortfall| {
+        Some(DynamicSampling { max_rounds: 8, on_shortfall, prompts_per_round: None })
+    };
     let mut t = grpo(TrainerConfig { dynamic_sampling: ds(Shortfall::Error), ..config(4, 0.01) })?;
     let m = t.step(&prompts(6))?.metrics;
     assert_eq!(m.get("dynamic/kept_groups"), Some(6.0));
@@ -375,13 +377,35 @@ fn dynamic_sampling_fills_the_batch_or_reports_a_shortfall() -> R {
     let only_q0 = |s: &Sample| -> rl_core::Result<f32> {
         Ok((s.prompt == "q0" && s.response.contains('b')) as u8 as f32)
     };
-    let cfg = TrainerConfig {
-        dynamic_sampling: Some(DynamicSampling { max_rounds: 1, on_shortfall: Shortfall::Train }),
+    let one_round = |prompts_per_round| TrainerConfig {
+        dynamic_sampling: Some(DynamicSampling {
+            max_rounds: 1,
+            on_shortfall: Shortfall::Train,
+            prompts_per_round,
+        }),
         ..config(8, 0.01)
     };
-    let mut t = Trainer::grpo(mock(), only_q0, MeanCentered, PpoClip, cfg)?;
+    let mut t = Trainer::grpo(mock(), only_q0, MeanCentered, PpoClip, one_round(None))?;
     let m = t.step(&prompts(3))?.metrics;
     assert_eq!(m.get("dynamic/kept_groups"), Some(1.0));
+    // A larger round (verl DAPO `gen_batch_size`): 9 prompts drawn (q0, q1, q2 three times over),
+    // so the one round holds three q0 groups and keeps them all; never more than the step's 3.
+    let mut t = Trainer::grpo(mock(), only_q0, MeanCentered, PpoClip, one_round(Some(9)))?;
+    let report = t.step(&prompts(3))?;
+    assert_eq!(report.metrics.get("dynamic/kept_groups"), Some(3.0));
+    assert_eq!(report.metrics.get("dynamic/rounds"), Some(1.0));
+    let mut t = Trainer::grpo(mock(), contains_b, MeanCentered, PpoClip, one_round(Some(9)))?;
+    assert_eq!(t.step(&prompts(3))?.metrics.get("dynamic/kept_groups"), Some(3.0));
+    // Fewer than the step's prompts act as the step's prompts; 0 and unbounded rounds are refused.
+    let mut t = Trainer::grpo(mock(), only_q0, MeanCentered, PpoClip, one_round(Some(1)))?;
+    assert_eq!(t.step(&prompts(3))?.metrics.get("dynamic/kept_groups"), Some(1.0));
+    for bad in [0, usize::MAX / 2] {
+        let err = one_round(Some(bad)).validate().unwrap_err().to_string();
+        assert!(err.contains("dynamic_sampling.prompts_per_round"), "{err}");
+    }
+    let toml = "[dynamic_sampling]\nmax_rounds = 2\nprompts_per_round = 24";
+    let c = TrainerConfig::from_toml(toml)?;
+    assert_eq!(c.dynamic_sampling.and_then(|d| d.prompts_per_round), Some(24));
     Ok(())
 }
 

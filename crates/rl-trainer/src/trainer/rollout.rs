@@ -24,6 +24,8 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
     ) -> Result<(RolloutBatch, Vec<f32>)> {
         let dynamic = self.config.dynamic_sampling.clone();
         let rounds = dynamic.as_ref().map_or(1, |d| d.max_rounds);
+        // Prompts drawn per round: the step's groups, or more with `prompts_per_round`.
+        let draw = dynamic.as_ref().and_then(|d| d.prompts_per_round).unwrap_or(0).max(groups);
         let (mut kept, mut kept_scores, mut kept_groups) = (Vec::new(), Vec::new(), 0usize);
         let (mut all_samples, mut all_scores) = (Vec::new(), Vec::new());
         let (mut gen_s, mut score_s, mut next_id, mut used_rounds) = (0.0, 0.0, 0usize, 0usize);
@@ -39,7 +41,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         for round in 0..rounds {
             used_rounds = round + 1;
-            let mut prompts = source.next_prompts(groups)?;
+            let mut prompts = source.next_prompts(draw)?;
             let mut seed =
                 mix_seed(self.config.seed, &[SEED_GENERATE, self.state.step, round as u64]);
             if world > 1 {
