@@ -71,7 +71,7 @@ pub struct RuntimeReport {
     pub blas: String,
     /// How bf16 matrix products run on the CPU now ([`crate::ops::blas::bf16_path`]).
     pub bf16: crate::ops::blas::Bf16Path,
-    /// The decoding products' kernel (`"avx512"`, `"avx2"`, `"portable"` or `"mkl"`:
+    /// The decoding products' kernel (`"avx512"`, `"avx2"` or `"portable"`:
     /// [`crate::ops::blas::decode_kernel`]); `RLZ_DECODE_KERNEL` chooses another
     /// ([`crate::ops::blas::use_decode_kernel_from_env`]).
     pub decode_kernel: &'static str,

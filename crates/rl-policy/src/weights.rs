@@ -174,13 +174,20 @@ impl LanguageModel {
 
     /// Sets the [`Self::compute_dtype`] of the decoders built from now on. The weights stay in
     /// their dtype (the f32 masters the optimizer updates); each decoder converts them to bf16
-    /// once, on first use.
+    /// once, on first use. Asking for bf16 on a CPU whose AMX tiles would go unused logs
+    /// [`crate::ops::blas::amx_unused`] once per process.
     ///
     /// # Errors
     /// [`PolicyError::Config`] (`compute_dtype`) for bf16 on weights that are not f32.
     pub fn set_compute_dtype(&mut self, compute: ComputeDtype) -> Result<()> {
         check_compute(compute, self.dtype)?;
         self.compute = compute;
+        if compute == ComputeDtype::Bf16 && self.device.is_cpu() {
+            static HINT: std::sync::Once = std::sync::Once::new();
+            if let Some(why) = crate::ops::blas::amx_unused() {
+                HINT.call_once(|| tracing::warn!("{why}"));
+            }
+        }
         Ok(())
     }
 

@@ -239,15 +239,15 @@ fn f32_dots() -> (&'static str, DotsF32) {
 
 /// The kernel of the few-row f32 products of decoding on this CPU (one token per sequence:
 /// each weight row streamed once, no packing): `"avx512"`, `"avx2"` (x86-64 without AVX-512,
-/// e.g. AMD Zen 1-3) or `"portable"`; `"mkl"` while MKL runs every product ([`use_mkl`]).
-/// Reported by [`crate::runtime::init`] so a run's log says which path ran.
+/// e.g. AMD Zen 1-3) or `"portable"`, with or without MKL ([`use_mkl`] runs the other f32
+/// products). Reported by [`crate::runtime::init`] so a run's log says which path ran.
 ///
 /// ```
 /// let k = rl_policy::ops::blas::decode_kernel();
-/// assert!(["avx512", "avx2", "portable", "mkl"].contains(&k));
+/// assert!(["avx512", "avx2", "portable"].contains(&k));
 /// ```
 pub fn decode_kernel() -> &'static str {
-    if MKL.get().is_some() { "mkl" } else { f32_dots().0 }
+    f32_dots().0
 }
 
 /// Chooses the f32 decode kernel for the rest of the process by name (`"auto"` is the
@@ -622,18 +622,23 @@ unsafe fn dots_avx2(p: Dots<f32>) {
     unsafe { tiles!(p, tile_avx2, TILE_W_AVX2, TILE_X_AVX2) }
 }
 
-/// Output rows at most for which [`skinny`] streams the weights instead of calling gemm.
+/// Output rows at most for which [`skinny`] streams the weights instead of calling gemm. On a
+/// 2-core AMX Xeon (2026-12-05) sampling SmolLM2 64 × 64 with the limit at 64 instead took 0.91×
+/// the time with 2 threads and 1.02× with 1; 128 × 32 with it at 128 took 1.17× (2 threads).
 const SKINNY_ROWS: usize = 32;
 
 /// `c = a · b` for few rows of `a` (decoding: one token per sequence) where `b = wᵀ` of a
 /// row-major `w`: every output element is a dot product of two unit-stride rows, so each weight
 /// row is read once from memory, where gemm would first copy (pack) all of `b`. Column blocks run
-/// on all threads. `false` (nothing written) when it does not apply: layout, dtype, MKL in use.
+/// on all threads. `false` (nothing written) when it does not apply: layout, dtype. It runs with
+/// MKL loaded too: on a 2-core AMX Xeon (2026-12-05, docs/benchmarks.md) sampling SmolLM2 16 × 128
+/// took 15.8 s (1 thread) and 10.8 s (2) with MKL's sgemm on these products, 12.0 s and 8.3 s
+/// here.
 ///
 /// # Safety
 /// As [`Product`] with `ldc = n`.
 unsafe fn skinny<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, c: *mut T) -> bool {
-    if !T::DOTS || m > SKINNY_ROWS || a.cs != 1 || b.rs != 1 || MKL.get().is_some() {
+    if !T::DOTS || m > SKINNY_ROWS || a.cs != 1 || b.rs != 1 {
         return false;
     }
     let out = Out(c);
@@ -1085,6 +1090,31 @@ pub fn bf16_path() -> Bf16Path {
         Some(_) => Bf16Path::Mkl,
         None => Bf16Path::F32Fallback,
     }
+}
+
+/// Why the bf16 products leave this CPU's AMX tiles unused, when they do: `Some` (a message
+/// naming the fix) on a CPU with AMX-BF16 ([`cpu_has_amx_bf16`]) whose bf16 products do not take
+/// [`Bf16Path::MklAmx`] because MKL is not loaded, `None` elsewhere. On a 2-core Xeon with AMX
+/// (2026-12-05, docs/benchmarks.md) MKL's AMX path ran a bf16 forward + backward of SmolLM2
+/// 2.5x (1 thread) and 2.1x (2 threads) faster than rl-zero's AVX-512 BF16 kernels, which on
+/// that CPU are slower than its f32 products. `LanguageModel::set_compute_dtype` logs it once
+/// per process (a `tracing` warning) when bf16 products are asked for.
+///
+/// ```
+/// use rl_policy::ops::blas::{Bf16Path, amx_unused, bf16_path, cpu_has_amx_bf16};
+///
+/// assert_eq!(amx_unused().is_some(), cpu_has_amx_bf16() && bf16_path() != Bf16Path::MklAmx);
+/// if let Some(why) = amx_unused() {
+///     assert!(why.contains("RLZ_BLAS"));
+/// }
+/// ```
+pub fn amx_unused() -> Option<&'static str> {
+    (cpu_has_amx_bf16() && bf16_path() != Bf16Path::MklAmx).then_some(
+        "this CPU has AMX-BF16 tiles, but bf16 products run without them because MKL is not \
+         loaded; set RLZ_BLAS=$(bash scripts/setup_mkl.sh) to run them on the tiles (a bf16 forward \
+         + backward 2.1-2.5x faster on a 2-core Xeon; without MKL, bf16 is slower than f32 \
+         there: docs/benchmarks.md)",
+    )
 }
 
 /// `true` when the CPU runs AVX-512 F and AVX-512 BF16 (`vdpbf16ps`), detected at run time;
