@@ -418,11 +418,13 @@ fn the_smollm2_arithmetic_recipe_changes_only_the_task() {
 
 /// `run.compute_dtype = "bf16"` trains and evaluates with bf16 products: the run file says so
 /// in the saved `run.toml`, the steps' numbers differ from the f32 run's (the setting reaches the
-/// model) while staying finite, and `eval` on the run file uses it too.
+/// model) while staying finite, and `eval` on the run file uses it too. With `run.sample_dtype =
+/// "f32"` beside it, the first step's rollouts are the f32 run's (same weights, seed and sampler
+/// products) while its update is not (bf16 training products).
 #[test]
 fn compute_dtype_bf16_reaches_training_and_evaluation() {
     let mut outcomes = Vec::new();
-    for dtype in ["f32", "bf16"] {
+    for (dtype, sample) in [("f32", None), ("bf16", None), ("bf16", Some("f32"))] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("run");
         let text = std::fs::read_to_string(recipe_path("tiny/dr_grpo")).unwrap();
@@ -433,22 +435,35 @@ fn compute_dtype_bf16_reaches_training_and_evaluation() {
         file.run.eval_every = 0;
         file.run.out = out.clone();
         file.run.compute_dtype = serde_json::from_value(serde_json::json!(dtype)).unwrap();
+        file.run.sample_dtype =
+            sample.map(|s| serde_json::from_value(serde_json::json!(s)).unwrap());
         let saved = file.to_toml().unwrap();
         assert_eq!(saved.contains("compute_dtype = \"bf16\""), dtype == "bf16", "{saved}");
+        assert_eq!(saved.contains("sample_dtype = \"f32\""), sample.is_some(), "{saved}");
         assert_eq!(RunFile::from_toml(&saved).unwrap(), file);
         let outcome = run::train(&file, false, &mut |_| {}).unwrap();
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        let losses: Vec<f64> = metrics
+        let steps: Vec<serde_json::Value> = metrics
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter_map(|v| v.get("actor/grad_norm").and_then(serde_json::Value::as_f64))
+            .filter(|v| v.get("actor/grad_norm").is_some())
             .collect();
+        let losses: Vec<f64> =
+            steps.iter().map(|v| v["actor/grad_norm"].as_f64().unwrap()).collect();
         assert_eq!(losses.len(), 2, "{dtype}: {metrics}");
         assert!(losses.iter().all(|l| l.is_finite()), "{dtype}: {losses:?}");
+        let first_rollouts =
+            ["response/length_mean", "reward/mean"].map(|k| steps[0][k].as_f64().unwrap());
         let last = outcome.curve.last().unwrap().report.clone();
         let again = run::eval(&file, Some(outcome.checkpoint.to_str().unwrap())).unwrap();
         assert_eq!(again.accuracy, last.accuracy, "{dtype}: eval of the checkpoint");
-        outcomes.push((losses, last.samples));
+        let mismatch = steps[0]["rollout/log_prob_abs_diff"].as_f64().unwrap();
+        outcomes.push((losses, first_rollouts, mismatch, last.samples));
     }
     assert_ne!(outcomes[0].0, outcomes[1].0, "bf16 products give the same losses as f32");
+    assert_eq!(outcomes[2].1, outcomes[0].1, "f32 sampling: the f32 run's first rollouts");
+    assert_ne!(outcomes[2].0[0], outcomes[0].0[0], "bf16 training products: another update");
+    // The sampler (f32) and the trainer (bf16) disagree by bf16's rounding, the all-f32 run not.
+    let (f32_diff, mixed_diff) = (outcomes[0].2, outcomes[2].2);
+    assert!(mixed_diff > 1e-4 && f32_diff < 1e-5, "{f32_diff} vs {mixed_diff}");
 }

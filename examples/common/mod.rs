@@ -64,6 +64,11 @@ pub struct Args {
     /// accumulation and master weights; fastest with `RLZ_BLAS=<libmkl_rt.so>` on a CPU with AMX).
     #[arg(long, default_value = "f32")]
     pub compute_dtype: rl_zero::policy::ComputeDtype,
+    /// Dtype of the sampler's matrix products when it differs from `--compute-dtype` (default:
+    /// the same). On an AMX Xeon with MKL, `--compute-dtype bf16 --sample-dtype f32` is the fast
+    /// mix (bf16 training products, f32 sampling).
+    #[arg(long)]
+    pub sample_dtype: Option<rl_zero::policy::ComputeDtype>,
     /// Start again when `<out>/<example>` already holds a run: delete its run files
     /// (`metrics.jsonl`, `curves.svg`, `checkpoints/`) first; other files are kept. Without it
     /// a non-empty directory is refused.
@@ -112,6 +117,7 @@ pub fn setup(name: &str) -> Result<Setup> {
     }
     let mut loaded = rl_zero::run::load_model(args.model.as_deref(), &args.revision)?;
     loaded.model.set_compute_dtype(args.compute_dtype)?;
+    loaded.model.set_sample_compute_dtype(args.sample_dtype)?;
     let (train, test) = addition_prompts(&loaded, args.seed, args.eval_prompts)?;
     if args.overwrite {
         rl_zero::run::clear_run_files(&out, None)?;

@@ -10,6 +10,9 @@
 #
 # PRECISION (f32 | bf16, default f32): bf16 = rl-zero `--compute-dtype bf16` against TRL
 # `GRPOConfig(bf16=True)` (PyTorch autocast), both with f32 master weights and AdamW moments.
+# SAMPLE_PRECISION (f32 | bf16, default PRECISION): rl-zero's `--sample-dtype` (its sampler's
+# products; TRL samples in PRECISION either way), e.g. PRECISION=bf16 SAMPLE_PRECISION=f32 on an AMX
+# Xeon with RLZ_BLAS, where f32 sampling is the faster one.
 # Settings (both sides): SmolLM2-135M-Instruct with f32 weights on the CPU with THREADS (default 2) threads,
 # PROMPTS (8) two-digit addition prompts "What is A + B? Put the final answer in \boxed{}." through
 # the model's chat template x SAMPLES (4) samples, MAX_NEW (128) new tokens, temperature 1, no
@@ -36,6 +39,8 @@ SAMPLES=${SAMPLES:-4}
 MAX_NEW=${MAX_NEW:-128}
 PRECISION=${PRECISION:-f32}
 case $PRECISION in f32 | bf16) ;; *) echo "PRECISION=$PRECISION: f32 or bf16" >&2; exit 2 ;; esac
+SAMPLE_PRECISION=${SAMPLE_PRECISION:-$PRECISION}
+case $SAMPLE_PRECISION in f32 | bf16) ;; *) echo "SAMPLE_PRECISION=$SAMPLE_PRECISION: f32 or bf16" >&2; exit 2 ;; esac
 out=${OUT:-$root/target/bench-trl}
 results=$out/results.txt
 py=scripts/.venv/bin/python
@@ -119,10 +124,10 @@ run_rlz() {  # round first
   rm -rf "$dir"
   RAYON_NUM_THREADS=$THREADS nice -n "$NICE" /usr/bin/time -v -o "$dir.time" "$bin" --model "$gguf" \
     --steps 1 --prompts "$PROMPTS" --samples "$SAMPLES" --max-new-tokens "$MAX_NEW" --lr 1e-6 --temperature 1 --micro-batch 4 \
-    --compute-dtype "$PRECISION" --eval-prompts 1 --eval-every 0 --seed $((r - 1)) --out "$dir" > "$dir.log" 2>&1 ||
+    --compute-dtype "$PRECISION" --sample-dtype "$SAMPLE_PRECISION" --eval-prompts 1 --eval-every 0 --seed $((r - 1)) --out "$dir" > "$dir.log" 2>&1 ||
     { cat "$dir.log" >&2; exit 1; }
   "$py" - "$dir/dr_grpo/metrics.jsonl" "$dir.time" "$prompt_tokens" "$((PROMPTS * SAMPLES))" "$r" "$2" \
-    "$PRECISION" >> "$results" <<'PY'
+    "$PRECISION/$SAMPLE_PRECISION" >> "$results" <<'PY'
 import json, sys
 # The JSONL also holds the evaluation lines: take the (only) training step.
 m = [json.loads(l) for l in open(sys.argv[1]) if '"time/step_s"' in l][-1]

@@ -42,9 +42,17 @@ pub struct RunSettings {
     pub out: PathBuf,
     /// Dtype of the policy's and critic's matrix products: `"f32"` (the default) or `"bf16"`
     /// (mixed precision: bf16 operands, f32 accumulation, f32 master weights and AdamW moments;
-    /// `docs/policy.md`, "Mixed precision"). Sampling, training and evaluation all use it.
+    /// `docs/policy.md`, "Mixed precision"). Sampling, training and evaluation all use it
+    /// unless `sample_dtype` says otherwise.
     #[serde(skip_serializing_if = "is_f32")]
     pub compute_dtype: ComputeDtype,
+    /// Dtype of the sampler's matrix products (rollouts and evaluation responses) when it
+    /// differs from `compute_dtype`; absent (the default): the same. On an AMX Xeon with MKL,
+    /// `compute_dtype = "bf16"` with `sample_dtype = "f32"` is the fast mix (bf16 training
+    /// products, f32 sampling; `docs/benchmarks.md`). The PPO ratio's old log-probs then come
+    /// from the training forward (`trainer.recompute_old_log_probs`, the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_dtype: Option<ComputeDtype>,
     /// The text every question is written into, training and evaluation alike, before the chat
     /// template: `{question}` stands for the dataset's question (once; at most
     /// [`MAX_QUESTION_TEMPLATE_BYTES`] bytes). Absent (the default): the question as it is. Like
@@ -78,6 +86,7 @@ impl Default for RunSettings {
             keep_last: None,
             out: PathBuf::from("runs/cli"),
             compute_dtype: ComputeDtype::F32,
+            sample_dtype: None,
             question_template: None,
         }
     }

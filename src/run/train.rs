@@ -122,7 +122,7 @@ pub fn train_with(
     }
     let seed = recipe.trainer.seed;
     let mut loaded = load_model(run.model.as_deref(), &run.revision)?;
-    loaded.model.set_compute_dtype(run.compute_dtype)?;
+    set_precision(&mut loaded.model, run)?;
     let (train_set, test) = prompts(&loaded, run, seed)?;
     let mut data = PromptDataset::new(train_set, seed, true)?;
     // 2. The trainer (it opens the metrics file) and the checkpoint; undone on failure.
@@ -368,6 +368,13 @@ impl<'a> Drive<'a> {
     }
 }
 
+/// Sets the model's `run.compute_dtype` and `run.sample_dtype`.
+fn set_precision(model: &mut LanguageModel, run: &RunSettings) -> Result<()> {
+    model.set_compute_dtype(run.compute_dtype)?;
+    model.set_sample_compute_dtype(run.sample_dtype)?;
+    Ok(())
+}
+
 /// Greedy accuracy of `model` (see [`load_for_eval`]: a model or a checkpoint of a run on
 /// `file.run.model`) on `file.run.eval_prompts` held-out prompts of `file.run.dataset`, scored
 /// with `file.run.reward` and sampled with `file.trainer.sampling` (temperature 0).
@@ -375,7 +382,7 @@ pub fn eval(file: &RunFile, model: Option<&str>) -> Result<EvalReport> {
     file.validate()?;
     let run = &file.run;
     let mut loaded = load_for_eval(model, run.model.as_deref(), &run.revision)?;
-    loaded.model.set_compute_dtype(run.compute_dtype)?;
+    set_precision(&mut loaded.model, run)?;
     let seed = file.trainer.seed;
     let (_, test) = prompts(&loaded, run, seed)?;
     let mut policy = policy(loaded.model, loaded.tokenizer);

@@ -236,7 +236,7 @@ impl LmPolicy {
         texts: Option<&[Prompt]>,
         config: &SamplingConfig,
     ) -> Result<RolloutBatch> {
-        let model = self.model.detached()?;
+        let model = self.model.sampler()?;
         let stop_fn = |ids: &[u32]| -> Result<bool> {
             match &self.codec {
                 Some(c) => {

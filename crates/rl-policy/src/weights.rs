@@ -35,6 +35,8 @@ pub struct LanguageModel {
     dtype: DType,
     device: Device,
     compute: ComputeDtype,
+    /// The products' dtype of [`LanguageModel::sampler`] when it differs from `compute`.
+    sample: Option<ComputeDtype>,
     /// The bf16 weight buffers its decoders share (bf16 compute only).
     bf16_buffers: Arc<Bf16Buffers>,
 }
@@ -46,6 +48,7 @@ impl std::fmt::Debug for LanguageModel {
             .field("params", &self.num_params())
             .field("dtype", &self.dtype)
             .field("compute_dtype", &self.compute)
+            .field("sample_dtype", &self.sample_compute_dtype())
             .finish()
     }
 }
@@ -105,6 +108,7 @@ impl LanguageModel {
             dtype,
             device: device.clone(),
             compute: ComputeDtype::F32,
+            sample: None,
             bf16_buffers: Arc::default(),
         })
     }
@@ -151,6 +155,7 @@ impl LanguageModel {
             dtype: self.dtype,
             device: self.device.clone(),
             compute: self.compute,
+            sample: self.sample,
             bf16_buffers: Arc::default(),
         })
     }
@@ -182,12 +187,42 @@ impl LanguageModel {
     pub fn set_compute_dtype(&mut self, compute: ComputeDtype) -> Result<()> {
         check_compute(compute, self.dtype)?;
         self.compute = compute;
+        self.hint_amx(compute);
+        Ok(())
+    }
+
+    /// Logs [`crate::ops::blas::amx_unused`] once per process when `compute` is bf16 on a CPU.
+    fn hint_amx(&self, compute: ComputeDtype) {
         if compute == ComputeDtype::Bf16 && self.device.is_cpu() {
             static HINT: std::sync::Once = std::sync::Once::new();
             if let Some(why) = crate::ops::blas::amx_unused() {
                 HINT.call_once(|| tracing::warn!("{why}"));
             }
         }
+    }
+
+    /// The dtype of the matrix products of [`Self::sampler`]: the one set by
+    /// [`Self::set_sample_compute_dtype`], else [`Self::compute_dtype`].
+    pub fn sample_compute_dtype(&self) -> ComputeDtype {
+        self.sample.unwrap_or(self.compute)
+    }
+
+    /// Sets the dtype of the sampler's matrix products apart from the training ones (`None`:
+    /// follow [`Self::compute_dtype`], the default). The fast mix depends on the CPU: on an AMX
+    /// Xeon with MKL, bf16 training products are faster than f32 ones while f32 sampling is
+    /// faster than bf16 sampling (`docs/benchmarks.md`), so `compute_dtype` bf16 with
+    /// `sample_dtype` f32 takes the faster path on both sides. The old log-probs of the PPO ratio
+    /// should then come from the training forward (the trainer's default,
+    /// `recompute_old_log_probs`), as verl recomputes them for a vLLM sampler.
+    ///
+    /// # Errors
+    /// [`PolicyError::Config`] (`compute_dtype`) for bf16 on weights that are not f32.
+    pub fn set_sample_compute_dtype(&mut self, sample: Option<ComputeDtype>) -> Result<()> {
+        if let Some(s) = sample {
+            check_compute(s, self.dtype)?;
+            self.hint_amx(s);
+        }
+        self.sample = sample;
         Ok(())
     }
 
@@ -251,13 +286,13 @@ impl LanguageModel {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    fn transformer(&self, detach: bool) -> Result<Transformer> {
+    fn transformer(&self, detach: bool, compute: ComputeDtype) -> Result<Transformer> {
         let data = self.varmap.data().lock().expect("varmap lock");
         Transformer::from_weights(&self.cfg, |name| {
             data.get(name)
                 .map(|v| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() })
         })?
-        .with_compute_dtype(self.compute)
+        .with_compute_dtype(compute)
         .map(|t| t.with_bf16_buffers(self.bf16_buffers.clone()))
     }
 
@@ -266,7 +301,7 @@ impl LanguageModel {
     /// # Errors
     /// Never for a model built by this crate.
     pub fn trainable(&self) -> Result<Transformer> {
-        self.transformer(false)
+        self.transformer(false, self.compute)
     }
 
     /// The decoder over detached views of the vars (same storage, so later optimizer updates are
@@ -279,7 +314,34 @@ impl LanguageModel {
     /// # Errors
     /// Never for a model built by this crate.
     pub fn detached(&self) -> Result<Transformer> {
-        self.transformer(true)
+        self.transformer(true, self.compute)
+    }
+
+    /// [`Self::detached`] with the sampler's products, [`Self::sample_compute_dtype`]: the
+    /// decoder that generates rollouts and evaluation responses.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use rl_policy::{ComputeDtype, LanguageModel, ModelConfig};
+    ///
+    /// let cfg = ModelConfig::from_hf_json(serde_json::json!({
+    ///     "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+    ///     "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+    /// }))?;
+    /// let mut model = LanguageModel::random(cfg, 0, DType::F32, &Device::Cpu)?;
+    /// model.set_compute_dtype(ComputeDtype::Bf16)?;
+    /// assert_eq!(model.sampler()?.compute_dtype(), ComputeDtype::Bf16);
+    /// // bf16 training products, f32 sampling.
+    /// model.set_sample_compute_dtype(Some(ComputeDtype::F32))?;
+    /// assert_eq!(model.sampler()?.compute_dtype(), ComputeDtype::F32);
+    /// assert_eq!(model.detached()?.compute_dtype(), ComputeDtype::Bf16);
+    /// # Ok::<(), rl_policy::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Never for a model built by this crate.
+    pub fn sampler(&self) -> Result<Transformer> {
+        self.transformer(true, self.sample_compute_dtype())
     }
 
     /// Saves a Hugging Face checkpoint into `dir` (created if needed): `config.json` and

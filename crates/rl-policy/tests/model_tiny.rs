@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rl_core::{Critic, Policy, SamplingConfig};
 use rl_policy::logprobs::{PromptResponse, Trimmed, token_log_probs};
 use rl_policy::model::{AttentionLayout, KvCache, Mode};
-use rl_policy::{LanguageModel, LmPolicy, ModelConfig, PolicyError, ValueModel};
+use rl_policy::{ComputeDtype, LanguageModel, LmPolicy, ModelConfig, PolicyError, ValueModel};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -396,6 +396,43 @@ fn checkpoints_round_trip_and_loaders_report_typed_errors() -> R {
 
 fn policy() -> LmPolicy {
     LmPolicy::new(tiny("llama", true, DType::F32)).with_pad_id(0)
+}
+
+/// `sample_dtype` apart from `compute_dtype`: with bf16 training products and f32 sampling,
+/// the rollouts (tokens and sampling log-probs) are bit for bit those of an all-f32 model and the
+/// training log-probs those of an all-bf16 one.
+#[test]
+fn sample_dtype_sets_the_sampler_apart_from_the_training_products() -> R {
+    let with = |compute: ComputeDtype, sample: Option<ComputeDtype>| -> R<LmPolicy> {
+        let mut model = tiny("llama", true, DType::F32);
+        model.set_compute_dtype(compute)?;
+        model.set_sample_compute_dtype(sample)?;
+        Ok(LmPolicy::new(model).with_pad_id(0))
+    };
+    let f32_only = with(ComputeDtype::F32, None)?;
+    let bf16_only = with(ComputeDtype::Bf16, None)?;
+    let mixed = with(ComputeDtype::Bf16, Some(ComputeDtype::F32))?;
+    let prompts = vec![vec![5u32, 6, 7], vec![9u32]];
+    let cfg = SamplingConfig { max_new_tokens: 6, n: 3, seed: 11, ..SamplingConfig::default() };
+    let rollouts = |p: &LmPolicy| -> R<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
+        let b = p.generate_ids(&prompts, None, &cfg)?;
+        Ok((b.response_ids.to_vec2()?, b.old_log_probs.to_vec2()?))
+    };
+    let (f32_ids, f32_lp) = rollouts(&f32_only)?;
+    let (mixed_ids, mixed_lp) = rollouts(&mixed)?;
+    assert_eq!((&mixed_ids, &mixed_lp), (&f32_ids, &f32_lp));
+    // bf16 sampling gives other log-probs (the test could fail if the setting were ignored).
+    let (_, bf16_lp) = rollouts(&bf16_only)?;
+    assert_ne!(bf16_lp, f32_lp);
+    // Training log-probs of the same batch follow compute_dtype.
+    let batch = f32_only.generate_ids(&prompts, None, &cfg)?;
+    let lp =
+        |p: &LmPolicy| -> R<Vec<Vec<f32>>> { Ok(p.log_probs(&batch, false)?.log_probs.to_vec2()?) };
+    assert_eq!(lp(&mixed)?, lp(&bf16_only)?);
+    assert_ne!(lp(&mixed)?, lp(&f32_only)?);
+    assert_eq!(mixed.model().sample_compute_dtype(), ComputeDtype::F32);
+    assert_eq!(mixed.model().compute_dtype(), ComputeDtype::Bf16);
+    Ok(())
 }
 
 #[test]
