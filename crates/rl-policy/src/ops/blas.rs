@@ -1131,6 +1131,30 @@ pub fn cpu_has_avx512_bf16() -> bool {
     })
 }
 
+/// Runs `f` compiled for AVX-512 F when the CPU has it, else as it is: the loops `f` inlines
+/// (the fused kernels' per-row bodies around `exp_f32`) then vectorize 16 lanes wide instead of the
+/// baseline's 4 (SSE2). The results are the same bits either way (the same IEEE operations per
+/// element, no reassociation).
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512 F was detected at run time.
+        return unsafe { wide_avx512(f) };
+    }
+    f()
+}
+
+/// [`wide`]'s AVX-512 F instance.
+///
+/// # Safety
+/// On a CPU with AVX-512 F only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `x` rounded to the nearest bf16 (ties to even), NaN kept NaN (quiet).
 #[inline(always)]
 fn bf16_bits(x: f32) -> u16 {
@@ -1142,17 +1166,28 @@ fn bf16_bits(x: f32) -> u16 {
 /// Elements per rayon task of the conversions.
 const CONVERT: usize = 1 << 15;
 
-/// `x` rounded to bf16, in parallel.
+/// `x` rounded to bf16, in parallel, into a new vector (not zeroed first).
 fn f32_to_bf16(x: &[f32]) -> Vec<half::bf16> {
-    let mut out = vec![half::bf16::ZERO; x.len()];
-    f32_to_bf16_into(x, &mut out);
+    let mut out = Vec::with_capacity(x.len());
+    round_into(x, &mut out.spare_capacity_mut()[..x.len()]);
+    // SAFETY: `round_into` wrote all `x.len()` elements.
+    unsafe { out.set_len(x.len()) };
     out
+}
+
+/// `x` rounded to bf16 into `out` (of `x`'s length), in parallel.
+fn f32_to_bf16_into(x: &[f32], out: &mut [half::bf16]) {
+    let n = out.len();
+    // SAFETY: the same memory seen as possibly uninitialised; `round_into` writes only
+    // initialised values into it.
+    let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), n) };
+    round_into(x, out);
 }
 
 /// `x` rounded to bf16 into `out` (of `x`'s length), in parallel; 16 values per instruction
 /// on a CPU with AVX-512 F (the same bits as [`bf16_bits`]: ties to even, subnormals kept,
 /// NaN quiet), else scalar code the compiler vectorises for SSE2.
-fn f32_to_bf16_into(x: &[f32], out: &mut [half::bf16]) {
+fn round_into(x: &[f32], out: &mut [std::mem::MaybeUninit<half::bf16>]) {
     #[cfg(target_arch = "x86_64")]
     let wide = std::arch::is_x86_feature_detected!("avx512f");
     out.par_chunks_mut(CONVERT).zip(x.par_chunks(CONVERT)).for_each(|(o, x)| {
@@ -1162,7 +1197,9 @@ fn f32_to_bf16_into(x: &[f32], out: &mut [half::bf16]) {
             unsafe { f32_to_bf16_avx512(x, o) };
             return;
         }
-        o.iter_mut().zip(x).for_each(|(o, &x)| *o = half::bf16::from_bits(bf16_bits(x)));
+        o.iter_mut().zip(x).for_each(|(o, &x)| {
+            o.write(half::bf16::from_bits(bf16_bits(x)));
+        });
     });
 }
 
@@ -1172,7 +1209,7 @@ fn f32_to_bf16_into(x: &[f32], out: &mut [half::bf16]) {
 /// On a CPU with AVX-512 F only.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_to_bf16_avx512(x: &[f32], out: &mut [half::bf16]) {
+unsafe fn f32_to_bf16_avx512(x: &[f32], out: &mut [std::mem::MaybeUninit<half::bf16>]) {
     use std::arch::x86_64::*;
     let n = x.len().min(out.len());
     let (one, bias, quiet) =
@@ -1193,7 +1230,7 @@ unsafe fn f32_to_bf16_avx512(x: &[f32], out: &mut [half::bf16]) {
         i += 16;
     }
     for (o, &x) in out[i..n].iter_mut().zip(&x[i..n]) {
-        *o = half::bf16::from_bits(bf16_bits(x));
+        o.write(half::bf16::from_bits(bf16_bits(x)));
     }
 }
 
@@ -1229,12 +1266,17 @@ impl candle_core::InplaceOp2 for IntoBf16 {
     }
 }
 
-/// `x` widened to f32 (exact), in parallel.
+/// `x` widened to f32 (exact), in parallel, into a new vector (not zeroed first).
 fn bf16_to_f32(x: &[half::bf16]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(CONVERT).zip(x.par_chunks(CONVERT)).for_each(|(o, x)| {
-        o.iter_mut().zip(x).for_each(|(o, x)| *o = f32::from_bits(u32::from(x.to_bits()) << 16));
+    let mut out = Vec::with_capacity(x.len());
+    let spare = &mut out.spare_capacity_mut()[..x.len()];
+    spare.par_chunks_mut(CONVERT).zip(x.par_chunks(CONVERT)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, x)| {
+            o.write(f32::from_bits(u32::from(x.to_bits()) << 16));
+        });
     });
+    // SAFETY: the loop above wrote all `x.len()` elements.
+    unsafe { out.set_len(x.len()) };
     out
 }
 
