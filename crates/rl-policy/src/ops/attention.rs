@@ -37,20 +37,18 @@ impl Kernel for MaskedSoftmax {
         let scale = cast::<T>(self.scale);
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(k).enumerate().with_min_len(MIN_ROWS).for_each(|(row, y)| {
-            wide(|| {
-                let (bi, ri) = (row / (g * r), row % r);
-                let mrow = &m[(bi * s + ri % s) * k..][..k];
-                let xrow = &x[row * k..][..k];
-                let mut max = T::neg_infinity();
-                for ((y, &x), &m) in y.iter_mut().zip(xrow).zip(mrow) {
-                    *y = x * scale + m;
-                    max = Float::max(max, *y);
-                }
-                y.iter_mut().for_each(|y| *y = (*y - max).exp_k());
-                let sum = y.iter().fold(T::zero(), |s, &y| s + y);
-                let inv = T::one() / sum;
-                y.iter_mut().for_each(|y| *y *= inv);
-            })
+            let (bi, ri) = (row / (g * r), row % r);
+            let mrow = &m[(bi * s + ri % s) * k..][..k];
+            let xrow = &x[row * k..][..k];
+            let mut max = T::neg_infinity();
+            for ((y, &x), &m) in y.iter_mut().zip(xrow).zip(mrow) {
+                *y = x * scale + m;
+                max = Float::max(max, *y);
+            }
+            y.iter_mut().for_each(|y| *y = (*y - max).exp_k());
+            let sum = y.iter().fold(T::zero(), |s, &y| s + y);
+            let inv = T::one() / sum;
+            y.iter_mut().for_each(|y| *y *= inv);
         });
         Ok((y, Shape::from(dims[0])))
     }
@@ -83,12 +81,10 @@ impl Kernel for SoftmaxBwd {
             .zip(y.par_chunks(k).zip(g.par_chunks(k)))
             .with_min_len(MIN_ROWS)
             .for_each(|(o, (y, g))| {
-                wide(|| {
-                    let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
-                    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                        *o = scale * y * (g - dot);
-                    }
-                })
+                let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = scale * y * (g - dot);
+                }
             });
         Ok((out, Shape::from(dims[0])))
     }

@@ -1131,30 +1131,6 @@ pub fn cpu_has_avx512_bf16() -> bool {
     })
 }
 
-/// Runs `f` compiled for AVX-512 F when the CPU has it, else as it is: the loops `f` inlines
-/// (the fused kernels' per-row bodies around `exp_f32`) then vectorize 16 lanes wide instead of the
-/// baseline's 4 (SSE2). The results are the same bits either way (the same IEEE operations per
-/// element, no reassociation).
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512 F was detected at run time.
-        return unsafe { wide_avx512(f) };
-    }
-    f()
-}
-
-/// [`wide`]'s AVX-512 F instance.
-///
-/// # Safety
-/// On a CPU with AVX-512 F only.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 /// `x` rounded to the nearest bf16 (ties to even), NaN kept NaN (quiet).
 #[inline(always)]
 fn bf16_bits(x: f32) -> u16 {

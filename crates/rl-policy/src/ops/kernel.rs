@@ -39,8 +39,6 @@ impl Real for f64 {
     }
 }
 
-pub(super) use super::blas::wide;
-
 /// `e^x` in f32 within 2 ulp of the correctly rounded value for `x` in `[-87.3, 88.3]`, exactly
 /// 0 below (masked attention scores), `e^88.3` above, NaN for NaN. Written without branches or
 /// library calls so the kernels' loops over it vectorize (glibc's scalar `expf` was 5 % of a

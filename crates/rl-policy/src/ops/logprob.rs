@@ -35,24 +35,22 @@ impl Kernel for LogProbEntropy {
         let [z] = inputs(xs, Self::NAME)?;
         let mut out = vec![T::zero(); 2 * n];
         out.par_chunks_mut(2).zip(z.par_chunks(v)).zip(&targets).for_each(|((o, z), &t)| {
-            wide(|| {
-                let max = z.iter().fold(T::neg_infinity(), |m, &x| Float::max(m, x));
-                // Σ e^(z−m) and Σ e^(z−m)·(z−m), accumulated in f64 (V is large); the exponentials
-                // of a block first, in a loop that vectorizes.
-                let (mut sum, mut wsum) = (0f64, 0f64);
-                let mut e = [T::zero(); 256];
-                for block in z.chunks(e.len()) {
-                    let e = &mut e[..block.len()];
-                    e.iter_mut().zip(block).for_each(|(e, &x)| *e = (x - max).exp_k());
-                    for (&e, &x) in e.iter().zip(block) {
-                        sum += e.to_f64();
-                        wsum += (e * (x - max)).to_f64();
-                    }
+            let max = z.iter().fold(T::neg_infinity(), |m, &x| Float::max(m, x));
+            // Σ e^(z−m) and Σ e^(z−m)·(z−m), accumulated in f64 (V is large); the exponentials
+            // of a block first, in a loop that vectorizes.
+            let (mut sum, mut wsum) = (0f64, 0f64);
+            let mut e = [T::zero(); 256];
+            for block in z.chunks(e.len()) {
+                let e = &mut e[..block.len()];
+                e.iter_mut().zip(block).for_each(|(e, &x)| *e = (x - max).exp_k());
+                for (&e, &x) in e.iter().zip(block) {
+                    sum += e.to_f64();
+                    wsum += (e * (x - max)).to_f64();
                 }
-                let log_sum = sum.ln();
-                o[0] = cast::<T>((z[t as usize] - max).to_f64() - log_sum);
-                o[1] = cast::<T>(log_sum - wsum / sum);
-            })
+            }
+            let log_sum = sum.ln();
+            o[0] = cast::<T>((z[t as usize] - max).to_f64() - log_sum);
+            o[1] = cast::<T>(log_sum - wsum / sum);
         });
         Ok((out, Shape::from((n, 2))))
     }
@@ -83,24 +81,22 @@ impl Kernel for LogProbEntropyBwd {
         let [z, res, g] = inputs(xs, Self::NAME)?;
         let mut out = vec![T::zero(); n * v];
         out.par_chunks_mut(v).zip(z.par_chunks(v)).enumerate().for_each(|(i, (o, z))| {
-            wide(|| {
-                let t = targets[i] as usize;
-                let (lp, h) = (res[2 * i], res[2 * i + 1]);
-                let (g_lp, g_h) = (g[2 * i], g[2 * i + 1]);
-                let lse = z[t] - lp;
-                if g_h == T::zero() {
-                    for (o, &x) in o.iter_mut().zip(z) {
-                        *o = -g_lp * (x - lse).exp_k();
-                    }
-                } else {
-                    for (o, &x) in o.iter_mut().zip(z) {
-                        let logp = x - lse;
-                        let p = logp.exp_k();
-                        *o = -g_lp * p - g_h * p * (logp + h);
-                    }
+            let t = targets[i] as usize;
+            let (lp, h) = (res[2 * i], res[2 * i + 1]);
+            let (g_lp, g_h) = (g[2 * i], g[2 * i + 1]);
+            let lse = z[t] - lp;
+            if g_h == T::zero() {
+                for (o, &x) in o.iter_mut().zip(z) {
+                    *o = -g_lp * (x - lse).exp_k();
                 }
-                o[t] += g_lp;
-            })
+            } else {
+                for (o, &x) in o.iter_mut().zip(z) {
+                    let logp = x - lse;
+                    let p = logp.exp_k();
+                    *o = -g_lp * p - g_h * p * (logp + h);
+                }
+            }
+            o[t] += g_lp;
         });
         Ok((out, Shape::from(dims[0])))
     }

@@ -8,7 +8,6 @@ use super::*;
 
 pub(super) struct Swiglu;
 
-#[inline(always)]
 pub(super) fn sigmoid<T: Real>(x: T) -> T {
     T::one() / (T::one() + (-x).exp_k())
 }
@@ -31,11 +30,9 @@ impl Kernel for Swiglu {
         let mut y = vec![T::zero(); a.len()];
         y.par_chunks_mut(ELEMS).zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS))).for_each(
             |(y, (a, u))| {
-                wide(|| {
-                    for ((y, &a), &u) in y.iter_mut().zip(a).zip(u) {
-                        *y = a * sigmoid(a) * u;
-                    }
-                })
+                for ((y, &a), &u) in y.iter_mut().zip(a).zip(u) {
+                    *y = a * sigmoid(a) * u;
+                }
             },
         );
         Ok((y, Shape::from(dims[0])))
@@ -76,15 +73,12 @@ impl Kernel for SwigluBwd {
             .zip(du.par_chunks_mut(ELEMS))
             .zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS).zip(g.par_chunks(ELEMS))))
             .for_each(|((da, du), (a, (u, g)))| {
-                wide(|| {
-                    for ((da, du), ((&a, &u), &g)) in
-                        da.iter_mut().zip(du).zip(a.iter().zip(u).zip(g))
-                    {
-                        let s = sigmoid(a);
-                        *da = g * u * s * (T::one() + a * (T::one() - s));
-                        *du = g * a * s;
-                    }
-                })
+                for ((da, du), ((&a, &u), &g)) in da.iter_mut().zip(du).zip(a.iter().zip(u).zip(g))
+                {
+                    let s = sigmoid(a);
+                    *da = g * u * s * (T::one() + a * (T::one() - s));
+                    *du = g * a * s;
+                }
             });
         Ok((out, Shape::from(2 * n)))
     }
