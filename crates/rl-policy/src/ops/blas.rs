@@ -1109,12 +1109,20 @@ pub fn bf16_path() -> Bf16Path {
 /// }
 /// ```
 pub fn amx_unused() -> Option<&'static str> {
-    (cpu_has_amx_bf16() && bf16_path() != Bf16Path::MklAmx).then_some(
+    if !cpu_has_amx_bf16() || bf16_path() == Bf16Path::MklAmx {
+        return None;
+    }
+    Some(if MKL.get().is_some() {
+        "this CPU has AMX-BF16 tiles, but bf16 products run without them because the MKL \
+         library RLZ_BLAS names has no cblas_gemm_bf16bf16f32 (MKL 2020 or later has it); set \
+         RLZ_BLAS=$(bash scripts/setup_mkl.sh) to run them on the tiles (without them, bf16 is \
+         slower than f32 there: docs/benchmarks.md)"
+    } else {
         "this CPU has AMX-BF16 tiles, but bf16 products run without them because MKL is not \
          loaded; set RLZ_BLAS=$(bash scripts/setup_mkl.sh) to run them on the tiles (a bf16 forward \
          + backward 2.1-2.5x faster on a 2-core Xeon; without MKL, bf16 is slower than f32 \
-         there: docs/benchmarks.md)",
-    )
+         there: docs/benchmarks.md)"
+    })
 }
 
 /// `true` when the CPU runs AVX-512 F and AVX-512 BF16 (`vdpbf16ps`), detected at run time;
