@@ -414,7 +414,9 @@ fn sample_dtype_sets_the_sampler_apart_from_the_training_products() -> R {
     let mixed = with(ComputeDtype::Bf16, Some(ComputeDtype::F32))?;
     let prompts = vec![vec![5u32, 6, 7], vec![9u32]];
     let cfg = SamplingConfig { max_new_tokens: 6, n: 3, seed: 11, ..SamplingConfig::default() };
-    let rollouts = |p: &LmPolicy| -> R<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
+    // (response ids, sampling log-probs) of the same prompts and seed.
+    type Rollouts = (Vec<Vec<u32>>, Vec<Vec<f32>>);
+    let rollouts = |p: &LmPolicy| -> R<Rollouts> {
         let b = p.generate_ids(&prompts, None, &cfg)?;
         Ok((b.response_ids.to_vec2()?, b.old_log_probs.to_vec2()?))
     };
