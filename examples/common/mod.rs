@@ -65,8 +65,7 @@ pub struct Args {
     #[arg(long, default_value = "f32")]
     pub compute_dtype: rl_zero::policy::ComputeDtype,
     /// Dtype of the sampler's matrix products when it differs from `--compute-dtype` (default:
-    /// the same). On an AMX Xeon with MKL, `--compute-dtype bf16 --sample-dtype f32` is the fast
-    /// mix (bf16 training products, f32 sampling).
+    /// the same), e.g. `--compute-dtype bf16 --sample-dtype f32`: f32 rollouts, a bf16 update.
     #[arg(long)]
     pub sample_dtype: Option<rl_zero::policy::ComputeDtype>,
     /// Start again when `<out>/<example>` already holds a run: delete its run files

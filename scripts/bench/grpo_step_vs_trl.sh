@@ -11,8 +11,7 @@
 # PRECISION (f32 | bf16, default f32): bf16 = rl-zero `--compute-dtype bf16` against TRL
 # `GRPOConfig(bf16=True)` (PyTorch autocast), both with f32 master weights and AdamW moments.
 # SAMPLE_PRECISION (f32 | bf16, default PRECISION): rl-zero's `--sample-dtype` (its sampler's
-# products; TRL samples in PRECISION either way), e.g. PRECISION=bf16 SAMPLE_PRECISION=f32 on an AMX
-# Xeon with RLZ_BLAS, where f32 sampling is the faster one.
+# products; TRL samples in PRECISION either way), e.g. PRECISION=bf16 SAMPLE_PRECISION=f32.
 # Settings (both sides): SmolLM2-135M-Instruct with f32 weights on the CPU with THREADS (default 2) threads,
 # PROMPTS (8) two-digit addition prompts "What is A + B? Put the final answer in \boxed{}." through
 # the model's chat template x SAMPLES (4) samples, MAX_NEW (128) new tokens, temperature 1, no

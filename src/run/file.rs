@@ -47,10 +47,10 @@ pub struct RunSettings {
     #[serde(skip_serializing_if = "is_f32")]
     pub compute_dtype: ComputeDtype,
     /// Dtype of the sampler's matrix products (rollouts and evaluation responses) when it
-    /// differs from `compute_dtype`; absent (the default): the same. On an AMX Xeon with MKL,
-    /// `compute_dtype = "bf16"` with `sample_dtype = "f32"` is the fast mix (bf16 training
-    /// products, f32 sampling; `docs/benchmarks.md`). The PPO ratio's old log-probs then come
-    /// from the training forward (`trainer.recompute_old_log_probs`, the default).
+    /// differs from `compute_dtype`; absent (the default): the same. E.g. `compute_dtype =
+    /// "bf16"` with `sample_dtype = "f32"`: the rollouts of an f32 run, a bf16 update (which mix
+    /// is fastest depends on the CPU: `docs/benchmarks.md`). The PPO ratio's old log-probs then
+    /// come from the training forward (`trainer.recompute_old_log_probs`, the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_dtype: Option<ComputeDtype>,
     /// The text every question is written into, training and evaluation alike, before the chat

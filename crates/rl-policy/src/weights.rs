@@ -208,11 +208,12 @@ impl LanguageModel {
     }
 
     /// Sets the dtype of the sampler's matrix products apart from the training ones (`None`:
-    /// follow [`Self::compute_dtype`], the default). The fast mix depends on the CPU: on an AMX
-    /// Xeon with MKL, bf16 training products are faster than f32 ones while f32 sampling is
-    /// faster than bf16 sampling (`docs/benchmarks.md`), so `compute_dtype` bf16 with
-    /// `sample_dtype` f32 takes the faster path on both sides. The old log-probs of the PPO ratio
-    /// should then come from the training forward (the trainer's default,
+    /// follow [`Self::compute_dtype`], the default), as verl sets its rollout dtype apart from the
+    /// actor's: for a CPU that samples faster in one precision and trains faster in the other,
+    /// or to keep the rollouts of an f32 run (the same tokens for a seed) while the update runs
+    /// in bf16. Which mix is fastest depends on the CPU: measure it (`docs/benchmarks.md`; on
+    /// the AMX Xeon with MKL, bf16 for both was the fastest on 2026-12-05). The old log-probs of
+    /// the PPO ratio should then come from the training forward (the trainer's default,
     /// `recompute_old_log_probs`), as verl recomputes them for a vLLM sampler.
     ///
     /// # Errors
