@@ -61,7 +61,8 @@ pub enum Shortfall {
     /// Fail the step with [`TrainerError::DynamicSamplingShortfall`] (verl's DAPO recipe raises).
     #[default]
     Error,
-    /// Log a warning and train on the groups that were kept (`dynamic/kept_groups` shows it).
+    /// Log a warning and train on the groups that were kept (`dynamic/kept_groups` shows it);
+    /// when none was kept, the step skips its update (`dynamic/empty_step`) and the run goes on.
     Train,
 }
 

@@ -364,15 +364,27 @@ fn dynamic_sampling_fills_the_batch_or_reports_a_shortfall() -> R {
     assert!(m.get("dynamic/rounds").unwrap() >= 1.0);
     // A policy that always stops at once: every group has the same reward, nothing is kept.
     let always_eos = || MockPolicy::new(&[50.0, 0.0, 0.0, 0.0], &Device::Cpu);
-    for on_shortfall in [Shortfall::Error, Shortfall::Train] {
-        let cfg = TrainerConfig { dynamic_sampling: ds(on_shortfall), ..config(4, 0.01) };
-        let mut t = Trainer::grpo(always_eos()?, contains_b, MeanCentered, PpoClip, cfg)?;
-        let err = t.step(&prompts(2)).unwrap_err();
-        assert!(
-            matches!(err, TrainerError::DynamicSamplingShortfall { kept: 0, needed: 2, rounds: 8 }),
-            "{err}"
-        );
+    let cfg = TrainerConfig { dynamic_sampling: ds(Shortfall::Error), ..config(4, 0.01) };
+    let mut t = Trainer::grpo(always_eos()?, contains_b, MeanCentered, PpoClip, cfg)?;
+    let err = t.step(&prompts(2)).unwrap_err();
+    assert!(
+        matches!(err, TrainerError::DynamicSamplingShortfall { kept: 0, needed: 2, rounds: 8 }),
+        "{err}"
+    );
+    // With `on_shortfall = "train"`, a step that kept no group counts as a step but skips its
+    // update: the weights and the optimizer (schedule) position stay, and the run goes on.
+    let cfg = TrainerConfig { dynamic_sampling: ds(Shortfall::Train), ..config(4, 0.01) };
+    let mut t = Trainer::grpo(always_eos()?, contains_b, MeanCentered, PpoClip, cfg)?;
+    let before = t.policy().logits().as_tensor().to_vec1::<f32>()?;
+    for step in 1..=2 {
+        let m = t.step(&prompts(2))?.metrics;
+        assert_eq!(m.get("dynamic/empty_step"), Some(1.0));
+        assert_eq!(m.get("dynamic/kept_groups"), Some(0.0));
+        assert_eq!(m.get("dynamic/rounds"), Some(8.0));
+        assert!(m.get("reward/mean").is_some() && m.get("actor/loss").is_none());
+        assert_eq!((t.state().step, t.state().actor_updates), (step, 0));
     }
+    assert_eq!(t.policy().logits().as_tensor().to_vec1::<f32>()?, before);
     // Training on a partial batch when allowed: reward 1 only for prompt q0's group can vary.
     let only_q0 = |s: &Sample| -> rl_core::Result<f32> {
         Ok((s.prompt == "q0" && s.response.contains('b')) as u8 as f32)

@@ -328,11 +328,16 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
             metrics.insert("time/sync_initial_s", seconds);
             self.engine_current = true;
         }
-        let (mut batch, scores) = self.rollout(source, groups, &mut metrics)?;
-        let adv = self.prepare(&mut batch, &scores, &mut metrics)?;
-        self.update(&batch, &adv.advantages, &adv.returns, &mut metrics)?;
-        if let (true, Some(diff)) = (self.on_policy, metrics.get("actor/log_prob_abs_diff")) {
-            metrics.insert("rollout/log_prob_abs_diff", diff);
+        // A step whose dynamic sampling kept no group (with `on_shortfall = "train"`) counts as a
+        // step, with its rollout metrics, but takes no optimizer step (`dynamic/empty_step`).
+        if let Some((mut batch, scores)) = self.rollout(source, groups, &mut metrics)? {
+            let adv = self.prepare(&mut batch, &scores, &mut metrics)?;
+            self.update(&batch, &adv.advantages, &adv.returns, &mut metrics)?;
+            if let (true, Some(diff)) = (self.on_policy, metrics.get("actor/log_prob_abs_diff")) {
+                metrics.insert("rollout/log_prob_abs_diff", diff);
+            }
+        } else {
+            metrics.insert("dynamic/empty_step", 1.0);
         }
 
         self.state.step += 1;

@@ -15,13 +15,14 @@ use crate::{Result, TrainerError};
 
 impl<P: Policy, C: Critic> Trainer<P, C> {
     /// Generation + scoring (+ dynamic sampling) of `groups` prompts from `source`: the batch and
-    /// one score per response. Group ids are made unique across rounds.
+    /// one score per response. Group ids are made unique across rounds. `None` when dynamic
+    /// sampling with `on_shortfall = "train"` kept no group: the step has nothing to train on.
     pub(super) fn rollout(
         &mut self,
         source: &mut dyn PromptSource,
         groups: usize,
         metrics: &mut Metrics,
-    ) -> Result<(RolloutBatch, Vec<f32>)> {
+    ) -> Result<Option<(RolloutBatch, Vec<f32>)>> {
         let dynamic = self.config.dynamic_sampling.clone();
         let rounds = dynamic.as_ref().map_or(1, |d| d.max_rounds);
         // Prompts drawn per round: the step's groups, or more with `prompts_per_round`.
@@ -114,12 +115,16 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
                     needed: groups,
                     rounds,
                 };
-                if d.on_shortfall == Shortfall::Error || kept_groups == 0 {
+                if d.on_shortfall == Shortfall::Error {
                     return Err(err);
+                }
+                if kept_groups == 0 {
+                    tracing::warn!("{err}; the step skips its update");
+                    return Ok(None);
                 }
                 tracing::warn!("{err}; training on the groups kept");
             }
         }
-        Ok((RolloutBatch::concat(&kept)?, kept_scores))
+        Ok(Some((RolloutBatch::concat(&kept)?, kept_scores)))
     }
 }
