@@ -231,6 +231,64 @@ fn invalid_settings_are_refused_before_anything_is_written() {
     let cfg = dir.path().join("bad1.toml");
     let err = fails(&rlz(&["train", "--config", s(&cfg), "--out", s(&dir.path().join("o"))]));
     assert!(err.contains("`grpo`"), "{err}");
+    // `--set` overrides are checked as the file is: each bad one is named, nothing is written.
+    let good = run_file(dir.path(), "good.toml", "grpo", "", "1e-4");
+    let sets = [
+        ("trainer.sampling.n=1", "trainer.sampling.n"),
+        ("run.stepz=3", "stepz"),
+        ("run.steps=three", "run.steps=three"),
+        ("run.steps.x=1", "`run.steps` is a value, not a table"),
+        ("run.steps", "expected KEY=VALUE"),
+        ("run..steps=1", "dotted path"),
+        ("run.compute_dtype=f16", "f16"),
+    ];
+    for (i, (set, expect)) in sets.iter().enumerate() {
+        let out = dir.path().join(format!("set{i}"));
+        let err = fails(&rlz(&["train", "--config", s(&good), "--out", s(&out), "--set", set]));
+        assert!(err.contains(expect), "{set}: {err}");
+        assert!(!out.exists(), "{set}: the refused run created {}", out.display());
+    }
+}
+
+/// `--set` reaches the run: the saved `run.toml` holds the overrides (a new table included), the
+/// later of two overrides of one key wins, and `--resume` compares against the result.
+#[test]
+fn set_overrides_reach_the_saved_run_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_file(dir.path(), "r.toml", "dr_grpo", "", "1e-4");
+    let out = dir.path().join("out");
+    let sets = [
+        "--set",
+        "trainer.seed=7",
+        "--set",
+        "trainer.seed=4",
+        "--set",
+        "trainer.actor.lr=2e-4",
+        "--set",
+        "run.compute_dtype=bf16",
+        "--set",
+        "trainer.dynamic_sampling.max_rounds=3",
+        "--set",
+        "trainer.dynamic_sampling.on_shortfall=train",
+    ];
+    let mut args = vec!["train", "--config", s(&cfg), "--out", s(&out)];
+    args.extend(sets);
+    ok(&rlz(&args));
+    let saved = std::fs::read_to_string(out.join("run.toml")).unwrap();
+    for line in
+        ["seed = 4", "lr = 0.0002", "compute_dtype = \"bf16\"", "[trainer.dynamic_sampling]"]
+    {
+        assert!(saved.contains(line), "{line}:\n{saved}");
+    }
+    assert!(saved.contains("max_rounds = 3") && saved.contains("on_shortfall = \"train\""));
+    // Resuming with the same overrides matches the saved file; without them it does not.
+    let resume = ["--resume", "--steps", "2"];
+    let mut again = args.clone();
+    again.extend(resume);
+    ok(&rlz(&again));
+    let err =
+        fails(&rlz(&[&["train", "--config", s(&cfg), "--out", s(&out)][..], &resume].concat()));
+    assert!(err.contains("trainer.seed"), "{err}");
 }
 
 #[test]

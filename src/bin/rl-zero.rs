@@ -3,7 +3,7 @@
 //! ```text
 //! rl-zero score --input samples.jsonl [--output scored.jsonl] [--response-field response]
 //!               [--answer-field answer] [--reward '{"type": "orz"}']
-//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR]
+//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR] [--set KEY=VALUE]
 //!               [--resume [--allow-config-change] | --overwrite]
 //! rl-zero eval [--model M] [--config F] [--prompts N]
 //! ```
@@ -107,6 +107,12 @@ struct TrainArgs {
     /// Output directory (overrides `run.out`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Override a run-file setting, `KEY=VALUE` with a dotted key (repeatable; later wins):
+    /// `--set run.compute_dtype=bf16 --set trainer.seed=4 --set trainer.actor.lr=1e-5`. The
+    /// value is TOML (`4`, `2e-5`, `true`, `"x"`) or else a string. Applied before `--steps`,
+    /// `--model` and `--out`; the saved `run.toml` holds the result.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Continue from the latest checkpoint under `<out>/checkpoints` (the run file must equal the
     /// run's saved `<out>/run.toml`, except `run.steps`, `run.out`, `run.eval_every`,
     /// `run.save_every`, `run.keep_last`).
@@ -134,6 +140,9 @@ struct EvalArgs {
     /// Held-out prompts (overrides `run.eval_prompts`).
     #[arg(long)]
     prompts: Option<usize>,
+    /// Override a run-file setting, `KEY=VALUE` with a dotted key (repeatable), as `train`'s.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Also write every response with its prompt, answer, finish reason and reward to this
     /// JSONL file.
     #[arg(long)]
@@ -200,7 +209,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn train(args: &TrainArgs) -> Result<()> {
-    let mut file = RunFile::from_toml_file(&args.config)?;
+    let mut file = RunFile::from_toml_file_with(&args.config, &args.set)?;
     if let Some(s) = args.steps {
         file.run.steps = s;
     }
@@ -234,8 +243,8 @@ fn export(args: &ExportArgs) -> Result<()> {
 
 fn eval(args: &EvalArgs) -> Result<()> {
     let mut file = match &args.config {
-        Some(c) => RunFile::from_toml_file(c)?,
-        None => RunFile::default(),
+        Some(c) => RunFile::from_toml_file_with(c, &args.set)?,
+        None => RunFile::from_toml_with("", &args.set)?,
     };
     if let Some(n) = args.prompts {
         file.run.eval_prompts = n;

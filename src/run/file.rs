@@ -137,10 +137,51 @@ impl RunFile {
 
     /// Reads a run file (a recipe file is one, with default `[run]` settings).
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_toml_file_with(path, &[] as &[&str])
+    }
+
+    /// Parses a run file with `KEY=VALUE` overrides applied to its TOML first (the CLI's
+    /// `--set`, as verl's dotted command-line overrides): `KEY` is a dotted path of table keys
+    /// (`run.compute_dtype`, `trainer.seed`, `trainer.actor.lr`; missing tables are created),
+    /// `VALUE` a TOML value (`4`, `2e-5`, `true`, `"x"`, `{ type = "orz" }`) or, when it does not
+    /// parse as one, a string (`bf16`). Later overrides win. The result is validated as a whole,
+    /// so an unknown key or a wrong type is the usual error naming the field.
+    ///
+    /// ```
+    /// use rl_zero::run::RunFile;
+    /// let f = RunFile::from_toml_with("[run]\nsteps = 3", &["run.steps=5", "trainer.seed=4"])?;
+    /// assert_eq!((f.run.steps, f.trainer.seed), (5, 4));
+    /// let err = RunFile::from_toml_with("", &["run.stepz=5"]).unwrap_err();
+    /// assert!(format!("{err:#}").contains("stepz"));
+    /// # anyhow::Ok(())
+    /// ```
+    ///
+    /// # Errors
+    /// An override without `=`, with an empty or over-long key, or whose path runs through a
+    /// value that is not a table (each names the override); then those of [`Self::from_toml`].
+    pub fn from_toml_with(text: &str, overrides: &[impl AsRef<str>]) -> Result<Self> {
+        if overrides.is_empty() {
+            return Self::from_toml(text);
+        }
+        let mut table: toml::Table = toml::from_str(text)?;
+        for o in overrides {
+            set_override(&mut table, o.as_ref())?;
+        }
+        let merged = toml::to_string(&table)?;
+        let list: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
+        Self::from_toml(&merged).with_context(|| format!("with --set {}", list.join(" --set ")))
+    }
+
+    /// [`Self::from_toml_file`] with [`Self::from_toml_with`]'s overrides.
+    pub fn from_toml_file_with(
+        path: impl AsRef<Path>,
+        overrides: &[impl AsRef<str>],
+    ) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("invalid run file {}", path.display()))
+        Self::from_toml_with(&text, overrides)
+            .with_context(|| format!("invalid run file {}", path.display()))
     }
 
     /// The run file as TOML.
@@ -268,4 +309,33 @@ pub fn config_changes(old: &RunFile, new: &RunFile) -> Result<Vec<String>> {
     let mut out = Vec::new();
     walk("", Some(&serde_json::to_value(old)?), Some(&serde_json::to_value(new)?), &mut out);
     Ok(out)
+}
+
+/// Longest dotted key an override may name (the deepest run-file table is 4 levels down).
+const MAX_OVERRIDE_DEPTH: usize = 16;
+
+/// Applies one `KEY=VALUE` override to a parsed run file (see [`RunFile::from_toml_with`]).
+fn set_override(table: &mut toml::Table, o: &str) -> Result<()> {
+    let Some((key, raw)) = o.split_once('=') else {
+        bail!("--set {o:?}: expected KEY=VALUE (e.g. run.compute_dtype=bf16)");
+    };
+    let path: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+    if path.iter().any(|k| k.is_empty()) || path.len() > MAX_OVERRIDE_DEPTH {
+        bail!("--set {o:?}: the key must be a dotted path of at most {MAX_OVERRIDE_DEPTH} names");
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) if t.len() == 1 => t.remove("v").unwrap_or_else(|| raw.into()),
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    let (leaf, parents) = path.split_last().expect("at least one name");
+    let mut at = table;
+    for (i, name) in parents.iter().enumerate() {
+        let entry = at.entry(name.to_string()).or_insert_with(|| toml::Table::new().into());
+        at = entry.as_table_mut().with_context(|| {
+            format!("--set {o:?}: `{}` is a value, not a table", path[..=i].join("."))
+        })?;
+    }
+    at.insert(leaf.to_string(), value);
+    Ok(())
 }
