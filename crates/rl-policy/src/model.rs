@@ -56,7 +56,10 @@ struct Layer {
 /// preallocated `(B, n_kv_heads, capacity, head_dim)` buffers, so a decoding step copies only its
 /// own new positions, not the whole cache; a full buffer grows to at least twice its capacity.
 /// Keys and values that carry an autograd graph are concatenated instead, keeping the graph.
-/// Not `Clone`: two caches must never share buffers that both write into.
+/// In a bf16 [`autocast`] scope on the CPU the untracked buffers hold bf16: the products that
+/// read them take bf16 operands anyway, so each position is rounded once when it is appended
+/// instead of the whole cache at every decoding step (as PyTorch autocast's bf16 projections
+/// fill a bf16 cache). Not `Clone`: two caches must never share buffers that both write into.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
@@ -83,8 +86,23 @@ impl LayerKv {
         let len = slot.as_ref().map_or(0, |e| e.len);
         let need = len + s;
         let tracked = k.track_op() || v.track_op();
+        // Untracked f32 keys and values of a bf16 scope are kept in bf16 (see [`KvCache`]).
+        let (k, v) = match !tracked
+            && k.device().is_cpu()
+            && (k.dtype(), v.dtype()) == (DType::F32, DType::F32)
+            && crate::ops::precision::bf16_for(k).is_some()
+        {
+            true => (crate::ops::blas::to_bf16(k)?, crate::ops::blas::to_bf16(v)?),
+            false => (k.clone(), v.clone()),
+        };
+        let (k, v) = (&k, &v);
         match slot {
-            Some(e) if !tracked && !e.k.track_op() && need <= e.k.dim(2)? => {
+            Some(e)
+                if !tracked
+                    && !e.k.track_op()
+                    && e.k.dtype() == k.dtype()
+                    && need <= e.k.dim(2)? =>
+            {
                 e.k.slice_set(&k.contiguous()?, 2, len)?;
                 e.v.slice_set(&v.contiguous()?, 2, len)?;
                 e.len = need;
@@ -100,7 +118,7 @@ impl LayerKv {
                 let grow = |old: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
                     let mut parts = Vec::with_capacity(3);
                     if let Some(old) = old {
-                        parts.push(old.narrow(2, 0, len)?);
+                        parts.push(old.narrow(2, 0, len)?.to_dtype(new.dtype())?);
                     }
                     parts.push(new.clone());
                     if room > 0 {
@@ -151,6 +169,12 @@ impl KvCache {
     /// `true` when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The element type of the cached keys and values (`None` while empty): the model's, or
+    /// bf16 for keys and values without a graph in a bf16 [`autocast`] scope on the CPU.
+    pub fn dtype(&self) -> Option<DType> {
+        self.layers.first().and_then(|l| l.as_ref()).map(|e| e.k.dtype())
     }
 }
 

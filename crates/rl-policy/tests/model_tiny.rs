@@ -291,16 +291,20 @@ fn kv_cache_steps_equal_full_forward() -> R {
     let d = Device::Cpu;
     let ids = [[0u32, 4, 8, 15, 16, 23, 30], [1, 2, 3, 5, 7, 11, 13]];
     let valid = vec![vec![false, true, true, true, true, true, true], vec![true; 7]];
-    let mut worst = 0f32;
-    for (arch, mode) in [
-        ("qwen3", Mode::Fused),
-        ("qwen3", Mode::Diff),
-        ("llama", Mode::Fused),
-        ("llama", Mode::Diff),
+    let (mut worst, mut worst_bf16) = (0f32, 0f32);
+    for (arch, mode, compute) in [
+        ("qwen3", Mode::Fused, ComputeDtype::F32),
+        ("qwen3", Mode::Diff, ComputeDtype::F32),
+        ("llama", Mode::Fused, ComputeDtype::F32),
+        ("llama", Mode::Diff, ComputeDtype::F32),
+        ("qwen3", Mode::Fused, ComputeDtype::Bf16),
+        ("llama", Mode::Diff, ComputeDtype::Bf16),
     ] {
-        let model = tiny(arch, true, DType::F32);
+        let mut model = tiny(arch, true, DType::F32);
+        model.set_compute_dtype(compute)?;
         let m = model.detached()?;
         let full = m.forward(&Tensor::new(&ids, &d)?, &valid, mode)?;
+        let mut incremental = Vec::new();
         // No capacity (every append grows the buffers), an exact one (in-place appends) and
         // the trainable weights (keys with a graph are concatenated).
         for (mut cache, trainable) in [
@@ -322,13 +326,29 @@ fn kv_cache_steps_equal_full_forward() -> R {
                 outs.push(m.logits(&m.hidden_states(&step, &layout, Some(&mut cache), mode)?)?);
             }
             assert_eq!(cache.len(), 7);
+            // Untracked keys and values of bf16 products are kept in bf16 (rounded once).
+            let bf16_cache = compute == ComputeDtype::Bf16 && !trainable;
+            let want = if bf16_cache { DType::BF16 } else { DType::F32 };
+            assert_eq!(cache.dtype(), Some(want), "{arch} {mode:?} {compute:?} {trainable}");
             // Pad queries (row 0, position 0) attend to nothing real: their output is arbitrary.
             let inc = Tensor::cat(&outs, 1)?.narrow(1, 1, 6)?;
-            let delta = (inc - full.narrow(1, 1, 6)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            worst = worst.max(delta);
+            let delta = (&inc - full.narrow(1, 1, 6)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            match compute {
+                ComputeDtype::F32 => worst = worst.max(delta),
+                ComputeDtype::Bf16 => worst_bf16 = worst_bf16.max(delta),
+            }
+            incremental.push(inc);
+        }
+        // In bf16, the f32 cache of the trainable weights (rounded at every product) and the
+        // bf16 cache (rounded once) give the product the same operands.
+        if compute == ComputeDtype::Bf16 {
+            let d = (&incremental[0] - &incremental[2])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-4, "{arch} {mode:?}: bf16 cache vs f32 cache {d}");
         }
     }
     assert!(worst < 1e-5, "{worst}");
+    // bf16 products round intermediate results; the full pass and the steps round alike.
+    assert!(worst_bf16 < 0.05, "{worst_bf16}");
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Scaled, masked softmax over attention scores, and attention probabilities from queries and keys.
 
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp2, D, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -173,13 +173,18 @@ impl CustomOp2 for AttentionProbs {
         // d scores = scale · p · (g − Σ g p); dq = d scores · k, dk = d scoresᵀ · q
         let ds =
             res.apply_op2_no_bwd(&grad.contiguous()?, &Op(SoftmaxBwd { scale: self.scale }))?;
+        // A bf16 `k` is a key cache without a graph (see [`attention_probs`]): no gradient.
+        let cache = k.dtype() == DType::BF16 && !k.track_op();
         let (ds, q, k) = match self.bf16 {
             true => (blas::to_bf16(&ds)?, blas::to_bf16(q)?, blas::to_bf16(k)?),
             false => (ds, q.detach(), k.detach()),
         };
         let dq = blas::mm(&ds, &k)?;
-        let dk = blas::mm(&ds.transpose(2, 3)?, &q)?;
-        Ok((Some(dq), Some(dk)))
+        let dk = match cache {
+            true => None,
+            false => Some(blas::mm(&ds.transpose(2, 3)?, &q)?),
+        };
+        Ok((Some(dq), dk))
     }
 }
 
@@ -195,11 +200,13 @@ impl CustomOp2 for AttentionProbs {
 /// Shape or dtype mismatches.
 ///
 /// In a bf16 [`autocast`](super::precision::autocast) scope the products `q·kᵀ` take bf16
-/// operands and accumulate in f32; the softmax runs in f32.
+/// operands and accumulate in f32; the softmax runs in f32. There, on the CPU, `k` may also be
+/// a bf16 tensor without a graph (a bf16 key cache): the same product as with its f32 values.
 pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let bf16 = precision::bf16_for(q).is_some();
     let fused = fused_available(q) && (q.device().is_cpu() || !bf16);
-    if fused && k.dtype() == q.dtype() && mask.dtype() == q.dtype() {
+    let bf16_k = bf16 && q.device().is_cpu() && k.dtype() == DType::BF16 && !k.track_op();
+    if fused && (k.dtype() == q.dtype() || bf16_k) && mask.dtype() == q.dtype() {
         let op = AttentionProbs { mask: mask.contiguous()?, scale, bf16 };
         return Ok(q.contiguous()?.apply_op2(&k.contiguous()?, op)?);
     }

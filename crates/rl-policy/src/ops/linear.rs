@@ -318,13 +318,18 @@ impl CustomOp2 for MatMulOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let r = a.rank();
+        // A bf16 `b` is a cache without a graph (see [`matmul`]): it gets no gradient.
+        let cache = b.dtype() == DType::BF16 && !b.track_op();
         let (a, b, grad) = match self.bf16 {
             true => (blas::to_bf16(a)?, blas::to_bf16(b)?, blas::to_bf16(grad)?),
             false => (a.detach(), b.detach(), grad.clone()),
         };
         let da = blas::mm(&grad, &b.transpose(r - 2, r - 1)?)?;
-        let db = blas::mm(&a.transpose(r - 2, r - 1)?, &grad)?;
-        Ok((Some(da), Some(db)))
+        let db = match cache {
+            true => None,
+            false => Some(blas::mm(&a.transpose(r - 2, r - 1)?, &grad)?),
+        };
+        Ok((Some(da), db))
     }
 }
 
@@ -332,16 +337,21 @@ impl CustomOp2 for MatMulOp {
 /// candle's `matmul`, differentiable in both. On the CPU in f32/f64 it is one graph node whose
 /// products (forward and backward) run in [`blas`]; elsewhere it is candle's `matmul`. In a
 /// bf16 [`autocast`](super::precision::autocast) scope (f32 inputs) the products take bf16
-/// operands and accumulate in f32; the output and gradients are f32.
+/// operands and accumulate in f32; the output and gradients are f32. There, on the CPU, `b` may
+/// also be a bf16 tensor without a graph (a bf16 key/value cache): the same product as with its
+/// f32 values, without rounding them again.
 ///
 /// # Errors
 /// Shape or dtype mismatches.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let r = a.rank();
     let fits = r >= 2 && b.rank() == r && a.dims()[..r - 2] == b.dims()[..r - 2];
-    let bf16 = precision::bf16_for(a).is_some() && b.dtype() == DType::F32;
-    if a.device().is_cpu() && fused_available(a) && a.dtype() == b.dtype() && fits {
-        return Ok(blas::operand(a)?.apply_op2(&blas::operand(b)?, MatMulOp { bf16 })?);
+    let scope = precision::bf16_for(a).is_some();
+    let bf16 = scope && b.dtype() == DType::F32;
+    let bf16_b = scope && b.dtype() == DType::BF16 && !b.track_op();
+    if a.device().is_cpu() && fused_available(a) && (a.dtype() == b.dtype() || bf16_b) && fits {
+        let op = MatMulOp { bf16: bf16 || bf16_b };
+        return Ok(blas::operand(a)?.apply_op2(&blas::operand(b)?, op)?);
     }
     if bf16 {
         let (a, b) = (a.to_dtype(DType::BF16)?, b.to_dtype(DType::BF16)?);
