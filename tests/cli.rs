@@ -487,3 +487,14 @@ fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
     ok(&rlz(&["train", "--config", s(&cfg), "--out", s(&out), "--resume", "--steps", "2"]));
     assert_eq!(checkpoints(&out), ["step-000001", "step-000002"]);
 }
+
+/// `rl-zero eval` alone evaluates the embedded model with its recipe's settings (the run-file
+/// default of 512 new tokens does not fit its context), and `--set` reaches `eval` too.
+#[test]
+fn eval_alone_runs_the_embedded_model() {
+    let out = ok(&rlz(&["eval", "--prompts", "4"]));
+    assert!(out.contains("greedy accuracy") && out.contains("4 held-out prompts"), "{out}");
+    let err =
+        fails(&rlz(&["eval", "--prompts", "4", "--set", "trainer.sampling.max_new_tokens=600"]));
+    assert!(err.contains("max_new_tokens"), "{err}");
+}

@@ -135,6 +135,8 @@ struct EvalArgs {
     #[arg(long)]
     model: Option<String>,
     /// Run file giving the base model (tokenizer, prompt style), dataset, reward and sampling.
+    /// Default: `recipes/tiny/dr_grpo.toml` (built in) without `--model`, else the run-file
+    /// defaults (512 new tokens).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Held-out prompts (overrides `run.eval_prompts`).
@@ -241,9 +243,16 @@ fn export(args: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The run file `rl-zero eval` uses for the embedded model when given neither `--config` nor
+/// `--model`.
+const EMBEDDED_RUN: &str = include_str!("../../recipes/tiny/dr_grpo.toml");
+
 fn eval(args: &EvalArgs) -> Result<()> {
     let mut file = match &args.config {
         Some(c) => RunFile::from_toml_file_with(c, &args.set)?,
+        // The embedded model alone: its own recipe's settings (16 new tokens fit its context
+        // of 128 positions, the default 512 does not).
+        None if args.model.is_none() => RunFile::from_toml_with(EMBEDDED_RUN, &args.set)?,
         None => RunFile::from_toml_with("", &args.set)?,
     };
     if let Some(n) = args.prompts {
