@@ -167,9 +167,13 @@ impl RunFile {
         for o in overrides {
             set_override(&mut table, o.as_ref())?;
         }
-        let merged = toml::to_string(&table)?;
         let list: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
-        Self::from_toml(&merged).with_context(|| format!("with --set {}", list.join(" --set ")))
+        let merged = || -> Result<Self> {
+            let f: Self = toml::Value::Table(table).try_into()?;
+            f.validate()?;
+            Ok(f)
+        };
+        merged().with_context(|| format!("with --set {}", list.join(" --set ")))
     }
 
     /// [`Self::from_toml_file`] with [`Self::from_toml_with`]'s overrides.

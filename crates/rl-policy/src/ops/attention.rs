@@ -1,7 +1,7 @@
 //! Scaled, masked softmax over attention scores, and attention probabilities from queries and keys.
 
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, D, Layout, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -174,7 +174,7 @@ impl CustomOp2 for AttentionProbs {
         let ds =
             res.apply_op2_no_bwd(&grad.contiguous()?, &Op(SoftmaxBwd { scale: self.scale }))?;
         // A bf16 `k` is a key cache without a graph (see [`attention_probs`]): no gradient.
-        let cache = k.dtype() == DType::BF16 && !k.track_op();
+        let cache = precision::is_bf16_cache(k);
         let (ds, q, k) = match self.bf16 {
             true => (blas::to_bf16(&ds)?, blas::to_bf16(q)?, blas::to_bf16(k)?),
             false => (ds, q.detach(), k.detach()),
@@ -205,7 +205,7 @@ impl CustomOp2 for AttentionProbs {
 pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let bf16 = precision::bf16_for(q).is_some();
     let fused = fused_available(q) && (q.device().is_cpu() || !bf16);
-    let bf16_k = bf16 && q.device().is_cpu() && k.dtype() == DType::BF16 && !k.track_op();
+    let bf16_k = bf16 && q.device().is_cpu() && precision::is_bf16_cache(k);
     if fused && (k.dtype() == q.dtype() || bf16_k) && mask.dtype() == q.dtype() {
         let op = AttentionProbs { mask: mask.contiguous()?, scale, bf16 };
         return Ok(q.contiguous()?.apply_op2(&k.contiguous()?, op)?);

@@ -319,7 +319,7 @@ impl CustomOp2 for MatMulOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let r = a.rank();
         // A bf16 `b` is a cache without a graph (see [`matmul`]): it gets no gradient.
-        let cache = b.dtype() == DType::BF16 && !b.track_op();
+        let cache = precision::is_bf16_cache(b);
         let (a, b, grad) = match self.bf16 {
             true => (blas::to_bf16(a)?, blas::to_bf16(b)?, blas::to_bf16(grad)?),
             false => (a.detach(), b.detach(), grad.clone()),
@@ -348,7 +348,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let fits = r >= 2 && b.rank() == r && a.dims()[..r - 2] == b.dims()[..r - 2];
     let scope = precision::bf16_for(a).is_some();
     let bf16 = scope && b.dtype() == DType::F32;
-    let bf16_b = scope && b.dtype() == DType::BF16 && !b.track_op();
+    let bf16_b = scope && precision::is_bf16_cache(b);
     if a.device().is_cpu() && fused_available(a) && (a.dtype() == b.dtype() || bf16_b) && fits {
         let op = MatMulOp { bf16: bf16 || bf16_b };
         return Ok(blas::operand(a)?.apply_op2(&blas::operand(b)?, op)?);

@@ -249,6 +249,12 @@ pub(crate) fn bf16_for(x: &Tensor) -> Option<Arc<Bf16Weights>> {
     AUTOCAST.with(|a| a.borrow().clone())
 }
 
+/// Whether `t` is a bf16 tensor without a graph, i.e. a bf16 key/value cache, which the
+/// products of a bf16 scope take as their second operand and give no gradient to.
+pub(crate) fn is_bf16_cache(t: &Tensor) -> bool {
+    t.dtype() == DType::BF16 && !t.track_op()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
