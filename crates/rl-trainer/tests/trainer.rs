@@ -868,6 +868,27 @@ mod external {
         }
     }
 
+    /// (version, weights) of each publish.
+    type Published = Rc<RefCell<Vec<(u64, Vec<f32>)>>>;
+    /// Records every publish.
+    #[derive(Default)]
+    struct Recorder(Published);
+    impl WeightSync for Recorder {
+        fn publish(
+            &mut self,
+            source: &dyn WeightSource,
+            version: u64,
+        ) -> rl_core::Result<SyncReport> {
+            let w = source.named_weights()?;
+            assert_eq!(w[0].0, "logits");
+            self.0.borrow_mut().push((version, w[0].1.to_vec1::<f32>()?));
+            Ok(SyncReport { version, bytes: 16, ..SyncReport::default() })
+        }
+        fn published_version(&self) -> Option<u64> {
+            self.0.borrow().last().map(|(v, _)| *v)
+        }
+    }
+
     fn engine(logits: &[f32]) -> (Engine, Rc<RefCell<Vec<RolloutBatch>>>) {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let model = Rc::new(RefCell::new(MockPolicy::new(logits, &Device::Cpu).expect("mock")));
@@ -981,25 +1002,6 @@ mod external {
     /// `sync_every` steps, with the step as version and the updated weights.
     #[test]
     fn weights_are_published_every_sync_every_steps() -> R {
-        /// (version, weights) of each publish.
-        type Published = Rc<RefCell<Vec<(u64, Vec<f32>)>>>;
-        #[derive(Default)]
-        struct Recorder(Published);
-        impl WeightSync for Recorder {
-            fn publish(
-                &mut self,
-                source: &dyn WeightSource,
-                version: u64,
-            ) -> rl_core::Result<SyncReport> {
-                let w = source.named_weights()?;
-                assert_eq!(w[0].0, "logits");
-                self.0.borrow_mut().push((version, w[0].1.to_vec1::<f32>()?));
-                Ok(SyncReport { version, bytes: 16, ..SyncReport::default() })
-            }
-            fn published_version(&self) -> Option<u64> {
-                self.0.borrow().last().map(|(v, _)| *v)
-            }
-        }
         let log = Rc::new(RefCell::new(Vec::new()));
         let (e, _) = engine(&[0.0, 0.0, 0.0, 0.0]);
         let mut t = Trainer::builder(mock(), share_of_b)
@@ -1026,6 +1028,50 @@ mod external {
             }
         }
         assert_eq!(log.borrow().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![0, 2, 4]);
+        Ok(())
+    }
+
+    /// Steps that take no optimizer step (empty dynamic-sampling steps) publish nothing new; a
+    /// due publish after an update still sends it, even on an empty step.
+    #[test]
+    fn a_due_publish_is_skipped_only_when_no_step_changed_the_weights() -> R {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let (e, _) = engine(&[0.0, 0.0, 0.0, 0.0]);
+        let engine_model = e.model.clone();
+        // Token 0 ends a response: at logit 50 every response is empty and every reward 0, so
+        // no group is kept; at 0 the rewards vary.
+        let set_engine = |eos: f32| {
+            let logits = Tensor::new(&[eos, 0.0, 0.0, 0.0], &Device::Cpu).expect("logits");
+            engine_model.borrow().logits().set(&logits).expect("set")
+        };
+        let dynamic_sampling = Some(DynamicSampling {
+            max_rounds: 4,
+            on_shortfall: Shortfall::Train,
+            prompts_per_round: None,
+        });
+        let mut t = Trainer::builder(mock(), share_of_b)
+            .estimator(MeanCentered)
+            .policy_loss(PpoLoss::grpo())
+            .sampler(e)
+            .weight_sync(Recorder(log.clone()), 2)
+            .config(TrainerConfig { dynamic_sampling, ..config(2, 0.1) })
+            .build()?;
+        // Steps 1 (mixed: update), 2 (empty: due, the update of step 1 is sent), 3 and 4 (empty:
+        // nothing new at 4), 5 and 6 (mixed: sent at 6).
+        for (step, empty) in
+            [(1u64, false), (2, true), (3, true), (4, true), (5, false), (6, false)]
+        {
+            set_engine(if empty { 50.0 } else { 0.0 });
+            let m = t.step(&prompts(2))?.metrics;
+            assert_eq!(m.get("dynamic/empty_step").is_some(), empty, "step {step}");
+            let due = [2, 6].contains(&step);
+            assert_eq!(m.get("sync/version"), due.then_some(step as f64), "step {step}");
+            if due {
+                let (v, w) = log.borrow().last().cloned().expect("published");
+                assert_eq!((v, w), (step, t.policy().logits().to_vec1::<f32>()?));
+            }
+        }
+        assert_eq!(log.borrow().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![0, 2, 6]);
         Ok(())
     }
 

@@ -282,6 +282,7 @@ impl<P: Policy, C: Critic> TrainerBuilder<P, C> {
             sampler,
             sync,
             engine_current: false,
+            unpublished: false,
             dist,
         })
     }
@@ -293,8 +294,9 @@ impl<P: Policy + WeightSource + 'static, C: Critic> TrainerBuilder<P, C> {
     /// after the step's update, as version = the step number (so the engine behind the
     /// [`Sampler`] samples the next rollout from the new weights). Metrics of a publishing step:
     /// `time/sync_s`, `time/sync_export_s`, `sync/bytes`, `sync/version` and, when the sync
-    /// probes the engine, `sync/probe_log_prob_abs_diff`. A failed publish (including an engine
-    /// that keeps stale weights) fails the step.
+    /// probes the engine, `sync/probe_log_prob_abs_diff`. A due publish is skipped when no step
+    /// since the last one changed the weights (empty dynamic-sampling steps). A failed publish
+    /// (including an engine that keeps stale weights) fails the step.
     pub fn weight_sync(mut self, mut sync: impl WeightSync + 'static, every: usize) -> Self {
         let publish: SyncFn<P> = Box::new(move |policy: Option<&P>, version| match policy {
             Some(p) => sync.publish(p, version).map(Some),

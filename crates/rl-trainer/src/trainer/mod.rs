@@ -126,6 +126,9 @@ pub struct Trainer<P: Policy, C: Critic = NoCritic> {
     /// current weights (version = the step count) so the engine never samples from weights the
     /// trainer does not have.
     engine_current: bool,
+    /// The policy's weights changed since the last publish: a due publish with nothing new (after
+    /// steps that took no optimizer step) is skipped.
+    unpublished: bool,
     /// The data-parallel group (`TrainerBuilder::process_group`); `None`: one process.
     dist: Option<Box<dyn ProcessGroup>>,
 }
@@ -275,7 +278,9 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
                 .into());
             }
         }
-        Ok(outcome?)
+        let report = outcome?;
+        self.unpublished = false;
+        Ok(report)
     }
 
     /// The policy being trained.
@@ -333,6 +338,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         if let Some((mut batch, scores)) = self.rollout(source, groups, &mut metrics)? {
             let adv = self.prepare(&mut batch, &scores, &mut metrics)?;
             self.update(&batch, &adv.advantages, &adv.returns, &mut metrics)?;
+            self.unpublished = true;
             if let (true, Some(diff)) = (self.on_policy, metrics.get("actor/log_prob_abs_diff")) {
                 metrics.insert("rollout/log_prob_abs_diff", diff);
             }
@@ -352,6 +358,7 @@ impl<P: Policy, C: Critic> Trainer<P, C> {
         }
         if let Some((_, every)) = &self.sync
             && self.state.step.is_multiple_of(*every)
+            && self.unpublished
             && let Some(report) = self.publish()?
         {
             metrics.extend_prefixed("", &report.metrics());
