@@ -498,3 +498,45 @@ fn eval_alone_runs_the_embedded_model() {
         fails(&rlz(&["eval", "--prompts", "4", "--set", "trainer.sampling.max_new_tokens=600"]));
     assert!(err.contains("max_new_tokens"), "{err}");
 }
+
+/// `rl-zero prompts` writes a run's splits as a JSONL dataset that `run.dataset` reads back:
+/// the generated arithmetic task's splits come back the same, and the model is shown the same
+/// held-out prompts either way (identical greedy responses).
+#[test]
+fn prompts_written_as_jsonl_are_the_same_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let split = |dataset: &str, split: &str, out: &Path| {
+        let set = format!("run.dataset={dataset}");
+        let set = ["--set", set.as_str(), "--set", "run.eval_prompts=4"];
+        ok(&rlz(&[&["prompts", "--split", split, "--output", s(out)][..], &set].concat()));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let train = split("arithmetic", "train", &p("train.jsonl"));
+    let eval = split("arithmetic", "eval", &p("eval.jsonl"));
+    let lines = |t: &str| t.lines().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(lines(&eval).len(), 4);
+    assert!(lines(&train).len() > 1000, "{}", lines(&train).len());
+    for l in lines(&eval) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert!(v["prompt"].is_string() && v["answer"].is_string(), "{l}");
+        assert!(!train.contains(v["prompt"].as_str().unwrap()), "held out: {l}");
+    }
+    // The training lines then the held-out ones: a JSONL dataset with the same splits.
+    std::fs::write(p("all.jsonl"), format!("{train}{eval}")).unwrap();
+    let all = s(&p("all.jsonl")).to_string();
+    assert_eq!(split(&all, "train", &p("train2.jsonl")), train);
+    assert_eq!(split(&all, "eval", &p("eval2.jsonl")), eval);
+    let responses = |dataset: &str, out: &Path| {
+        let set = format!("run.dataset={dataset}");
+        ok(&rlz(&["eval", "--set", set.as_str(), "--prompts", "4", "--responses", s(out)]));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let a = responses("arithmetic", &p("a.jsonl"));
+    assert_eq!(a.lines().count(), 4);
+    assert_eq!(responses(&all, &p("b.jsonl")), a);
+    // A bad split is refused by name; a missing dataset file is named.
+    assert!(fails(&rlz(&["prompts", "--split", "test"])).contains("test"));
+    let err = fails(&rlz(&["prompts", "--set", "run.dataset=/no/such/file.jsonl"]));
+    assert!(err.contains("/no/such/file.jsonl"), "{err}");
+}

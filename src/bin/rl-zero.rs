@@ -3,9 +3,10 @@
 //! ```text
 //! rl-zero score --input samples.jsonl [--output scored.jsonl] [--response-field response]
 //!               [--answer-field answer] [--reward '{"type": "orz"}']
-//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR] [--set KEY=VALUE]
-//!               [--resume [--allow-config-change] | --overwrite]
-//! rl-zero eval [--model M] [--config F] [--prompts N]
+//! rl-zero train --config recipes/dr_grpo.toml [--steps N] [--model M] [--out DIR]
+//!               [--set KEY=VALUE] [--resume [--allow-config-change] | --overwrite]
+//! rl-zero eval [--model M] [--config F] [--prompts N] [--set KEY=VALUE] [--responses F]
+//! rl-zero prompts [--config F] [--set KEY=VALUE] [--split train|eval] [--output F]
 //! ```
 //!
 //! `train` runs a recipe (`docs/cli.md`): PPO with a critic when the advantage estimator uses
@@ -53,6 +54,10 @@ enum Command {
     /// `rl-zero launch --nproc-per-node 2 -- train --config recipes/tiny/dr_grpo.toml`.
     /// Output is prefixed `[rank N]`; when one rank fails, the others are stopped.
     Launch(LaunchArgs),
+    /// Write the questions and answers of a run's training or evaluation split as JSONL, one
+    /// `{"prompt", "answer", ...}` object per line before any template (a file `run.dataset`
+    /// reads back), e.g. to read a generated task or to train another tool on the same prompts.
+    Prompts(PromptsArgs),
     /// Write a model as a Hugging Face directory an inference engine serves (config, weights in
     /// `--dtype`, generation config, tokenizer), e.g. the SmolLM2 GGUF for vLLM (docs/rollout.md).
     Export(ExportArgs),
@@ -69,6 +74,33 @@ struct ExportArgs {
     /// Weight dtype: float32, bfloat16 or float16.
     #[arg(long, default_value = "float32")]
     dtype: String,
+}
+
+#[derive(Debug, Args)]
+struct PromptsArgs {
+    /// Run file giving `run.dataset`, `run.eval_prompts`, `run.eval_split` and the seed
+    /// (`trainer.seed`). Default: `recipes/tiny/dr_grpo.toml` (built in).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a run-file setting, `KEY=VALUE` with a dotted key (repeatable), as `train`'s.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The training prompts, or the ones a run evaluates on (held out, or the validation split
+    /// with `run.eval_split = "validation"`).
+    #[arg(long, value_enum, default_value = "train")]
+    split: Split,
+    /// Output JSONL file (stdout when absent).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// A split of a run's prompts.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Split {
+    /// The prompts a run trains on.
+    Train,
+    /// The prompts a run evaluates on.
+    Eval,
 }
 
 #[derive(Debug, Args)]
@@ -188,9 +220,19 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval(&args),
         Command::Launch(args) => launch(&args),
         Command::Export(args) => export(&args),
+        Command::Prompts(args) => prompts(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of stdout has gone (`rl-zero prompts | head`): stop quietly, as Unix tools do.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             // The message and its causes; the backtrace only when asked for explicitly
             // (`RUST_BACKTRACE=full`), since many environments set `RUST_BACKTRACE=1` globally.
@@ -307,6 +349,63 @@ fn same_file(input: &Path, output: &Path) -> Result<bool> {
     Ok(std::fs::canonicalize(output).is_ok_and(|o| o == input))
 }
 
+/// Runs `body` on `output` (stdout when `None`). A file is written as a temporary file next to
+/// it, renamed into place when `body` succeeds: a failure leaves no partial output (the
+/// temporary file is deleted on drop).
+fn write_output<T>(
+    output: Option<&Path>,
+    body: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
+    let Some(p) = output else {
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        let v = body(&mut out)?;
+        out.flush()?;
+        return Ok(v);
+    };
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".rl-zero-").suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir).with_context(|| format!("cannot create {}", p.display()))?;
+    let mut out = BufWriter::new(tmp.as_file());
+    let v = body(&mut out)?;
+    out.flush().with_context(|| format!("cannot write {}", p.display()))?;
+    drop(out);
+    tmp.persist(p).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(v)
+}
+
+/// One JSON object per prompt: `prompt` (the question), `answer` and its metadata fields, the
+/// lines `run.dataset` reads back (`rl-zero prompts`).
+fn prompts(args: &PromptsArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(c) => RunFile::from_toml_file_with(c, &args.set)?,
+        None => RunFile::from_toml_with(EMBEDDED_RUN, &args.set)?,
+    };
+    let (train, eval) = run::questions(&file.run, file.trainer.seed)?;
+    let (rows, name) = match args.split {
+        Split::Train => (train, "training"),
+        Split::Eval => (eval, "evaluation"),
+    };
+    write_output(args.output.as_deref(), |out| {
+        for p in &rows {
+            let mut line = Map::new();
+            line.insert("prompt".into(), Value::String(p.text.clone()));
+            if let Some(a) = &p.answer {
+                line.insert("answer".into(), Value::String(a.clone()));
+            }
+            for (k, v) in &p.metadata {
+                line.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            writeln!(out, "{}", Value::Object(line))?;
+        }
+        Ok(())
+    })?;
+    eprintln!("{} {name} prompts of {}", rows.len(), file.run.dataset);
+    Ok(())
+}
+
 fn score(args: &ScoreArgs) -> Result<()> {
     rl_zero::policy::runtime::init(Default::default())?;
     let reward: Option<BuiltinReward> = args
@@ -319,39 +418,17 @@ fn score(args: &ScoreArgs) -> Result<()> {
     }
     let input =
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
-    let (count, correct, unparsed) = match &args.output {
-        None => {
-            let mut out = BufWriter::new(std::io::stdout().lock());
-            let counts = score_lines(args, reward.as_ref(), input, &mut out)?;
-            out.flush()?;
-            counts
-        }
-        Some(p) => {
-            if same_file(&args.input, p)? {
-                bail!(
-                    "--output {} is the input file: it would be overwritten while it is read; \
-                     write to another file",
-                    p.display()
-                );
-            }
-            // A temporary file next to the output, renamed into place when every line is scored:
-            // a bad line leaves no partial output (the temporary file is deleted on drop).
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let mut builder = tempfile::Builder::new();
-            builder.prefix(".rl-zero-score-").suffix(".tmp");
-            #[cfg(unix)]
-            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-            let tmp = builder
-                .tempfile_in(dir)
-                .with_context(|| format!("cannot create {}", p.display()))?;
-            let mut out = BufWriter::new(tmp.as_file());
-            let counts = score_lines(args, reward.as_ref(), input, &mut out)?;
-            out.flush().with_context(|| format!("cannot write {}", p.display()))?;
-            drop(out);
-            tmp.persist(p).with_context(|| format!("cannot write {}", p.display()))?;
-            counts
-        }
-    };
+    if let Some(p) = &args.output
+        && same_file(&args.input, p)?
+    {
+        bail!(
+            "--output {} is the input file: it would be overwritten while it is read; write to \
+             another file",
+            p.display()
+        );
+    }
+    let (count, correct, unparsed) =
+        write_output(args.output.as_deref(), |out| score_lines(args, reward.as_ref(), input, out))?;
     let acc = if count == 0 { 0.0 } else { correct as f64 / count as f64 };
     eprintln!(
         "scored {count} samples: accuracy {:.2}% ({correct} correct), {unparsed} without an extractable answer",

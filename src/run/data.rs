@@ -36,6 +36,12 @@ impl PromptWriter {
         Ok(Self { bos, chat, template: None })
     }
 
+    /// The writer that leaves questions as they are: no `<bos>`, no chat template, no question
+    /// template ([`questions`]).
+    pub fn plain() -> Self {
+        Self { bos: String::new(), chat: None, template: None }
+    }
+
     /// Writes each question into `template` first, at its [`QUESTION`] placeholder (`None`: the
     /// question as it is).
     ///
@@ -232,11 +238,38 @@ pub fn prompts(
     seed: u64,
 ) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
     let writer = PromptWriter::new(loaded)?.with_template(run.question_template.as_deref());
+    written_splits(&writer, run, seed)
+}
+
+/// [`prompts`] before they are written for a model: the questions and answers of the training
+/// and evaluation splits (`run.eval_split`) as a run with `seed` takes them, without
+/// `run.question_template` or any model's prompt format (`rl-zero prompts` writes them as a
+/// JSONL file that `run.dataset` reads back).
+///
+/// ```
+/// use rl_zero::run::{RunFile, questions};
+/// let f = RunFile::from_toml("[run]\ndataset = \"addition\"\neval_prompts = 3")?;
+/// let (train, test) = questions(&f.run, f.trainer.seed)?;
+/// assert_eq!(test.len(), 3);
+/// assert!(test[0].text.starts_with("What is "));
+/// assert!(train.iter().all(|p| test.iter().all(|t| t.text != p.text)));
+/// # anyhow::Ok(())
+/// ```
+pub fn questions(run: &RunSettings, seed: u64) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
+    written_splits(&PromptWriter::plain(), run, seed)
+}
+
+/// Training and evaluation prompts of `run.dataset` written by `writer`.
+fn written_splits(
+    writer: &PromptWriter,
+    run: &RunSettings,
+    seed: u64,
+) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
     let rewrite = |ps: Vec<Prompt>| -> Result<Vec<Prompt>> {
         ps.into_iter().map(|p| Ok(Prompt { text: writer.write(&p.text)?, ..p })).collect()
     };
     let (mut train, test) = match &run.dataset {
-        Dataset::Addition => addition_split(&writer, seed, run.eval_prompts),
+        Dataset::Addition => addition_split(writer, seed, run.eval_prompts),
         Dataset::Arithmetic { level } => {
             let test = rewrite(arithmetic(run.eval_prompts, *level, seed ^ 0x5EED_E7A1)?)?;
             let held: std::collections::HashSet<&str> =
