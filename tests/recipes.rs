@@ -44,6 +44,7 @@ fn every_recipe_directory_entry_is_tested() {
     known.push("smollm2_addition".into());
     known.push("smollm2_addition_constant".into());
     known.push("smollm2_arithmetic".into());
+    known.push("smollm2_arithmetic_constant".into());
     known.sort();
     assert_eq!(names, known);
 }
@@ -399,19 +400,26 @@ fn the_smollm2_addition_recipes_are_dr_grpo_on_the_held_out_split() {
 }
 
 /// `recipes/smollm2_arithmetic.toml` (the harder task of docs/results.md) is the addition
-/// recipe with only the task (and the output) changed.
+/// recipe with only the task (and the output) changed, and
+/// `recipes/smollm2_arithmetic_constant.toml` the constant-rate one.
 #[test]
-fn the_smollm2_arithmetic_recipe_changes_only_the_task() {
-    let add = RunFile::from_toml_file(recipe_path("smollm2_addition")).unwrap();
-    let hard = RunFile::from_toml_file(recipe_path("smollm2_arithmetic")).unwrap();
-    assert_eq!(hard.recipe(), add.recipe());
-    assert_eq!(hard.run.dataset, "arithmetic:1".parse().unwrap());
-    let same = run::RunSettings {
-        dataset: add.run.dataset.clone(),
-        out: add.run.out.clone(),
-        ..hard.run.clone()
-    };
-    assert_eq!(same, add.run);
+fn the_smollm2_arithmetic_recipes_change_only_the_task() {
+    for (addition, arithmetic) in [
+        ("smollm2_addition", "smollm2_arithmetic"),
+        ("smollm2_addition_constant", "smollm2_arithmetic_constant"),
+    ] {
+        let add = RunFile::from_toml_file(recipe_path(addition)).unwrap();
+        let hard = RunFile::from_toml_file(recipe_path(arithmetic)).unwrap();
+        assert_eq!(hard.recipe(), add.recipe(), "{arithmetic}");
+        assert_eq!(hard.run.dataset, "arithmetic:1".parse().unwrap());
+        assert_ne!(hard.run.out, add.run.out, "{arithmetic}");
+        let same = run::RunSettings {
+            dataset: add.run.dataset.clone(),
+            out: add.run.out.clone(),
+            ..hard.run.clone()
+        };
+        assert_eq!(same, add.run, "{arithmetic}");
+    }
 }
 
 /// `run.compute_dtype = "bf16"` trains and evaluates with bf16 products: the run file says so

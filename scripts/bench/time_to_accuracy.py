@@ -61,6 +61,23 @@ def first_reaching(points, mark):
     return None
 
 
+def precision(out):
+    """Each side's compute precision: rl-zero's from its saved run.toml, TRL's from summary.json."""
+    import tomllib
+
+    said = []
+    run = out / "rl-zero" / "run.toml"
+    if run.is_file():
+        dtype = tomllib.loads(run.read_text()).get("run", {}).get("compute_dtype", "f32")
+        said.append(f"rl-zero {dtype}")
+    summary = out / "trl" / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        said.append(f"TRL {s.get('precision', 'f32')} (accelerate mixed_precision "
+                    f"{s.get('accelerate_mixed_precision', 'no')})")
+    return ", ".join(said) or "unknown"
+
+
 def svg(series, path):
     W, H, L, R, T, B = 640, 400, 60, 20, 30, 50
     xmax = max(m for pts in series.values() for m, _, _ in pts) * 1.05 or 1.0
@@ -114,6 +131,7 @@ def main():
         }
     if not series:
         raise SystemExit(f"no metrics under {out}")
+    print(f"precision: {precision(out)}\n")
     print("| side | step | training min | held-out accuracy ± s.e. |")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():

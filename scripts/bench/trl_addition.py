@@ -16,16 +16,18 @@ The recipe, mirrored field by field (rl-zero name -> GRPOConfig):
   gradient_accumulation_steps 8 (one optimizer step per generation batch, as rl-zero's one
   mini-batch); Dr. GRPO: loss_type "dr_grpo" (token sums / max_completion_length), scale_rewards
   "none" (advantage = reward - group mean); PPO clip epsilon 0.2, num_iterations 1, beta 0 (no KL,
-  no reference model); f32 (no bf16), no gradient checkpointing, CPU, torch.set_num_threads(THREADS).
+  no reference model); no gradient checkpointing, CPU, torch.set_num_threads(THREADS);
+  run.compute_dtype "f32" -> bf16=False, "bf16" -> bf16=True (TRL's own mixed precision: accelerate
+  runs the f32 model's forward, generation included, under torch.autocast("cpu", torch.bfloat16);
+  f32 master weights and AdamW moments, as rl-zero's bf16), or `--precision` when given.
   Reward: rl-zero's own `{ type = "orz" }` through `rl-zero score` (the same answer extraction and
   math verifier, 1 only when correct AND the completion stopped by itself, i.e. its ids end in an
   EOS token), so both sides train on identical rewards.
-  Prompts: the same chat-templated questions over the same training pool: for `run.dataset =
-  "addition"` the question "What is A + B? Put the final answer in \\boxed{}." on every pair
-  10..99 x 10..99 that is not held out (`held_out` below = rl-zero's split); for a JSONL file its
-  rows but the last `run.eval_prompts` (rl-zero's split); `run.question_template`, when set, wraps
-  each question as rl-zero does (its `{question}` replaced once). The order is a seeded shuffle of
-  Python's, not rl-zero's.
+  Prompts: the same chat-templated questions over the same training pool: the training split of
+  the recipe's `run.dataset` as `rl-zero prompts --split train` writes it (addition, the seeded
+  arithmetic levels or a JSONL file, held-out prompts excluded exactly as in the rl-zero run);
+  `run.question_template`, when set, wraps each question as rl-zero does (its `{question}`
+  replaced once). The order is a seeded shuffle of Python's, not rl-zero's.
 
 Time: `train_secs` accumulates on_step_begin -> on_step_end (generation, reward, forward/backward,
 optimizer step); saving a checkpoint happens after on_step_end and is not counted, as rl-zero's
@@ -35,7 +37,8 @@ The settings are read from `--recipe` (default recipes/smollm2_addition_constant
 setting this script does not mirror (another advantage, loss aggregation, schedule, ...) is refused.
 
 usage: scripts/.venv/bin/python scripts/bench/trl_addition.py train target/bench-trl/smollm2-hf OUT \
-           [--recipe recipes/smollm2_addition_constant.toml] [--steps 20] [--save-every 5] [--seed 0] [--threads 2]
+           [--recipe recipes/smollm2_addition_constant.toml] [--steps 20] [--save-every 5] [--seed 0] [--threads 2] \
+           [--precision f32|bf16]
 """
 import argparse
 import json
@@ -49,7 +52,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from grpo_step_vs_trl import dr_grpo_config, held_out, question  # noqa: E402
+from grpo_step_vs_trl import dr_grpo_config  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -77,15 +80,14 @@ def train(a):
     eos_ids = {tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
 
     rng = random.Random(a.seed)
-    rows = training_rows(a.dataset, a.eval_prompts, a.question_template)
+    rlz = os.environ.get("RLZ_BIN", str(ROOT / "target/release/rl-zero"))
+    rows = training_rows(a.recipe, rlz, a.question_template)
     rng.shuffle(rows)
     need = a.steps * a.prompts
     data = Dataset.from_list([
         {"prompt": [{"role": "user", "content": q}], "answer": ans}
         for q, ans in (rows * (need // len(rows) + 1))[:need]
     ])
-
-    rlz = os.environ.get("RLZ_BIN", str(ROOT / "target/release/rl-zero"))
 
     def orz_reward(prompts, completions, answer, completion_ids, **kwargs):
         # rl-zero's own reward, through `rl-zero score`: the same verifier (answer extraction
@@ -111,7 +113,8 @@ def train(a):
     assert batch % micro == 0
     args = dr_grpo_config(out / "trl-state", seed=a.seed, steps=a.steps, lr=a.lr, micro=micro,
                           batch=batch, samples=a.samples, max_new=a.max_new_tokens,
-                          temperature=a.temperature, shuffle_dataset=False)
+                          temperature=a.temperature, shuffle_dataset=False,
+                          bf16=a.precision == "bf16")
     assert args.generation_batch_size == batch, args.generation_batch_size
 
     log = open(out / "metrics.jsonl", "w")
@@ -156,43 +159,23 @@ def train(a):
     wall = time.perf_counter() - wall
     summary = {"trl": trl.__version__, "torch": torch.__version__, "steps": a.steps,
                "train_secs": state["train_secs"], "train_wall_secs": wall, "peak_rss_mb": peak_rss_mb(),
-               "threads": a.threads}
+               "threads": a.threads, "precision": a.precision,
+               "accelerate_mixed_precision": str(trainer.accelerator.mixed_precision)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
 
 
-def training_rows(dataset, eval_prompts, template=None):
-    """(question, answer) training rows of `run.dataset`: the built-in "addition" (every pair of
-    10..99 that `held_out` does not keep back, with the built-in question) or a JSONL file of
-    `prompt`/`answer` rows whose last `eval_prompts` lines are the held-out ones, as rl-zero reads it
-    (src/run/data.rs; e.g. written by scripts/data/addition_jsonl.py with another question), each
-    question written into `template` at its `{question}` (rl-zero's `run.question_template`)."""
-    rows = raw_rows(dataset, eval_prompts)
+def training_rows(recipe, rlz, template=None):
+    """(question, answer) training rows of the recipe's `run.dataset`, exactly as an rl-zero run
+    takes them (`rl-zero prompts --split train`: the built-in addition or arithmetic split, or a
+    JSONL file's rows but its last `run.eval_prompts`), each question written into `template` at
+    its `{question}` (rl-zero's `run.question_template`)."""
+    out = subprocess.run([rlz, "prompts", "--config", str(recipe), "--split", "train"],
+                         check=True, capture_output=True, text=True).stdout
+    rows = [(r["prompt"], str(r["answer"])) for r in map(json.loads, out.splitlines())]
     if template is None:
         return rows
     return [(template.replace("{question}", q, 1), ans) for q, ans in rows]
-
-
-def raw_rows(dataset, eval_prompts):
-    """`training_rows` before the question template."""
-    if dataset == "addition":
-        return [(question(x, y), str(x + y))
-                for x in range(10, 100) for y in range(10, 100) if not held_out(x, y)]
-    rows = []
-    for n, line in enumerate(pathlib.Path(dataset).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            q, ans = r["prompt"], r["answer"]
-        except (ValueError, KeyError, TypeError) as e:
-            sys.exit(f"{dataset}:{n}: not a JSON object with `prompt` and `answer` ({e!r})")
-        if not isinstance(q, str) or not isinstance(ans, (str, int, float)):
-            sys.exit(f"{dataset}:{n}: `prompt` must be a string and `answer` a string or number")
-        rows.append((q, str(ans)))
-    if len(rows) <= eval_prompts:
-        sys.exit(f"{dataset}: {len(rows)} rows, need more than run.eval_prompts = {eval_prompts}")
-    return rows[: len(rows) - eval_prompts]
 
 
 def recipe_args(path):
@@ -220,26 +203,20 @@ def recipe_args(path):
     for field, (got, want) in checks.items():
         if got != want:
             sys.exit(f"{path}: {field} = {got!r}; this script mirrors only {want!r}")
-    dataset = run.get("dataset", "addition")
-    if dataset != "addition" and not dataset.endswith(".jsonl"):
-        sys.exit(f"{path}: run.dataset = {dataset!r}; this script mirrors \"addition\" or a JSONL file")
-    if dataset != "addition" and not pathlib.Path(dataset).is_absolute():
-        dataset = str(ROOT / dataset)
     if run.get("eval_split", "test") != "test":
         sys.exit(f"{path}: run.eval_split = {run['eval_split']!r}; this script mirrors only \"test\"")
     template = run.get("question_template")
     if template is not None and template.count("{question}") != 1:
         sys.exit(f"{path}: run.question_template must contain {{question}} exactly once")
     return {
-        "dataset": dataset,
         "question_template": template,
-        "eval_prompts": run.get("eval_prompts", 200),
         "prompts": run.get("prompts_per_step", 8),
         "samples": samp.get("n", 8),
         "micro_batch": tr.get("micro_batch_size", 8),
         "max_new_tokens": samp.get("max_new_tokens", 64),
         "temperature": samp.get("temperature", 1.0),
         "lr": actor.get("lr", 1e-6),
+        "recipe_precision": run.get("compute_dtype", "f32"),
     }
 
 
@@ -254,9 +231,15 @@ def main():
     ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "2")))
+    ap.add_argument("--precision", choices=["f32", "bf16"],
+                    help="compute precision (default: the recipe's run.compute_dtype, else f32)")
     a = ap.parse_args()
     for k, v in recipe_args(a.recipe).items():
         setattr(a, k, v)
+    if a.precision is None:
+        a.precision = a.recipe_precision
+    if a.precision not in ("f32", "bf16"):
+        sys.exit(f"{a.recipe}: run.compute_dtype = {a.precision!r}; this script mirrors \"f32\" or \"bf16\"")
     print(f"recipe {a.recipe}: {vars(a)}", file=sys.stderr)
     train(a)
 
