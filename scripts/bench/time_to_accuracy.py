@@ -5,7 +5,8 @@ rl-zero and TRL, both scored by rl-zero's greedy evaluator on the same held-out 
 
 reads OUT/rl-zero/{metrics.jsonl,eval/step-N.jsonl} and OUT/trl/{metrics.jsonl,eval/step-N.jsonl,
 summary.json} and OUT/*.time (`/usr/bin/time -v` of each side), prints a Markdown table and writes
-OUT/time_to_accuracy.svg. Training time = the sum of the per-step times up to a step: rl-zero's
+OUT/time_to_accuracy.svg (held-out accuracy, train reward, response length and truncation rate
+against training time, both sides). Training time = the sum of the per-step times up to a step: rl-zero's
 `time/step_s` (rollout, scoring, update), TRL's on_step_begin -> on_step_end; neither counts
 evaluations or checkpoint saves. Error bars: one binomial standard error, sqrt(p(1-p)/n).
 Standard library only.
@@ -78,30 +79,65 @@ def precision(out):
     return ", ".join(said) or "unknown"
 
 
-def svg(series, path):
-    W, H, L, R, T, B = 640, 400, 60, 20, 30, 50
-    xmax = max(m for pts in series.values() for m, _, _ in pts) * 1.05 or 1.0
-    x = lambda m: L + (W - L - R) * m / xmax
-    y = lambda a: T + (H - T - B) * (1 - a)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{W}" height="{H}" fill="white"/>',
-             f'<text x="{W / 2}" y="18" text-anchor="middle">held-out greedy accuracy vs training time (± 1 s.e.)</text>']
-    for a in (0, 0.2, 0.4, 0.6, 0.8, 1.0):
-        parts.append(f'<line x1="{L}" x2="{W - R}" y1="{y(a)}" y2="{y(a)}" stroke="#ddd"/>')
-        parts.append(f'<text x="{L - 6}" y="{y(a) + 4}" text-anchor="end">{a:.1f}</text>')
+# Per-step training curves of each side: (rl-zero metric, TRL metric) per panel.
+CURVES = {
+    "train reward (mean of the step's samples)": ("reward/mean", "trl/reward"),
+    "response length (mean tokens)": ("response/length_mean", "trl/completions/mean_length"),
+    "truncation rate (share cut at the token budget)": ("response/truncated_frac", "trl/completions/clipped_ratio"),
+}
+
+
+def step_curve(side_dir, time_key, key):
+    """[(training minutes at the step's end, value)] of per-step metric `key`."""
+    secs, pts = train_seconds(side_dir, time_key), []
+    for line in (side_dir / "metrics.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if d.get(key) is not None and d.get("step") in secs and "eval/accuracy" not in d:
+            pts.append((secs[d["step"]] / 60, float(d[key]), 0.0))
+    return pts
+
+
+def panel(parts, box, title, series, xmax, ymax, error_bars):
+    """One chart in `box` = (left, top, width, height): `series` {name: [(minutes, y, err)]}."""
+    left, top, w, h = box
+    x = lambda m: left + w * m / xmax
+    y = lambda v: top + h * (1 - v / ymax)
+    parts.append(f'<text x="{left + w / 2}" y="{top - 8}" text-anchor="middle">{title}</text>')
+    for i in range(6):
+        v = ymax * i / 5
+        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
     step = max(1, round(xmax / 6))
     for m in range(0, int(xmax) + 1, step):
-        parts.append(f'<text x="{x(m)}" y="{H - B + 16}" text-anchor="middle">{m}</text>')
-    parts.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">training minutes (evaluations excluded)</text>')
-    parts.append(f'<line x1="{L}" x2="{L}" y1="{T}" y2="{H - B}" stroke="black"/><line x1="{L}" x2="{W - R}" y1="{H - B}" y2="{H - B}" stroke="black"/>')
+        parts.append(f'<text x="{x(m):.1f}" y="{top + h + 16}" text-anchor="middle">{m}</text>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + h}" stroke="black"/>'
+                 f'<line x1="{left}" x2="{left + w}" y1="{top + h}" y2="{top + h}" stroke="black"/>')
     for i, (name, pts) in enumerate(series.items()):
         colour = ("#1f77b4", "#d62728")[i % 2]
-        d = " ".join(f"{x(m):.1f},{y(a):.1f}" for m, a, _ in pts)
+        d = " ".join(f"{x(m):.1f},{y(v):.1f}" for m, v, _ in pts)
         parts.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for m, a, se in pts:
-            parts.append(f'<line x1="{x(m):.1f}" x2="{x(m):.1f}" y1="{y(min(1, a + se)):.1f}" y2="{y(max(0, a - se)):.1f}" stroke="{colour}"/>')
-            parts.append(f'<circle cx="{x(m):.1f}" cy="{y(a):.1f}" r="3" fill="{colour}"/>')
-        parts.append(f'<text x="{L + 10}" y="{T + 16 + 16 * i}" fill="{colour}">{name}</text>')
+        if error_bars:
+            for m, v, se in pts:
+                parts.append(f'<line x1="{x(m):.1f}" x2="{x(m):.1f}" y1="{y(min(ymax, v + se)):.1f}" '
+                             f'y2="{y(max(0, v - se)):.1f}" stroke="{colour}"/>')
+                parts.append(f'<circle cx="{x(m):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>')
+        parts.append(f'<text x="{left + 10}" y="{top + 16 + 16 * i}" fill="{colour}">{name}</text>')
+
+
+def svg(series, curves, path):
+    """Four charts against training minutes: held-out accuracy (± 1 s.e.), then each of CURVES."""
+    W, H, pw, ph = 1000, 720, 400, 230
+    xmax = max(m for pts in series.values() for m, _, _ in pts) * 1.05 or 1.0
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{W}" height="{H}" fill="white"/>',
+             f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">training minutes (evaluations and checkpoint saves excluded)</text>']
+    charts = [("held-out greedy accuracy (± 1 s.e.)", series, 1.0, True)]
+    for title, by_side in curves.items():
+        top = max((v for pts in by_side.values() for _, v, _ in pts), default=1.0)
+        charts.append((title, by_side, 1.0 if top <= 1.0 else top * 1.1, False))
+    for i, (title, by_side, ymax, bars) in enumerate(charts):
+        box = (70 + (i % 2) * 490, 40 + (i // 2) * 320, pw, ph)
+        panel(parts, box, title, by_side, xmax, ymax, bars)
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
@@ -113,10 +149,12 @@ def main():
     a = ap.parse_args()
     out = pathlib.Path(a.out)
     sides = {"rl-zero": ("rl-zero", "time/step_s"), "TRL GRPOTrainer": ("trl", "time/step_s")}
-    series, rows = {}, {}
-    for name, (d, key) in sides.items():
+    series, rows, curves = {}, {}, {title: {} for title in CURVES}
+    for side, (name, (d, key)) in enumerate(sides.items()):
         if not (out / d / "metrics.jsonl").is_file():
             continue
+        for title, keys in CURVES.items():
+            curves[title][name] = step_curve(out / d, key, keys[side])
         secs, acc = train_seconds(out / d, key), evals(out / d)
         pts = [(secs[s] / 60, p, math.sqrt(p * (1 - p) / n)) for s, (p, n) in sorted(acc.items()) if s in secs]
         series[name] = pts
@@ -154,7 +192,7 @@ def main():
             else:
                 print(f"\ntime to {m}: {na} {ta}, {nb} {tb} (a side did not reach it: no ratio)")
         print(f"training steps per hour: {na} / {nb} = {ra['steps_per_hour'] / rb['steps_per_hour']:.2f}x")
-    svg(series, out / "time_to_accuracy.svg")
+    svg(series, curves, out / "time_to_accuracy.svg")
     print(f"\nfigure {out / 'time_to_accuracy.svg'}")
 
 
