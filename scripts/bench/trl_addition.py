@@ -170,8 +170,10 @@ def training_rows(recipe, rlz, template=None):
     takes them (`rl-zero prompts --split train`: the built-in addition or arithmetic split, or a
     JSONL file's rows but its last `run.eval_prompts`), each question written into `template` at
     its `{question}` (rl-zero's `run.question_template`)."""
-    out = subprocess.run([rlz, "prompts", "--config", str(recipe), "--split", "train"],
-                         check=True, capture_output=True, text=True).stdout
+    # From the repository root, as time_to_accuracy.sh runs `rl-zero train` (a relative JSONL
+    # `run.dataset` is read from there).
+    cmd = [rlz, "prompts", "--config", str(pathlib.Path(recipe).resolve()), "--split", "train"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     rows = [(r["prompt"], str(r["answer"])) for r in map(json.loads, out.splitlines())]
     if template is None:
         return rows
