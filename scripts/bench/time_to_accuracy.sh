@@ -18,9 +18,12 @@
 # GRPOConfig(bf16=...), i.e. PyTorch autocast. BLAS=mkl (the default with bf16) loads MKL into
 # rl-zero (scripts/setup_mkl.sh; AMX bf16 products on Xeons that have them), as PyTorch uses its own.
 #
+# SEED (default: the recipe's `trainer.seed`) seeds both sides; it also picks the generated
+# tasks' prompt pools and held-out prompts, so TRL's training rows and both sides' evaluations
+# use the same seed's split.
 # Sides run one after the other (each takes ~half an hour; alternating within a run is not
 # possible), so run it on a quiet machine. THREADS (default 2) threads each; both sides take the
-# seed `trainer.seed` of RECIPE.
+# seed SEED.
 # Output: $OUT (default target/bench-tta): rl-zero/ (an rl-zero run directory), trl/ (checkpoints,
 # metrics.jsonl, eval/step-N.jsonl scored by `rl-zero eval --responses`), *.time (/usr/bin/time -v).
 # Python: scripts/.venv with TRL (scripts/setup_python.sh with RLZ_FULL_PY=1, run when missing).
@@ -31,8 +34,9 @@ RECIPE=${RECIPE:-recipes/smollm2_addition_constant.toml}
 STEPS=${STEPS:-20}
 TRL_STEPS=${TRL_STEPS:-$STEPS}
 THREADS=${THREADS:-2}
-read -r EVAL_EVERY SEED < <(python3 -c 'import sys, tomllib; r = tomllib.load(open(sys.argv[1], "rb"))
+read -r EVAL_EVERY RECIPE_SEED < <(python3 -c 'import sys, tomllib; r = tomllib.load(open(sys.argv[1], "rb"))
 print(r.get("run", {}).get("eval_every", 5), r.get("trainer", {}).get("seed", 0))' "$RECIPE")
+SEED=${SEED:-$RECIPE_SEED}
 SIDES=${SIDES:-"rl-zero trl"}
 PRECISION=${PRECISION:-$(python3 -c 'import sys, tomllib
 print(tomllib.load(open(sys.argv[1], "rb")).get("run", {}).get("compute_dtype", "f32"))' "$RECIPE")}
@@ -62,7 +66,8 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       rl-zero)
         rm -rf "$out/rl-zero"
         /usr/bin/time -v -o "$out/rl-zero.time" "$rlz" train --config "$RECIPE" --out "$out/rl-zero" \
-          --steps "$STEPS" --set "run.compute_dtype=$PRECISION" | tee "$out/rl-zero.log"
+          --steps "$STEPS" --set "run.compute_dtype=$PRECISION" --set "trainer.seed=$SEED" |
+          tee "$out/rl-zero.log"
         ;;
       trl)
         rm -rf "$out/trl"
@@ -75,7 +80,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
         for ckpt in "$out"/trl/step-*/; do
           name=$(basename "$ckpt")
           "$rlz" eval --config "$RECIPE" --model "$ckpt" --set "run.compute_dtype=$PRECISION" \
-            --responses "$out/trl/eval/$name.jsonl"
+            --set "trainer.seed=$SEED" --responses "$out/trl/eval/$name.jsonl"
         done
         ;;
       *) echo "unknown side $side (rl-zero | trl)" >&2; exit 2 ;;

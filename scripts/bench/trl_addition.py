@@ -81,7 +81,7 @@ def train(a):
 
     rng = random.Random(a.seed)
     rlz = os.environ.get("RLZ_BIN", str(ROOT / "target/release/rl-zero"))
-    rows = training_rows(a.recipe, rlz, a.question_template)
+    rows = training_rows(a.recipe, rlz, a.seed, a.question_template)
     rng.shuffle(rows)
     need = a.steps * a.prompts
     data = Dataset.from_list([
@@ -165,14 +165,15 @@ def train(a):
     print(json.dumps(summary))
 
 
-def training_rows(recipe, rlz, template=None):
+def training_rows(recipe, rlz, seed, template=None):
     """(question, answer) training rows of the recipe's `run.dataset`, exactly as an rl-zero run
-    takes them (`rl-zero prompts --split train`: the built-in addition or arithmetic split, or a
+    with `trainer.seed = seed` takes them (`rl-zero prompts --split train`: the built-in addition or arithmetic split, or a
     JSONL file's rows but its last `run.eval_prompts`), each question written into `template` at
     its `{question}` (rl-zero's `run.question_template`)."""
     # From the repository root, as time_to_accuracy.sh runs `rl-zero train` (a relative JSONL
     # `run.dataset` is read from there).
-    cmd = [rlz, "prompts", "--config", str(pathlib.Path(recipe).resolve()), "--split", "train"]
+    cmd = [rlz, "prompts", "--config", str(pathlib.Path(recipe).resolve()), "--split", "train",
+           "--set", f"trainer.seed={seed}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     rows = [(r["prompt"], str(r["answer"])) for r in map(json.loads, out.splitlines())]
     if template is None:
