@@ -8,7 +8,8 @@
 //! With `RLZ_POLICY_BENCH_SMOLLM2=WHAT:RxC[:ITERS]` it first times SmolLM2-135M (GGUF → f32),
 //! one workload per process so the reported peak RSS is that workload's:
 //! * `fwdbwd:8x256`: forward + backward of the mean log-prob of 8 responses of 256 tokens after
-//!   a 16-token prompt (the training path: `response_hidden` + `token_log_probs`);
+//!   a 16-token prompt (the training path: `response_hidden` + `token_log_probs`, the gradients
+//!   accumulated through a `GradSink` as the trainer does);
 //! * `sample:16x128`: sampling 16 prompts of 16 tokens × 128 new tokens at temperature 1
 //!   (KV cache, no EOS stop);
 //! * `gemm:8x256`: only the matrix products of `fwdbwd:8x256` (same shapes, forward and
@@ -28,6 +29,7 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rl_core::SamplingConfig;
+use rl_core::grad::GradSink;
 use rl_policy::logprobs::{PromptResponse, token_log_probs};
 use rl_policy::model::Mode;
 use rl_policy::sampling::{StopRules, generate};
@@ -115,13 +117,18 @@ fn smollm2(spec: &str) {
                 response_ids: &response_ids,
                 response_mask: &response_mask,
             };
+            // As the trainer accumulates gradients: a sink holds every weight (which lets each
+            // decoder layer run as one graph node, `rl_policy::ops` docs).
+            let vars = model.vars();
             for iter in 0..iters {
                 let clock = std::time::Instant::now();
+                let sink = GradSink::new(&vars).expect("sink");
                 let m = model.trainable().expect("model");
                 let hidden = view.response_hidden(&m, Mode::Diff).expect("hidden");
                 let (lp, _) = token_log_probs(&m, &hidden, &response_ids, &response_mask, 0, false)
                     .expect("lp");
-                let grads = lp.mean_all().expect("mean").backward().expect("backward");
+                let mut grads = lp.mean_all().expect("mean").backward().expect("backward");
+                sink.drain_into(&mut grads).expect("drain");
                 let secs = clock.elapsed().as_secs_f64();
                 drop(grads);
                 report(iter, secs, r * (c + 16), m.bf16_conversion_stats().1);

@@ -49,6 +49,29 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    /// The weights as [`crate::ops::decoder_layer`] takes them; `None` with biases or per-head
+    /// norms (Qwen2, Qwen3), which the fused layer does not cover.
+    fn plain(&self) -> Option<crate::ops::LayerWeights<'_>> {
+        let lins = [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down];
+        if lins.iter().any(|l| l.bias().is_some()) || self.q_norm.is_some() || self.k_norm.is_some()
+        {
+            return None;
+        }
+        Some(crate::ops::LayerWeights {
+            input_norm: &self.input_norm,
+            q: self.q.weight(),
+            k: self.k.weight(),
+            v: self.v.weight(),
+            o: self.o.weight(),
+            post_norm: &self.post_norm,
+            gate: self.gate.weight(),
+            up: self.up.weight(),
+            down: self.down.weight(),
+        })
+    }
+}
+
 /// Per-layer key/value cache for incremental decoding: `(B, n_kv_heads, K, head_dim)` keys
 /// (after the rotary embedding) and values per layer.
 ///
@@ -483,7 +506,16 @@ impl Transformer {
         let mut x = self.embed.forward(ids)?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let (eps, scale) = (self.cfg.rms_norm_eps, 1.0 / (hd as f64).sqrt());
+        let shape = crate::ops::LayerShape { heads: nh, kv_heads: nkv, head_dim: hd, eps };
         for (li, layer) in self.layers.iter().enumerate() {
+            // A training pass without a cache: the whole layer as one graph node when it applies.
+            if let (Mode::Diff, None, Some(w)) = (mode, cache.as_ref(), layer.plain()) {
+                let mask = &layout.mask;
+                if let Some(y) = crate::ops::decoder_layer(&x, &w, shape, &cos, &sin, mask)? {
+                    x = y;
+                    continue;
+                }
+            }
             let h = rms_norm(&x, &layer.input_norm, eps, mode)?;
             // `n` heads of `lin(h)` in `groups`, after the optional per-head norm (Qwen3)
             let heads =

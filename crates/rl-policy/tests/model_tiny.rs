@@ -725,3 +725,89 @@ fn prompts_past_the_context_are_typed_errors() -> R {
     tiny_with_context(9).log_probs(&long, false)?;
     Ok(())
 }
+
+/// The tiny llama without biases (SmolLM2's shape of layer).
+fn tiny_plain(dtype: DType) -> LanguageModel {
+    let mut json = config("llama", false).to_hf_json();
+    json["attention_bias"] = false.into();
+    let cfg = ModelConfig::from_hf_json(json).expect("valid config");
+    LanguageModel::random(cfg, 7, dtype, &Device::Cpu).expect("model")
+}
+
+/// Every parameter's gradient, by name, flattened, as f64.
+type NamedGrads64 = Vec<(String, Vec<f64>)>;
+
+/// Every parameter's gradient of `loss` (joint pass, no cache), by name, as f64; with `sink`,
+/// through a [`GradSink`] holding every weight (as the trainer accumulates gradients), which
+/// runs each decoder layer as one graph node with its own backward pass. Also returns whether
+/// the input norms' gradients left candle's store (only the fused layer sinks them).
+fn grads_by_name(
+    model: &LanguageModel,
+    bf16: bool,
+    sink: bool,
+) -> R<(NamedGrads64, bool)> {
+    let mut m = model.trainable()?;
+    if bf16 {
+        m = m.with_compute_dtype(ComputeDtype::Bf16)?;
+    }
+    let b = batch();
+    let vars = model.vars();
+    let held = if sink { Some(rl_core::grad::GradSink::new(&vars)?) } else { None };
+    let hidden = b.view().response_hidden_joint(&m, Mode::Diff)?;
+    let (lp, ent) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, 2, true)?;
+    let w = Tensor::arange(1.0, 16.0, &Device::Cpu)?.reshape((3, 5))?.to_dtype(lp.dtype())?;
+    let loss = ((lp * &w)?.sum_all()? + (ent.expect("entropy") * 0.1)?.sum_all()?)?;
+    let mut grads = loss.backward()?;
+    let norm_sunk = model
+        .named_vars()
+        .iter()
+        .filter(|(n, _)| n.contains("input_layernorm"))
+        .all(|(_, v)| grads.get(v.as_tensor()).is_none());
+    if let Some(s) = &held {
+        s.drain_into(&mut grads)?;
+    }
+    let mut named = Vec::new();
+    for (name, v) in model.named_vars() {
+        let g = grads.get(v.as_tensor()).ok_or(format!("no gradient for {name}"))?;
+        named.push((name, g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?));
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((named, norm_sunk))
+}
+
+/// A decoder layer as one graph node (under a gradient sink, without a cache) gives the per-op
+/// graph's gradients for every weight: to 1e-10 relative in f64, and within f32 summation order
+/// with bf16 products (both round the same operands); a sink dropped before the backward pass
+/// is an error, not lost gradients.
+#[test]
+fn fused_decoder_layers_give_the_per_op_gradients() -> R {
+    blas_from_env();
+    for (dtype, bf16, tol) in
+        [(DType::F64, false, 1e-10), (DType::F32, false, 1e-5), (DType::F32, true, 1e-3)]
+    {
+        let model = tiny_plain(dtype);
+        let (want, per_op_sunk) = grads_by_name(&model, bf16, false)?;
+        let (got, fused_sunk) = grads_by_name(&model, bf16, true)?;
+        assert!(!per_op_sunk && fused_sunk, "{dtype:?} bf16={bf16}: the fused layer did not run");
+        assert_eq!(want.len(), got.len());
+        for ((name, a), (_, b)) in want.iter().zip(&got) {
+            let scale = a.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+            let d = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                d <= tol * scale,
+                "{dtype:?} bf16={bf16} {name}: max |Δ| {d} vs max |g| {scale}"
+            );
+        }
+    }
+    // The sink dropped between the passes: the fused backward refuses instead of losing them.
+    let model = tiny_plain(DType::F32);
+    let m = model.trainable()?;
+    let b = batch();
+    let sink = rl_core::grad::GradSink::new(&model.vars())?;
+    let hidden = b.view().response_hidden_joint(&m, Mode::Diff)?;
+    let (lp, _) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, 0, false)?;
+    drop(sink);
+    let err = lp.sum_all()?.backward().expect_err("dropped sink").to_string();
+    assert!(err.contains("GradSink"), "{err}");
+    Ok(())
+}
