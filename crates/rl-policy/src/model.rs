@@ -95,6 +95,9 @@ struct LayerKv {
     k: Tensor,
     v: Tensor,
     len: usize,
+    /// Filled by a fused training layer ([`crate::ops::decoder_layer`]): `k` and `v` have no
+    /// graph, so gradients could not reach them; appending is an error.
+    spent: bool,
 }
 
 impl LayerKv {
@@ -107,6 +110,13 @@ impl LayerKv {
     ) -> Result<(Tensor, Tensor)> {
         let s = k.dim(2)?;
         let len = slot.as_ref().map_or(0, |e| e.len);
+        if slot.as_ref().is_some_and(|e| e.spent) {
+            return Err(PolicyError::input(
+                "cache",
+                "a fused training pass used this cache's keys and values (their gradients \
+                 flowed back then); start a new KvCache for another pass",
+            ));
+        }
         let need = len + s;
         let tracked = k.track_op() || v.track_op();
         // Untracked f32 keys and values of a bf16 scope are kept in bf16 (see [`KvCache`]).
@@ -151,7 +161,7 @@ impl LayerKv {
                     Ok(Tensor::cat(&parts, 2)?)
                 };
                 let (ok, ov) = (slot.as_ref().map(|e| &e.k), slot.as_ref().map(|e| &e.v));
-                *slot = Some(Self { k: grow(ok, k)?, v: grow(ov, v)?, len: need });
+                *slot = Some(Self { k: grow(ok, k)?, v: grow(ov, v)?, len: need, spent: false });
             }
         }
         let e = slot.as_ref().expect("filled above");
@@ -508,12 +518,30 @@ impl Transformer {
         let (eps, scale) = (self.cfg.rms_norm_eps, 1.0 / (hd as f64).sqrt());
         let shape = crate::ops::LayerShape { heads: nh, kv_heads: nkv, head_dim: hd, eps };
         for (li, layer) in self.layers.iter().enumerate() {
-            // A training pass without a cache: the whole layer as one graph node when it applies.
-            if let (Mode::Diff, None, Some(w)) = (mode, cache.as_ref(), layer.plain()) {
-                let mask = &layout.mask;
-                if let Some(y) = crate::ops::decoder_layer(&x, &w, shape, &cos, &sin, mask)? {
-                    x = y;
-                    continue;
+            // A training pass without a cache or over a training pass's cache: the whole layer
+            // as one graph node when it applies.
+            if let (Mode::Diff, Some(w)) = (mode, layer.plain()) {
+                let past = match cache.as_ref() {
+                    None => Some(None),
+                    Some(c) => match &c.layers[li] {
+                        Some(e) if e.k.track_op() && !e.spent => {
+                            Some(Some((e.k.narrow(2, 0, e.len)?, e.v.narrow(2, 0, e.len)?)))
+                        }
+                        _ => None,
+                    },
+                };
+                if let Some(past) = past {
+                    let (rot, mask, kv) =
+                        ((&cos, &sin), &layout.mask, past.as_ref().map(|(k, v)| (k, v)));
+                    if let Some((y, all)) = crate::ops::decoder_layer(&x, &w, shape, rot, mask, kv)?
+                    {
+                        if let (Some(c), Some((k, v))) = (cache.as_mut(), all) {
+                            let len = k.dim(2)?;
+                            c.layers[li] = Some(LayerKv { k, v, len, spent: true });
+                        }
+                        x = y;
+                        continue;
+                    }
                 }
             }
             let h = rms_norm(&x, &layer.input_norm, eps, mode)?;

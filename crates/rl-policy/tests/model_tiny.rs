@@ -139,6 +139,31 @@ fn gradients_match_finite_differences() -> R {
     Ok(())
 }
 
+/// Rows 0, 1, 3 share prompt A (left-padded), rows 2 and 4 share prompt B; responses of
+/// lengths 3, 5, 1, 2, 4 (right-padded).
+fn shared_batch() -> R<Batch> {
+    let d = Device::Cpu;
+    let (a, am) = ([0u32, 5, 6, 7], [0f32, 1., 1., 1.]);
+    let (b, bm) = ([8u32, 9, 10, 11], [1f32, 1., 1., 1.]);
+    let prompt_ids = Tensor::new(&[a, a, b, a, b], &d)?;
+    let prompt_mask = Tensor::new(&[am, am, bm, am, bm], &d)?;
+    let response_ids = Tensor::new(
+        &[
+            [12u32, 13, 14, 0, 0],
+            [15, 16, 17, 18, 19],
+            [20, 0, 0, 0, 0],
+            [21, 22, 0, 0, 0],
+            [23, 24, 25, 26, 0],
+        ],
+        &d,
+    )?;
+    let lens = [3usize, 5, 1, 2, 4];
+    let mask: Vec<f32> =
+        lens.iter().flat_map(|&n| (0..5).map(move |j| f32::from(u8::from(j < n)))).collect();
+    let response_mask = Tensor::from_vec(mask, (5, 5), &d)?;
+    Ok(Batch { prompt_ids, prompt_mask, response_ids, response_mask })
+}
+
 /// Every parameter's gradient, by name, flattened.
 type NamedGrads = Vec<(String, Vec<f32>)>;
 
@@ -173,27 +198,7 @@ fn log_probs_and_grads(
 
 #[test]
 fn shared_prompts_give_the_joint_pass_values_and_gradients() -> R {
-    let d = Device::Cpu;
-    // Rows 0, 1, 3 share prompt A (left-padded), rows 2 and 4 share prompt B; responses of
-    // lengths 3, 5, 1, 2, 4 (right-padded).
-    let (a, am) = ([0u32, 5, 6, 7], [0f32, 1., 1., 1.]);
-    let (b, bm) = ([8u32, 9, 10, 11], [1f32, 1., 1., 1.]);
-    let prompt_ids = Tensor::new(&[a, a, b, a, b], &d)?;
-    let prompt_mask = Tensor::new(&[am, am, bm, am, bm], &d)?;
-    let response_ids = Tensor::new(
-        &[
-            [12u32, 13, 14, 0, 0],
-            [15, 16, 17, 18, 19],
-            [20, 0, 0, 0, 0],
-            [21, 22, 0, 0, 0],
-            [23, 24, 25, 26, 0],
-        ],
-        &d,
-    )?;
-    let lens = [3usize, 5, 1, 2, 4];
-    let mask: Vec<f32> =
-        lens.iter().flat_map(|&n| (0..5).map(move |j| f32::from(u8::from(j < n)))).collect();
-    let response_mask = Tensor::from_vec(mask, (5, 5), &d)?;
+    let Batch { prompt_ids, prompt_mask, response_ids, response_mask } = shared_batch()?;
     for t in [5, 1] {
         let (ids, m) = (response_ids.narrow(1, 0, t)?, response_mask.narrow(1, 0, t)?);
         let view = PromptResponse {
@@ -737,35 +742,52 @@ fn tiny_plain(dtype: DType) -> LanguageModel {
 /// Every parameter's gradient, by name, flattened, as f64.
 type NamedGrads64 = Vec<(String, Vec<f64>)>;
 
-/// Every parameter's gradient of `loss` (joint pass, no cache), by name, as f64; with `sink`,
+/// Every parameter's gradient of a weighted log-prob + entropy sum, by name, as f64, through
+/// the joint pass (`shared = false`: no cache) or the shared-prompt pass (a prompt pass whose
+/// cached keys and values the response pass reads); with `sink`,
 /// through a [`GradSink`] holding every weight (as the trainer accumulates gradients), which
 /// runs each decoder layer as one graph node with its own backward pass. Also returns whether
-/// the input norms' gradients left candle's store (only the fused layer sinks them).
+/// the sink held input-norm gradients (only the fused layer sinks them).
 fn grads_by_name(
     model: &LanguageModel,
     bf16: bool,
     sink: bool,
+    shared: bool,
 ) -> R<(NamedGrads64, bool)> {
     let mut m = model.trainable()?;
     if bf16 {
         m = m.with_compute_dtype(ComputeDtype::Bf16)?;
     }
-    let b = batch();
+    let b = if shared { shared_batch()? } else { batch() };
     let vars = model.vars();
     let held = if sink { Some(rl_core::grad::GradSink::new(&vars)?) } else { None };
-    let hidden = b.view().response_hidden_joint(&m, Mode::Diff)?;
+    let hidden = match shared {
+        true => b.view().response_hidden(&m, Mode::Diff)?,
+        false => b.view().response_hidden_joint(&m, Mode::Diff)?,
+    };
     let (lp, ent) = token_log_probs(&m, &hidden, &b.response_ids, &b.response_mask, 2, true)?;
-    let w = Tensor::arange(1.0, 16.0, &Device::Cpu)?.reshape((3, 5))?.to_dtype(lp.dtype())?;
+    let (rows, cols) = lp.dims2()?;
+    let w = Tensor::arange(1.0, (rows * cols + 1) as f64, &Device::Cpu)?;
+    let w = w.reshape((rows, cols))?.to_dtype(lp.dtype())?;
     let loss = ((lp * &w)?.sum_all()? + (ent.expect("entropy") * 0.1)?.sum_all()?)?;
     let mut grads = loss.backward()?;
-    let norm_sunk = model
-        .named_vars()
-        .iter()
-        .filter(|(n, _)| n.contains("input_layernorm"))
-        .all(|(_, v)| grads.get(v.as_tensor()).is_none());
+    // The input norms' gradients before and after draining the sink: only the fused layer
+    // sinks them, so they change only when it ran.
+    let norms = |g: &candle_core::backprop::GradStore| -> Vec<Option<Vec<f64>>> {
+        let named = model.named_vars();
+        let norms = named.iter().filter(|(n, _)| n.contains("input_layernorm"));
+        norms
+            .map(|(_, v)| {
+                let g = g.get(v.as_tensor())?.to_dtype(DType::F64).ok()?;
+                g.to_vec1::<f64>().ok()
+            })
+            .collect()
+    };
+    let before = norms(&grads);
     if let Some(s) = &held {
         s.drain_into(&mut grads)?;
     }
+    let norm_sunk = before != norms(&grads);
     let mut named = Vec::new();
     for (name, v) in model.named_vars() {
         let g = grads.get(v.as_tensor()).ok_or(format!("no gradient for {name}"))?;
@@ -782,21 +804,18 @@ fn grads_by_name(
 #[test]
 fn fused_decoder_layers_give_the_per_op_gradients() -> R {
     blas_from_env();
-    for (dtype, bf16, tol) in
-        [(DType::F64, false, 1e-10), (DType::F32, false, 1e-5), (DType::F32, true, 1e-3)]
-    {
+    let cases = [(DType::F64, false, 1e-10), (DType::F32, false, 1e-5), (DType::F32, true, 1e-3)];
+    for ((dtype, bf16, tol), shared) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        let what = format!("{dtype:?} bf16={bf16} shared={shared}");
         let model = tiny_plain(dtype);
-        let (want, per_op_sunk) = grads_by_name(&model, bf16, false)?;
-        let (got, fused_sunk) = grads_by_name(&model, bf16, true)?;
-        assert!(!per_op_sunk && fused_sunk, "{dtype:?} bf16={bf16}: the fused layer did not run");
+        let (want, per_op_sunk) = grads_by_name(&model, bf16, false, shared)?;
+        let (got, fused_sunk) = grads_by_name(&model, bf16, true, shared)?;
+        assert!(!per_op_sunk && fused_sunk, "{what}: the fused layer did not run");
         assert_eq!(want.len(), got.len());
         for ((name, a), (_, b)) in want.iter().zip(&got) {
             let scale = a.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
             let d = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                d <= tol * scale,
-                "{dtype:?} bf16={bf16} {name}: max |Δ| {d} vs max |g| {scale}"
-            );
+            assert!(d <= tol * scale, "{what} {name}: max |Δ| {d} vs max |g| {scale}");
         }
     }
     // The sink dropped between the passes: the fused backward refuses instead of losing them.
@@ -810,4 +829,25 @@ fn fused_decoder_layers_give_the_per_op_gradients() -> R {
     let err = lp.sum_all()?.backward().expect_err("dropped sink").to_string();
     assert!(err.contains("GradSink"), "{err}");
     Ok(())
+}
+
+/// A training cache read by a fused layer pass cannot take more positions: its keys and values
+/// no longer carry a graph, so a further tracked pass would lose their gradients. Typed error.
+#[test]
+fn a_cache_spent_by_a_fused_pass_refuses_more_positions() -> R {
+    let model = tiny_plain(DType::F32);
+    let m = model.trainable()?;
+    let _sink = rl_core::grad::GradSink::new(&model.vars())?;
+    let d = Device::Cpu;
+    let layout = |k: usize, s: usize| AttentionLayout::new(&[vec![true; k]], s, DType::F32, &d);
+    let mut cache = KvCache::new(m.config().num_layers);
+    let ids = |v: &[u32]| Tensor::new(v, &d).and_then(|t| t.unsqueeze(0));
+    m.hidden_states(&ids(&[5, 6, 7])?, &layout(3, 3)?, Some(&mut cache), Mode::Diff)?;
+    m.hidden_states(&ids(&[8, 9])?, &layout(5, 2)?, Some(&mut cache), Mode::Diff)?;
+    assert_eq!(cache.len(), 5);
+    let more = m.hidden_states(&ids(&[10])?, &layout(6, 1)?, Some(&mut cache), Mode::Diff);
+    match more {
+        Err(PolicyError::Input { .. }) => Ok(()),
+        other => Err(format!("expected a typed error, got {other:?}").into()),
+    }
 }

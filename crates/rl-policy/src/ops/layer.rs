@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use super::*;
 use crate::Result;
@@ -105,11 +105,12 @@ impl Mix {
 struct Saved {
     /// `(M, H)`: the input norm's output.
     h1_m: Tensor,
-    /// `(B, g, (n/g)·S, d)`, `(B, g, S, d)`, `(B, g, S, d)`: rotated queries and keys, values.
+    /// `(B, g, (n/g)·S, d)`, `(B, g, K, d)`, `(B, g, K, d)`: rotated queries and keys, values
+    /// (`K = P + S` with `P` cached positions).
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    /// `(B, g, (n/g)·S, S)` f32/f64: the attention probabilities.
+    /// `(B, g, (n/g)·S, K)` f32/f64: the attention probabilities.
     probs: Tensor,
     /// `(M, H)`: the merged attention output.
     attn_m: Tensor,
@@ -131,6 +132,9 @@ struct DecoderLayer {
     cos: Tensor,
     sin: Tensor,
     saved: Saved,
+    /// Cached positions before these tokens (`k`, `v` hold them first; `None`: no cache, the
+    /// node has one input).
+    past: Option<usize>,
     /// The output, computed before the node is recorded and moved into it by `cpu_fwd`.
     out: Mutex<Option<Tensor>>,
 }
@@ -171,14 +175,9 @@ impl DecoderLayer {
     fn heads_op(&self, n: usize, rotate: bool, inverse: bool) -> Heads {
         Heads { heads: n, groups: self.shape.kv_heads, rotate, inverse }
     }
-}
 
-impl CustomOp1 for DecoderLayer {
-    fn name(&self) -> &'static str {
-        "rl-decoder-layer"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    /// The output, moved out of the node when candle records it.
+    fn output(&self) -> candle_core::Result<(CpuStorage, Shape)> {
         let Some(y) = self.out.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             candle_core::bail!("rl-decoder-layer: the node was applied twice");
         };
@@ -194,7 +193,14 @@ impl CustomOp1 for DecoderLayer {
         Ok((out, y.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    /// `∂x` for the output gradient `gy`, and with cached positions the gradients of the cached
+    /// keys and values `(B, g, P, d)`; the weights' gradients go to their sinks.
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        x: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let (s, mix, w) = (&self.saved, &self.mix, &self.weights);
         let (b, t, h) = x.dims3()?;
         let m = b * t;
@@ -246,6 +252,14 @@ impl CustomOp1 for DecoderLayer {
             let d = heads(d, &self.cos, &self.sin, self.heads_op(n, rotate, true))?;
             mix.act(&d)?.reshape((m, ()))
         };
+        // Keys and values of cached positions go back to the pass that cached them.
+        let p = self.past.unwrap_or(0);
+        let t_new = dk.dim(2)? - p;
+        let past = match self.past {
+            None => None,
+            Some(_) => Some((dk.narrow(2, 0, p)?.contiguous()?, dv.narrow(2, 0, p)?.contiguous()?)),
+        };
+        let (dk, dv) = (dk.narrow(2, p, t_new)?, dv.narrow(2, p, t_new)?);
         let (dq, dk, dv) = (merge(&dq, nh, true)?, merge(&dk, nkv, true)?, merge(&dv, nkv, false)?);
         let mut dh1 = blas::mm(&dq, &mix.weight(&w[Q])?)?;
         dh1 = (dh1 + blas::mm(&dk, &mix.weight(&w[K])?)?)?;
@@ -255,15 +269,68 @@ impl CustomOp1 for DecoderLayer {
         }
         let (dx, dw) = norm_grads(&x.detach(), &w[IN_NORM], &dh1, eps)?;
         self.sink(IN_NORM, dw)?;
-        Ok(Some((dx + dx2)?))
+        Ok(((dx + dx2)?, past))
     }
 }
 
+impl CustomOp1 for DecoderLayer {
+    fn name(&self) -> &'static str {
+        "rl-decoder-layer"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.output()
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.backward(x, gy)?.0))
+    }
+}
+
+/// With cached keys and values `(x, k_past, v_past)`: their gradients flow back to the pass
+/// that cached them.
+impl CustomOp3 for DecoderLayer {
+    fn name(&self) -> &'static str {
+        "rl-decoder-layer-cached"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        _s3: &CpuStorage,
+        _l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.output()
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, past) = self.backward(x, gy)?;
+        let (dk, dv) = past.unzip();
+        Ok((Some(dx), dk, dv))
+    }
+}
+
+/// What [`decoder_layer`] gives: the output `(B, S, H)` and, with cached positions, every
+/// position's keys and values `(B, g, P + S, d)` without a graph (in the products' dtype).
+pub(crate) type LayerOut = (Tensor, Option<(Tensor, Tensor)>);
+
 /// The decoder layer of `w` on `x: (B, S, H)` as one graph node (see the module docs), with the
-/// rotary tables `cos, sin: (B, S, d/2)` and the additive mask `(B, 1, S, S)`; `None` (nothing
-/// computed) when the node does not apply: `x` not a tracked CPU f32/f64 tensor, or a weight not
-/// held by a live [`GradSink`]. In a bf16 [`autocast`](super::autocast) scope the products take
-/// bf16 operands and accumulate in f32, as the per-op layer's.
+/// rotary tables `cos, sin: (B, S, d/2)`, the additive mask `(B, 1, S, P + S)` and, when `P > 0`,
+/// the keys and values of the `P` cached positions `past: (B, g, P, d)` (tracked: their
+/// gradients flow back to the pass that cached them). `None` (nothing computed) when the node
+/// does not apply: `x` not a tracked CPU f32/f64 tensor, or a weight not held by a live
+/// [`GradSink`]. In a bf16 [`autocast`](super::autocast) scope the products take bf16 operands
+/// and accumulate in f32, as the per-op layer's.
 ///
 /// # Errors
 /// Shape or dtype mismatches.
@@ -271,13 +338,15 @@ pub(crate) fn decoder_layer(
     x: &Tensor,
     w: &LayerWeights<'_>,
     shape: LayerShape,
-    cos: &Tensor,
-    sin: &Tensor,
+    rotary: (&Tensor, &Tensor),
     mask: &Tensor,
-) -> Result<Option<Tensor>> {
+    past: Option<(&Tensor, &Tensor)>,
+) -> Result<Option<LayerOut>> {
     let all = w.all();
     let dtype = x.dtype();
-    let same = all.iter().chain([&cos, &sin, &mask]).all(|t| t.dtype() == dtype);
+    let (cos, sin) = rotary;
+    let others = past.map_or(vec![], |(k, v)| vec![k, v]);
+    let same = all.iter().chain([&cos, &sin, &mask]).chain(&others).all(|t| t.dtype() == dtype);
     if !x.device().is_cpu() || !fused_available(x) || !x.track_op() || !same {
         return Ok(None);
     }
@@ -296,27 +365,30 @@ pub(crate) fn decoder_layer(
         let op = Heads { heads: n, groups: nkv, rotate, inverse: false };
         mix.act(&heads(&p.reshape((b, t, ()))?, &cos, &sin, op)?)
     };
+    let with_past = |new: Tensor, old: Option<&Tensor>| -> candle_core::Result<Tensor> {
+        match old {
+            Some(old) => Tensor::cat(&[&mix.act(old)?, &new], 2),
+            None => Ok(new),
+        }
+    };
     let h1_m = mix.act(&norm(&xd, w.input_norm)?)?.reshape((m, h))?;
     let q = split(mix.proj(&h1_m, w.q)?, nh, true)?;
-    let k = split(mix.proj(&h1_m, w.k)?, nkv, true)?;
-    let v = split(mix.proj(&h1_m, w.v)?, nkv, false)?;
+    let k = with_past(split(mix.proj(&h1_m, w.k)?, nkv, true)?, past.map(|p| p.0))?;
+    let v = with_past(split(mix.proj(&h1_m, w.v)?, nkv, false)?, past.map(|p| p.1))?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let probs = blas::mm(&q, &k.t()?)?.apply_op2_no_bwd(&mask, &Op(MaskedSoftmax { scale }))?;
     let ctx = blas::mm(&mix.act(&probs)?, &v)?;
-    let attn = ctx.apply_op3_no_bwd(
-        &cos,
-        &sin,
-        &Op(Heads { heads: nh, groups: nkv, rotate: false, inverse: true }),
-    )?;
+    let merge = Heads { heads: nh, groups: nkv, rotate: false, inverse: true };
+    let attn_m = mix.act(&heads(&ctx, &cos, &sin, merge)?)?.reshape((m, h))?;
     drop(ctx);
-    let attn_m = mix.act(&attn)?.reshape((m, h))?;
-    drop(attn);
     let x2 = (&xd + mix.proj(&attn_m, w.o)?.reshape((b, t, h))?)?;
     let h2_m = mix.act(&norm(&x2, w.post_norm)?)?.reshape((m, h))?;
     let (gate, up) = (mix.proj(&h2_m, w.gate)?, mix.proj(&h2_m, w.up)?);
     let act = gate.apply_op2_no_bwd(&up, &Op(Swiglu))?;
     let y = (&x2 + mix.proj(&mix.act(&act)?, w.down)?.reshape((b, t, h))?)?;
     drop(act);
+    let p = past.map(|(k, _)| k.dim(2)).transpose()?;
+    let cached = past.map(|_| (k.clone(), v.clone()));
     let node = DecoderLayer {
         weights: all.map(|w| w.clone()),
         slots,
@@ -325,7 +397,13 @@ pub(crate) fn decoder_layer(
         cos,
         sin,
         saved: Saved { h1_m, q, k, v, probs, attn_m, x2, h2_m, gate, up },
+        past: p,
         out: Mutex::new(Some(y)),
     };
-    Ok(Some(x.contiguous()?.apply_op1(node)?))
+    let x = x.contiguous()?;
+    let y = match past {
+        None => x.apply_op1(node)?,
+        Some((k, v)) => x.apply_op3(&k.contiguous()?, &v.contiguous()?, node)?,
+    };
+    Ok(Some((y, cached)))
 }
