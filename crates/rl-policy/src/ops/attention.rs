@@ -2,7 +2,6 @@
 
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, D, Layout, Shape, Tensor};
-use num_traits::Float;
 use rayon::prelude::*;
 
 use super::*;
@@ -35,19 +34,28 @@ impl Kernel for MaskedSoftmax {
         let (_, g, r, s, k) = Self::dims(dims)?;
         let [x, m] = inputs(xs, Self::NAME)?;
         let scale = cast::<T>(self.scale);
+        // Per mask row, the keys up to its last unmasked one: past it (the causal future,
+        // right padding) the probabilities are exactly 0 and are not computed. A row with
+        // every key masked keeps them all (a uniform row, as the plain formula gives).
+        let ends: Vec<usize> = m
+            .chunks(k)
+            .map(|mrow| match mrow.iter().rposition(|&v| v > cast::<T>(MASKED)) {
+                Some(last) => last + 1,
+                None => k,
+            })
+            .collect();
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(k).enumerate().with_min_len(MIN_ROWS).for_each(|(row, y)| {
             let (bi, ri) = (row / (g * r), row % r);
-            let mrow = &m[(bi * s + ri % s) * k..][..k];
-            let xrow = &x[row * k..][..k];
-            let mut max = T::neg_infinity();
+            let mi = bi * s + ri % s;
+            let end = ends[mi];
+            let (mrow, xrow, y) = (&m[mi * k..][..end], &x[row * k..][..end], &mut y[..end]);
             for ((y, &x), &m) in y.iter_mut().zip(xrow).zip(mrow) {
                 *y = x * scale + m;
-                max = Float::max(max, *y);
             }
+            let max = max_lanes(y);
             y.iter_mut().for_each(|y| *y = (*y - max).exp_k());
-            let sum = y.iter().fold(T::zero(), |s, &y| s + y);
-            let inv = T::one() / sum;
+            let inv = T::one() / sum_lanes(y.len(), |i| y[i]);
             y.iter_mut().for_each(|y| *y *= inv);
         });
         Ok((y, Shape::from(dims[0])))
@@ -63,6 +71,11 @@ impl Kernel for MaskedSoftmax {
         Ok(vec![Some(res.apply_op2_no_bwd(&grad.contiguous()?, &op)?)])
     }
 }
+
+/// Mask values at or below this count as masked for skipping a row's masked tail in
+/// [`MaskedSoftmax`] (rl-policy's masks use `-1e9`): there `e^(scale·score + mask − max)` is
+/// exactly 0 in f32 and f64 whenever `|scale·score| < 1e7`.
+pub(super) const MASKED: f64 = -1e8;
 
 /// Backward of [`MaskedSoftmax`]: `(y, g)` → `scale · y · (g − Σ_k g_k y_k)` per row.
 pub(super) struct SoftmaxBwd {
@@ -81,7 +94,7 @@ impl Kernel for SoftmaxBwd {
             .zip(y.par_chunks(k).zip(g.par_chunks(k)))
             .with_min_len(MIN_ROWS)
             .for_each(|(o, (y, g))| {
-                let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
+                let dot = sum_lanes(k.min(y.len()), |i| y[i] * g[i]);
                 for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
                     *o = scale * y * (g - dot);
                 }

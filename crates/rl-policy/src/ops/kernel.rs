@@ -64,6 +64,40 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     if x < -87.3 { 0.0 } else { y }
 }
 
+/// Independent partial results a row reduction keeps, so its loop vectorizes (a sequential
+/// float fold does not: each step waits for the previous one, and LLVM may not reorder it).
+const LANES: usize = 16;
+
+/// `Σ_i f(i)` over `0..n` in [`LANES`] partial sums of `A` (the order differs from a sequential
+/// sum by rounding only).
+#[inline(always)]
+pub(super) fn sum_lanes<A: num_traits::Float>(n: usize, f: impl Fn(usize) -> A) -> A {
+    let mut acc = [A::zero(); LANES];
+    let full = n - n % LANES;
+    for base in (0..full).step_by(LANES) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = *a + f(base + j);
+        }
+    }
+    let tail = (full..n).fold(A::zero(), |s, i| s + f(i));
+    acc.iter().fold(tail, |s, &a| s + a)
+}
+
+/// The largest of `x` (`-∞` when empty; NaNs are skipped, as `f32::max` skips them), in
+/// [`LANES`] partial maxima.
+#[inline(always)]
+pub(super) fn max_lanes<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let tail = chunks.remainder().iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
+}
+
 /// `true` when the fused kernels apply to `t`: CPU f32/f64, or (feature `cuda`) CUDA
 /// f32/f64/bf16/f16.
 pub fn fused_available(t: &Tensor) -> bool {

@@ -2,7 +2,6 @@
 
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
-use num_traits::Float;
 use rayon::prelude::*;
 
 use super::*;
@@ -35,7 +34,7 @@ impl Kernel for LogProbEntropy {
         let [z] = inputs(xs, Self::NAME)?;
         let mut out = vec![T::zero(); 2 * n];
         out.par_chunks_mut(2).zip(z.par_chunks(v)).zip(&targets).for_each(|((o, z), &t)| {
-            let max = z.iter().fold(T::neg_infinity(), |m, &x| Float::max(m, x));
+            let max = max_lanes(z);
             // Σ e^(z−m) and Σ e^(z−m)·(z−m), accumulated in f64 (V is large); the exponentials
             // of a block first, in a loop that vectorizes.
             let (mut sum, mut wsum) = (0f64, 0f64);
@@ -43,10 +42,8 @@ impl Kernel for LogProbEntropy {
             for block in z.chunks(e.len()) {
                 let e = &mut e[..block.len()];
                 e.iter_mut().zip(block).for_each(|(e, &x)| *e = (x - max).exp_k());
-                for (&e, &x) in e.iter().zip(block) {
-                    sum += e.to_f64();
-                    wsum += (e * (x - max)).to_f64();
-                }
+                sum += sum_lanes(e.len(), |i| e[i].to_f64());
+                wsum += sum_lanes(e.len(), |i| (e[i] * (block[i] - max)).to_f64());
             }
             let log_sum = sum.ln();
             o[0] = cast::<T>((z[t as usize] - max).to_f64() - log_sum);

@@ -11,7 +11,7 @@ pub(super) struct RmsNorm {
 }
 
 pub(super) fn rms_scale<T: Real>(row: &[T], eps: f64) -> T {
-    let ss = row.iter().fold(0f64, |a, &v| a + (v * v).to_f64());
+    let ss = sum_lanes(row.len(), |i| (row[i] * row[i]).to_f64());
     cast::<T>(1.0 / (ss / row.len() as f64 + eps).sqrt())
 }
 
@@ -75,8 +75,7 @@ impl Kernel for RmsNormBwd {
                 let mut gw = vec![T::zero(); h];
                 for ((gx, x), g) in gx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
                     let r = rms_scale(x, self.eps);
-                    let dot =
-                        x.iter().zip(g).zip(w).fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
+                    let dot = sum_lanes(h, |j| g[j] * w[j] * x[j]);
                     let c = r * r * r * dot / cast::<T>(h as f64);
                     for j in 0..h {
                         gx[j] = r * g[j] * w[j] - x[j] * c;
