@@ -169,6 +169,27 @@ pub(super) fn run_kernel<K: Kernel>(
     }
 }
 
+/// A [`Kernel`] run on CPU tensors without a graph node, for kernels that have no other backend
+/// (`Op` needs one with the `cuda` feature).
+pub(super) fn cpu_kernel<K: Kernel>(k: &K, ts: &[&Tensor]) -> candle_core::Result<Tensor> {
+    let ts = ts.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut inputs = Vec::with_capacity(ts.len());
+    for (s, l) in &guards {
+        let candle_core::Storage::Cpu(s) = &**s else {
+            candle_core::bail!("{}: CPU tensors only", K::NAME);
+        };
+        inputs.push((s, *l));
+    }
+    let (out, shape) = run_kernel(k, &inputs)?;
+    let dev = &candle_core::Device::Cpu;
+    match out {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, dev),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, dev),
+        _ => candle_core::bail!("{}: f32 or f64 only", K::NAME),
+    }
+}
+
 /// The `N` inputs of a kernel.
 pub(super) fn inputs<X: Copy, const N: usize>(xs: &[X], op: &str) -> candle_core::Result<[X; N]> {
     match <[X; N]>::try_from(xs) {

@@ -208,16 +208,16 @@ impl DecoderLayer {
         let gy = gy.contiguous()?;
         // MLP: y = x2 + swiglu(gate, up) · downᵀ
         let g_m = mix.act(&gy)?.reshape((m, h))?;
-        let act = s.gate.apply_op2_no_bwd(&s.up, &Op(Swiglu))?;
         let dact = blas::mm(&g_m, &mix.weight(&w[DOWN])?)?;
-        self.sink(DOWN, blas::mm(&g_m.t()?, &mix.act(&act)?)?)?;
-        drop((act, g_m));
+        // [∂gate; ∂up; activation] in one pass (one sigmoid per element for the three).
         let n = s.gate.elem_count();
-        let both = s.gate.apply_op3_no_bwd(&s.up, &dact, &Op(SwigluBwd))?;
+        let all = cpu_kernel(&SwigluBwdAct, &[&s.gate, &s.up, &dact])?;
         drop(dact);
-        let dgate = mix.act(&both.narrow(0, 0, n)?.reshape(s.gate.shape())?)?;
-        let dup = mix.act(&both.narrow(0, n, n)?.reshape(s.up.shape())?)?;
-        drop(both);
+        let part = |i: usize| mix.act(&all.narrow(0, i * n, n)?.reshape(s.gate.shape())?);
+        self.sink(DOWN, blas::mm(&g_m.t()?, &part(2)?)?)?;
+        drop(g_m);
+        let (dgate, dup) = (part(0)?, part(1)?);
+        drop(all);
         let dh2 = blas::mm(&dgate, &mix.weight(&w[GATE])?)?;
         let dh2 = (dh2 + blas::mm(&dup, &mix.weight(&w[UP])?)?)?;
         self.sink(GATE, blas::mm(&dgate.t()?, &s.h2_m)?)?;

@@ -84,6 +84,42 @@ impl Kernel for SwigluBwd {
     }
 }
 
+/// [`SwigluBwd`] that also returns the activation, one sigmoid per element for both: `(a, u, g)`
+/// → `[∂a; ∂u; silu(a)·u]` (flat, `3·N`). CPU only (run by [`cpu_kernel`]): the fused decoder
+/// layer's backward pass needs the activation for the down projection's weight gradient.
+pub(super) struct SwigluBwdAct;
+
+impl Kernel for SwigluBwdAct {
+    const NAME: &'static str = "rl-swiglu-bwd-act";
+
+    fn run<T: Real>(
+        &self,
+        xs: &[&[T]],
+        _dims: &[&[usize]],
+    ) -> candle_core::Result<(Vec<T>, Shape)> {
+        let [a, u, g] = inputs(xs, Self::NAME)?;
+        let n = a.len();
+        Swiglu::check_sizes(n, u.len())?;
+        Swiglu::check_sizes(n, g.len())?;
+        let mut out = vec![T::zero(); 3 * n];
+        let (da, rest) = out.split_at_mut(n);
+        let (du, act) = rest.split_at_mut(n);
+        da.par_chunks_mut(ELEMS)
+            .zip(du.par_chunks_mut(ELEMS).zip(act.par_chunks_mut(ELEMS)))
+            .zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS).zip(g.par_chunks(ELEMS))))
+            .for_each(|((da, (du, act)), (a, (u, g)))| {
+                for i in 0..da.len() {
+                    let (a, u, g) = (a[i], u[i], g[i]);
+                    let s = sigmoid(a);
+                    act[i] = a * s * u;
+                    da[i] = g * u * s * (T::one() + a * (T::one() - s));
+                    du[i] = g * a * s;
+                }
+            });
+        Ok((out, Shape::from(3 * n)))
+    }
+}
+
 /// `silu(gate) · up` (the Llama MLP activation). `gate, up: (..., I)`, same shape and dtype.
 /// Differentiable in both.
 ///
