@@ -24,7 +24,9 @@
 //!    gradient, `Some(grad)` when the sink was dropped in the meantime (so nothing is lost).
 //!
 //! Gradients of other ops (candle's own, embedding lookups, norms, biases) keep going through
-//! the `GradStore`. rl-policy's `linear` and `head_log_prob_entropy` honour the hook.
+//! the `GradStore`. rl-policy's `linear` and `head_log_prob_entropy` honour the hook, and its
+//! decoder layer recorded as one node (training passes on the CPU) sends every weight of the
+//! layer there, norms and biases included.
 //!
 //! ```
 //! use candle_core::backprop::GradStore;

@@ -50,15 +50,17 @@ struct Layer {
 }
 
 impl Layer {
-    /// The weights as [`crate::ops::decoder_layer`] takes them; `None` with biases or per-head
-    /// norms (Qwen2, Qwen3), which the fused layer does not cover.
-    fn plain(&self) -> Option<crate::ops::LayerWeights<'_>> {
-        let lins = [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down];
-        if lins.iter().any(|l| l.bias().is_some()) || self.q_norm.is_some() || self.k_norm.is_some()
-        {
-            return None;
+    /// The weights as [`crate::ops::decoder_layer`] takes them.
+    fn fused(&self) -> crate::ops::LayerWeights<'_> {
+        use crate::ops::layer_index::{DOWN, GATE, K, O, Q, UP, V};
+        let mut bias = [None; 9];
+        for (i, l) in [(Q, &self.q), (K, &self.k), (V, &self.v), (O, &self.o)] {
+            bias[i] = l.bias();
         }
-        Some(crate::ops::LayerWeights {
+        for (i, l) in [(GATE, &self.gate), (UP, &self.up), (DOWN, &self.down)] {
+            bias[i] = l.bias();
+        }
+        crate::ops::LayerWeights {
             input_norm: &self.input_norm,
             q: self.q.weight(),
             k: self.k.weight(),
@@ -68,7 +70,9 @@ impl Layer {
             gate: self.gate.weight(),
             up: self.up.weight(),
             down: self.down.weight(),
-        })
+            bias,
+            qk_norm: [self.q_norm.as_ref(), self.k_norm.as_ref()],
+        }
     }
 }
 
@@ -520,7 +524,8 @@ impl Transformer {
         for (li, layer) in self.layers.iter().enumerate() {
             // A training pass without a cache or over a training pass's cache: the whole layer
             // as one graph node when it applies.
-            if let (Mode::Diff, Some(w)) = (mode, layer.plain()) {
+            if let Mode::Diff = mode {
+                let w = layer.fused();
                 let past = match cache.as_ref() {
                     None => Some(None),
                     Some(c) => match &c.layers[li] {

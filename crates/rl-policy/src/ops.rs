@@ -15,7 +15,9 @@
 //! (`*_composed`), as the reference formulas and for benchmarks. The matrix products inside the
 //! ops run in [`blas`] on the CPU (the `gemm` crate, or Intel MKL when enabled). A [`GradSink`]
 //! makes [`linear`] and [`head_log_prob_entropy`] accumulate weight gradients in place across
-//! backward passes (gradient accumulation without a second full set of gradients). In a bf16
+//! backward passes (gradient accumulation without a second full set of gradients); while one
+//! holds all of a decoder layer's weights, a training pass on the CPU records the whole layer as
+//! one node with a hand-written backward pass (`layer`, see `docs/policy.md`). In a bf16
 //! [`autocast`] scope ([`precision`]) the matrix products take bf16 operands and accumulate in
 //! f32 (mixed precision).
 //!
@@ -58,6 +60,10 @@ pub use heads::{merge_heads, merge_heads_composed, split_heads, split_heads_comp
 pub(crate) use kernel::exp_f32;
 pub use kernel::fused_available;
 pub(crate) use layer::{LayerShape, LayerWeights, decoder_layer};
+/// The order of a layer's weights in [`LayerWeights`]' arrays.
+pub(crate) mod layer_index {
+    pub(crate) use super::layer::{DOWN, GATE, K, O, Q, UP, V};
+}
 pub use linear::{linear, linear_add, matmul, swiglu_linear};
 pub use logprob::{head_log_prob_entropy, log_prob_entropy, log_prob_entropy_composed};
 pub use norm::{rms_norm, rms_norm_composed};

@@ -797,17 +797,23 @@ fn grads_by_name(
     Ok((named, norm_sunk))
 }
 
-/// A decoder layer as one graph node (under a gradient sink, without a cache) gives the per-op
-/// graph's gradients for every weight: to 1e-10 relative in f64, and within f32 summation order
-/// with bf16 products (both round the same operands); a sink dropped before the backward pass
-/// is an error, not lost gradients.
+/// A decoder layer as one graph node (under a gradient sink, in a joint pass and in the response
+/// pass of a shared-prompt batch) gives the per-op graph's gradients for every weight, biases
+/// (Llama `attention_bias`, Qwen2) and per-head norms (Qwen3) included: to 1e-10 relative in
+/// f64, and within f32 summation order with bf16 products (both round the same operands); a sink
+/// dropped before the backward pass is an error, not lost gradients.
 #[test]
 fn fused_decoder_layers_give_the_per_op_gradients() -> R {
     blas_from_env();
     let cases = [(DType::F64, false, 1e-10), (DType::F32, false, 1e-5), (DType::F32, true, 1e-3)];
-    for ((dtype, bf16, tol), shared) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
-        let what = format!("{dtype:?} bf16={bf16} shared={shared}");
-        let model = tiny_plain(dtype);
+    let archs = [("plain llama", false), ("llama", false), ("qwen2", true), ("qwen3", false)];
+    let runs = cases.into_iter().flat_map(|c| [(c, false), (c, true)]);
+    for (((dtype, bf16, tol), shared), (arch, tied)) in runs.flat_map(|r| archs.map(|a| (r, a))) {
+        let what = format!("{arch} {dtype:?} bf16={bf16} shared={shared}");
+        let model = match arch {
+            "plain llama" => tiny_plain(dtype),
+            _ => tiny(arch, tied, dtype),
+        };
         let (want, per_op_sunk) = grads_by_name(&model, bf16, false, shared)?;
         let (got, fused_sunk) = grads_by_name(&model, bf16, true, shared)?;
         assert!(!per_op_sunk && fused_sunk, "{what}: the fused layer did not run");

@@ -1,5 +1,5 @@
 //! A whole decoder layer as one graph node, with a hand-written backward pass (training passes
-//! on the CPU without a key/value cache).
+//! on the CPU, without a key/value cache or over the cache of an earlier training pass).
 //!
 //! candle's backward pass gives every gradient a graph node receives a zero-filled accumulator
 //! and adds it there (`GradStore::or_insert`, then `add`): with the ~16 nodes of a layer that is
@@ -21,10 +21,12 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use super::*;
 use crate::Result;
 
-/// The weights of one Llama-style decoder layer without biases or per-head norms (the model's
-/// own tensors: the gradient sink looks them up by identity). Shapes, with `H` hidden, `I`
-/// intermediate, `n`/`g` query/key-value heads of size `d`: norms `(H)`, `q`/`o` `(n·d, H)` /
-/// `(H, n·d)`, `k`/`v` `(g·d, H)`, `gate`/`up` `(I, H)`, `down` `(H, I)`.
+/// The weights of one Llama-style decoder layer (the model's own tensors: the gradient sink
+/// looks them up by identity). Shapes, with `H` hidden, `I` intermediate, `n`/`g` query/key-value
+/// heads of size `d`: norms `(H)`, `q`/`o` `(n·d, H)` / `(H, n·d)`, `k`/`v` `(g·d, H)`,
+/// `gate`/`up` `(I, H)`, `down` `(H, I)`; each projection's optional bias `(out)` (Qwen2's q/k/v,
+/// Llama's `attention_bias` / `mlp_bias`) and the optional per-head norms `(d)` of queries and
+/// keys (Qwen3).
 pub(crate) struct LayerWeights<'a> {
     pub(crate) input_norm: &'a Tensor,
     pub(crate) q: &'a Tensor,
@@ -35,6 +37,10 @@ pub(crate) struct LayerWeights<'a> {
     pub(crate) gate: &'a Tensor,
     pub(crate) up: &'a Tensor,
     pub(crate) down: &'a Tensor,
+    /// Biases, indexed like [`LayerWeights::all`] (`None` for the norms).
+    pub(crate) bias: [Option<&'a Tensor>; 9],
+    /// The per-head norms of queries and keys.
+    pub(crate) qk_norm: [Option<&'a Tensor>; 2],
 }
 
 /// Head counts and norm epsilon of a layer.
@@ -47,18 +53,19 @@ pub(crate) struct LayerShape {
 }
 
 /// The order of the weights in [`DecoderLayer`]'s arrays.
-const IN_NORM: usize = 0;
-const Q: usize = 1;
-const K: usize = 2;
-const V: usize = 3;
-const O: usize = 4;
-const POST_NORM: usize = 5;
-const GATE: usize = 6;
-const UP: usize = 7;
-const DOWN: usize = 8;
+pub(crate) const IN_NORM: usize = 0;
+pub(crate) const Q: usize = 1;
+pub(crate) const K: usize = 2;
+pub(crate) const V: usize = 3;
+pub(crate) const O: usize = 4;
+pub(crate) const POST_NORM: usize = 5;
+pub(crate) const GATE: usize = 6;
+pub(crate) const UP: usize = 7;
+pub(crate) const DOWN: usize = 8;
 
 impl LayerWeights<'_> {
-    fn all(&self) -> [&Tensor; 9] {
+    /// The nine weights in the order of [`IN_NORM`] .. [`DOWN`].
+    pub(crate) fn all(&self) -> [&Tensor; 9] {
         [
             self.input_norm,
             self.q,
@@ -94,9 +101,13 @@ impl Mix {
         }
     }
 
-    /// `a: (M, in) · wᵀ` → `(M, out)`.
-    fn proj(&self, a: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        blas::mm(a, &self.weight(w)?.t()?)
+    /// `a: (M, in) · wᵀ (+ bias)` → `(M, out)`.
+    fn proj(&self, a: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let y = blas::mm(a, &self.weight(w)?.t()?)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.detach()),
+            None => Ok(y),
+        }
     }
 }
 
@@ -120,13 +131,22 @@ struct Saved {
     /// `(M, I)`: the MLP's gate and up projections (the activation is recomputed).
     gate: Tensor,
     up: Tensor,
+    /// `(B, S, n, d)` / `(B, S, g, d)`: query and key projections before their per-head norms.
+    q_pre: Option<Tensor>,
+    k_pre: Option<Tensor>,
 }
 
+/// A weight and the sink slot its gradient goes to.
+type Held = (Tensor, Arc<sink::Slot>);
+
 /// A decoder layer `y = x2 + down(swiglu(gate(h2), up(h2)))`, `x2 = x + o(attn(h1))`,
-/// `h1 = norm(x)`, `h2 = norm(x2)`, as one custom op on `x: (B, S, H)`.
+/// `h1 = norm(x)`, `h2 = norm(x2)` (projections with optional biases, queries and keys with
+/// optional per-head norms), as one custom op on `x: (B, S, H)`.
 struct DecoderLayer {
     weights: [Tensor; 9],
     slots: [Arc<sink::Slot>; 9],
+    bias: [Option<Held>; 9],
+    qk_norm: [Option<Held>; 2],
     mix: Mix,
     shape: LayerShape,
     cos: Tensor,
@@ -160,16 +180,53 @@ fn norm_grads(
     }
 }
 
+/// Adds a gradient to a sink's running sum.
+fn sink_to(slot: &sink::Slot, g: Tensor) -> candle_core::Result<()> {
+    match slot.add(g)? {
+        None => Ok(()),
+        Some(_) => candle_core::bail!(
+            "rl-decoder-layer: the GradSink holding the layer's weights was dropped between the \
+             forward and the backward pass (keep it alive until backward returns)"
+        ),
+    }
+}
+
 impl DecoderLayer {
     /// Adds weight `i`'s gradient to its sink's running sum.
     fn sink(&self, i: usize, g: Tensor) -> candle_core::Result<()> {
-        match self.slots[i].add(g)? {
+        sink_to(&self.slots[i], g)
+    }
+
+    /// With a bias on projection `i`, adds its gradient: the column sums of the projection's
+    /// output gradient `d: (..., out)` (f32/f64, before any rounding).
+    fn sink_bias(&self, i: usize, d: &Tensor) -> candle_core::Result<()> {
+        match &self.bias[i] {
+            Some((b, slot)) => sink_to(slot, d.reshape(((), b.elem_count()))?.sum(0)?),
             None => Ok(()),
-            Some(_) => candle_core::bail!(
-                "rl-decoder-layer: the GradSink holding the layer's weights was dropped between \
-                 the forward and the backward pass (keep it alive until backward returns)"
-            ),
         }
+    }
+
+    /// The gradient of projection `i`'s output from the gradient `d: (B, S, n·d)` of its
+    /// (per-head normed) heads: through the per-head norm `j` when there is one (its weight's
+    /// gradient to the sink); the bias's gradient to the sink; `(M, n·d)` as a product operand.
+    fn projection_grad(
+        &self,
+        i: usize,
+        d: Tensor,
+        norm: Option<(usize, &Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let d = match (norm, &self.qk_norm) {
+            (Some((j, pre)), held) if held[j].is_some() => {
+                let (w, slot) = held[j].as_ref().expect("checked");
+                let (dpre, dw) = norm_grads(pre, w, &d, self.shape.eps)?;
+                sink_to(slot, dw)?;
+                dpre.reshape(d.shape())?
+            }
+            _ => d,
+        };
+        self.sink_bias(i, &d)?;
+        let (b, t, _) = d.dims3()?;
+        self.mix.act(&d)?.reshape((b * t, ()))
     }
 
     fn heads_op(&self, n: usize, rotate: bool, inverse: bool) -> Heads {
@@ -206,17 +263,21 @@ impl DecoderLayer {
         let m = b * t;
         let LayerShape { heads: nh, kv_heads: nkv, eps, .. } = self.shape;
         let gy = gy.contiguous()?;
-        // MLP: y = x2 + swiglu(gate, up) · downᵀ
+        // MLP: y = x2 + swiglu(gate, up) · downᵀ (+ bias)
+        self.sink_bias(DOWN, &gy)?;
         let g_m = mix.act(&gy)?.reshape((m, h))?;
         let dact = blas::mm(&g_m, &mix.weight(&w[DOWN])?)?;
         // [∂gate; ∂up; activation] in one pass (one sigmoid per element for the three).
         let n = s.gate.elem_count();
         let all = cpu_kernel(&SwigluBwdAct, &[&s.gate, &s.up, &dact])?;
         drop(dact);
-        let part = |i: usize| mix.act(&all.narrow(0, i * n, n)?.reshape(s.gate.shape())?);
-        self.sink(DOWN, blas::mm(&g_m.t()?, &part(2)?)?)?;
+        let part = |i: usize| all.narrow(0, i * n, n)?.reshape(s.gate.shape());
+        self.sink(DOWN, blas::mm(&g_m.t()?, &mix.act(&part(2)?)?)?)?;
         drop(g_m);
         let (dgate, dup) = (part(0)?, part(1)?);
+        self.sink_bias(GATE, &dgate)?;
+        self.sink_bias(UP, &dup)?;
+        let (dgate, dup) = (mix.act(&dgate)?, mix.act(&dup)?);
         drop(all);
         let dh2 = blas::mm(&dgate, &mix.weight(&w[GATE])?)?;
         let dh2 = (dh2 + blas::mm(&dup, &mix.weight(&w[UP])?)?)?;
@@ -226,7 +287,8 @@ impl DecoderLayer {
         let (dx2, dw) = norm_grads(&s.x2, &w[POST_NORM], &dh2, eps)?;
         self.sink(POST_NORM, dw)?;
         let dx2 = (dx2 + &gy)?;
-        // Attention: x2 = x + merge(probs · v) · oᵀ
+        // Attention: x2 = x + merge(probs · v) · oᵀ (+ bias)
+        self.sink_bias(O, &dx2)?;
         let d2 = mix.act(&dx2)?.reshape((m, h))?;
         let dattn = blas::mm(&d2, &mix.weight(&w[O])?)?;
         self.sink(O, blas::mm(&d2.t()?, &s.attn_m)?)?;
@@ -248,9 +310,8 @@ impl DecoderLayer {
         let dq = blas::mm(&ds, &s.k)?;
         let dk = blas::mm(&ds.t()?, &s.q)?;
         drop(ds);
-        let merge = |d: &Tensor, n: usize, rotate: bool| -> candle_core::Result<Tensor> {
-            let d = heads(d, &self.cos, &self.sin, self.heads_op(n, rotate, true))?;
-            mix.act(&d)?.reshape((m, ()))
+        let merge = |d: &Tensor, n: usize, rotate: bool| {
+            heads(d, &self.cos, &self.sin, self.heads_op(n, rotate, true))
         };
         // Keys and values of cached positions go back to the pass that cached them.
         let p = self.past.unwrap_or(0);
@@ -260,7 +321,11 @@ impl DecoderLayer {
             Some(_) => Some((dk.narrow(2, 0, p)?.contiguous()?, dv.narrow(2, 0, p)?.contiguous()?)),
         };
         let (dk, dv) = (dk.narrow(2, p, t_new)?, dv.narrow(2, p, t_new)?);
-        let (dq, dk, dv) = (merge(&dq, nh, true)?, merge(&dk, nkv, true)?, merge(&dv, nkv, false)?);
+        let q_pre = s.q_pre.as_ref().map(|p| (0, p));
+        let dq = self.projection_grad(Q, merge(&dq, nh, true)?, q_pre)?;
+        let k_pre = s.k_pre.as_ref().map(|p| (1, p));
+        let dk = self.projection_grad(K, merge(&dk, nkv, true)?, k_pre)?;
+        let dv = self.projection_grad(V, merge(&dv, nkv, false)?, None)?;
         let mut dh1 = blas::mm(&dq, &mix.weight(&w[Q])?)?;
         dh1 = (dh1 + blas::mm(&dk, &mix.weight(&w[K])?)?)?;
         dh1 = (dh1 + blas::mm(&dv, &mix.weight(&w[V])?)?)?;
@@ -345,15 +410,24 @@ pub(crate) fn decoder_layer(
     let all = w.all();
     let dtype = x.dtype();
     let (cos, sin) = rotary;
+    let extra: Vec<&Tensor> = w.bias.iter().chain(&w.qk_norm).flatten().copied().collect();
     let others = past.map_or(vec![], |(k, v)| vec![k, v]);
-    let same = all.iter().chain([&cos, &sin, &mask]).chain(&others).all(|t| t.dtype() == dtype);
+    let same = (all.iter().chain(&extra).chain(&others).chain([&cos, &sin, &mask]))
+        .all(|t| t.dtype() == dtype);
     if !x.device().is_cpu() || !fused_available(x) || !x.track_op() || !same {
         return Ok(None);
     }
-    let Some(slots) = all.iter().map(|w| sink::slot(w)).collect::<Option<Vec<_>>>() else {
+    // Every weight must be held by a sink (the node cannot hand candle their gradients).
+    let Some(slots) = all.iter().chain(&extra).map(|w| sink::slot(w)).collect::<Option<Vec<_>>>()
+    else {
         return Ok(None);
     };
-    let slots: [Arc<sink::Slot>; 9] = slots.try_into().expect("nine weights");
+    let hold = |t: Option<&Tensor>| t.map(|t| (t.clone(), sink::slot(t).expect("checked")));
+    let (bias, qk_norm) = (w.bias.map(hold), w.qk_norm.map(hold));
+    let slots: [Arc<sink::Slot>; 9] = match slots[..9].to_vec().try_into() {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
     let (b, t, h) = x.dims3()?;
     let m = b * t;
     let LayerShape { heads: nh, kv_heads: nkv, head_dim, eps } = shape;
@@ -361,9 +435,17 @@ pub(crate) fn decoder_layer(
     let (cos, sin, mask) = (cos.contiguous()?, sin.contiguous()?, mask.contiguous()?);
     let xd = x.detach().contiguous()?;
     let norm = |x: &Tensor, w: &Tensor| x.apply_op2_no_bwd(&w.detach(), &Op(RmsNorm { eps }));
-    let split = |p: Tensor, n: usize, rotate: bool| -> candle_core::Result<Tensor> {
+    // Projection `i` of `a` as `n` heads, through the per-head norm `j` when there is one
+    // (its input kept for the backward pass).
+    let project = |a: &Tensor, i: usize, n: usize, norm_j: Option<usize>, rotate: bool| {
+        let p = mix.proj(a, all[i], w.bias[i])?.reshape((b, t, n, head_dim))?;
+        let (p, pre) = match norm_j.and_then(|j| w.qk_norm[j]) {
+            Some(nw) => (norm(&p, nw)?, Some(p)),
+            None => (p, None),
+        };
         let op = Heads { heads: n, groups: nkv, rotate, inverse: false };
-        mix.act(&heads(&p.reshape((b, t, ()))?, &cos, &sin, op)?)
+        let p = mix.act(&heads(&p.reshape((b, t, ()))?, &cos, &sin, op)?)?;
+        candle_core::Result::Ok((p, pre))
     };
     let with_past = |new: Tensor, old: Option<&Tensor>| -> candle_core::Result<Tensor> {
         match old {
@@ -372,31 +454,35 @@ pub(crate) fn decoder_layer(
         }
     };
     let h1_m = mix.act(&norm(&xd, w.input_norm)?)?.reshape((m, h))?;
-    let q = split(mix.proj(&h1_m, w.q)?, nh, true)?;
-    let k = with_past(split(mix.proj(&h1_m, w.k)?, nkv, true)?, past.map(|p| p.0))?;
-    let v = with_past(split(mix.proj(&h1_m, w.v)?, nkv, false)?, past.map(|p| p.1))?;
+    let (q, q_pre) = project(&h1_m, Q, nh, Some(0), true)?;
+    let (k, k_pre) = project(&h1_m, K, nkv, Some(1), true)?;
+    let k = with_past(k, past.map(|p| p.0))?;
+    let v = with_past(project(&h1_m, V, nkv, None, false)?.0, past.map(|p| p.1))?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let probs = blas::mm(&q, &k.t()?)?.apply_op2_no_bwd(&mask, &Op(MaskedSoftmax { scale }))?;
     let ctx = blas::mm(&mix.act(&probs)?, &v)?;
     let merge = Heads { heads: nh, groups: nkv, rotate: false, inverse: true };
     let attn_m = mix.act(&heads(&ctx, &cos, &sin, merge)?)?.reshape((m, h))?;
     drop(ctx);
-    let x2 = (&xd + mix.proj(&attn_m, w.o)?.reshape((b, t, h))?)?;
+    let x2 = (&xd + mix.proj(&attn_m, w.o, w.bias[O])?.reshape((b, t, h))?)?;
     let h2_m = mix.act(&norm(&x2, w.post_norm)?)?.reshape((m, h))?;
-    let (gate, up) = (mix.proj(&h2_m, w.gate)?, mix.proj(&h2_m, w.up)?);
+    let gate = mix.proj(&h2_m, w.gate, w.bias[GATE])?;
+    let up = mix.proj(&h2_m, w.up, w.bias[UP])?;
     let act = gate.apply_op2_no_bwd(&up, &Op(Swiglu))?;
-    let y = (&x2 + mix.proj(&mix.act(&act)?, w.down)?.reshape((b, t, h))?)?;
+    let y = (&x2 + mix.proj(&mix.act(&act)?, w.down, w.bias[DOWN])?.reshape((b, t, h))?)?;
     drop(act);
     let p = past.map(|(k, _)| k.dim(2)).transpose()?;
     let cached = past.map(|_| (k.clone(), v.clone()));
     let node = DecoderLayer {
         weights: all.map(|w| w.clone()),
         slots,
+        bias,
+        qk_norm,
         mix,
         shape,
         cos,
         sin,
-        saved: Saved { h1_m, q, k, v, probs, attn_m, x2, h2_m, gate, up },
+        saved: Saved { h1_m, q, k, v, probs, attn_m, x2, h2_m, gate, up, q_pre, k_pre },
         past: p,
         out: Mutex::new(Some(y)),
     };
