@@ -257,6 +257,9 @@ impl CudaKernel for SwigluBwd {
         _dims: &[&[usize]],
         dev: &CudaDevice,
     ) -> candle_core::Result<(CudaSlice<T>, Shape)> {
+        if self.with_act {
+            candle_core::bail!("{}: the activation output is CPU only", Self::NAME);
+        }
         let [a, u, g] = inputs(xs, Self::NAME)?;
         let n = a.len();
         let out = alloc::<T>(dev, 2 * n)?;

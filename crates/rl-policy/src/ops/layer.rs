@@ -269,7 +269,7 @@ impl DecoderLayer {
         let dact = blas::mm(&g_m, &mix.weight(&w[DOWN])?)?;
         // [∂gate; ∂up; activation] in one pass (one sigmoid per element for the three).
         let n = s.gate.elem_count();
-        let all = cpu_kernel(&SwigluBwdAct, &[&s.gate, &s.up, &dact])?;
+        let all = cpu_kernel(&SwigluBwd { with_act: true }, &[&s.gate, &s.up, &dact])?;
         drop(dact);
         let part = |i: usize| all.narrow(0, i * n, n)?.reshape(s.gate.shape());
         self.sink(DOWN, blas::mm(&g_m.t()?, &mix.act(&part(2)?)?)?)?;

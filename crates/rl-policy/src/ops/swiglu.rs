@@ -46,7 +46,8 @@ impl Kernel for Swiglu {
     ) -> candle_core::Result<Vec<Option<Tensor>>> {
         let (gate, up) = (args[0], args[1]);
         let n = gate.elem_count();
-        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &Op(SwigluBwd))?;
+        let both =
+            gate.apply_op3_no_bwd(up, &grad.contiguous()?, &Op(SwigluBwd { with_act: false }))?;
         let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
         let du = both.narrow(0, n, n)?.reshape(up.shape())?;
         Ok(vec![Some(dg), Some(du)])
@@ -54,8 +55,13 @@ impl Kernel for Swiglu {
 }
 
 /// Backward of [`Swiglu`]: `(a, u, g)` → `[∂a; ∂u]` (flat, `2·N`) with `σ = sigmoid(a)`:
-/// `∂a = g·u·σ·(1 + a·(1 − σ))`, `∂u = g·a·σ`.
-pub(super) struct SwigluBwd;
+/// `∂a = g·u·σ·(1 + a·(1 − σ))`, `∂u = g·a·σ`; with `with_act` also the activation,
+/// `[∂a; ∂u; silu(a)·u]` (`3·N`, one sigmoid per element for all three; CPU only, run by
+/// [`cpu_kernel`]: the fused decoder layer's backward pass needs the activation for the down
+/// projection's weight gradient).
+pub(super) struct SwigluBwd {
+    pub(super) with_act: bool,
+}
 
 impl Kernel for SwigluBwd {
     const NAME: &'static str = "rl-swiglu-bwd";
@@ -66,58 +72,41 @@ impl Kernel for SwigluBwd {
         _dims: &[&[usize]],
     ) -> candle_core::Result<(Vec<T>, Shape)> {
         let [a, u, g] = inputs(xs, Self::NAME)?;
-        let n = a.len();
-        let mut out = vec![T::zero(); 2 * n];
-        let (da, du) = out.split_at_mut(n);
-        da.par_chunks_mut(ELEMS)
-            .zip(du.par_chunks_mut(ELEMS))
-            .zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS).zip(g.par_chunks(ELEMS))))
-            .for_each(|((da, du), (a, (u, g)))| {
-                for ((da, du), ((&a, &u), &g)) in da.iter_mut().zip(du).zip(a.iter().zip(u).zip(g))
-                {
-                    let s = sigmoid(a);
-                    *da = g * u * s * (T::one() + a * (T::one() - s));
-                    *du = g * a * s;
-                }
-            });
-        Ok((out, Shape::from(2 * n)))
+        let out = swiglu_grads(a, u, g, self.with_act)?;
+        let len = out.len();
+        Ok((out, Shape::from(len)))
     }
 }
 
-/// [`SwigluBwd`] that also returns the activation, one sigmoid per element for both: `(a, u, g)`
-/// → `[∂a; ∂u; silu(a)·u]` (flat, `3·N`). CPU only (run by [`cpu_kernel`]): the fused decoder
-/// layer's backward pass needs the activation for the down projection's weight gradient.
-pub(super) struct SwigluBwdAct;
-
-impl Kernel for SwigluBwdAct {
-    const NAME: &'static str = "rl-swiglu-bwd-act";
-
-    fn run<T: Real>(
-        &self,
-        xs: &[&[T]],
-        _dims: &[&[usize]],
-    ) -> candle_core::Result<(Vec<T>, Shape)> {
-        let [a, u, g] = inputs(xs, Self::NAME)?;
-        let n = a.len();
-        Swiglu::check_sizes(n, u.len())?;
-        Swiglu::check_sizes(n, g.len())?;
-        let mut out = vec![T::zero(); 3 * n];
-        let (da, rest) = out.split_at_mut(n);
-        let (du, act) = rest.split_at_mut(n);
-        da.par_chunks_mut(ELEMS)
-            .zip(du.par_chunks_mut(ELEMS).zip(act.par_chunks_mut(ELEMS)))
-            .zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS).zip(g.par_chunks(ELEMS))))
-            .for_each(|((da, (du, act)), (a, (u, g)))| {
-                for i in 0..da.len() {
-                    let (a, u, g) = (a[i], u[i], g[i]);
-                    let s = sigmoid(a);
+/// `[∂a; ∂u]` of `silu(a)·u` for the output gradient `g` (see [`SwigluBwd`]), followed by the
+/// activation itself when `with_act`: flat, in parallel blocks, one sigmoid per element.
+fn swiglu_grads<T: Real>(a: &[T], u: &[T], g: &[T], with_act: bool) -> candle_core::Result<Vec<T>> {
+    let n = a.len();
+    Swiglu::check_sizes(n, u.len())?;
+    Swiglu::check_sizes(n, g.len())?;
+    let mut out = vec![T::zero(); if with_act { 3 * n } else { 2 * n }];
+    let (da, rest) = out.split_at_mut(n);
+    let (du, act) = rest.split_at_mut(n);
+    let acts: Vec<Option<&mut [T]>> = match with_act {
+        true => act.chunks_mut(ELEMS).map(Some).collect(),
+        false => (0..n.div_ceil(ELEMS)).map(|_| None).collect(),
+    };
+    da.par_chunks_mut(ELEMS)
+        .zip(du.par_chunks_mut(ELEMS))
+        .zip(acts)
+        .zip(a.par_chunks(ELEMS).zip(u.par_chunks(ELEMS).zip(g.par_chunks(ELEMS))))
+        .for_each(|(((da, du), mut act), (a, (u, g)))| {
+            for i in 0..da.len() {
+                let (a, u, g) = (a[i], u[i], g[i]);
+                let s = sigmoid(a);
+                da[i] = g * u * s * (T::one() + a * (T::one() - s));
+                du[i] = g * a * s;
+                if let Some(act) = act.as_deref_mut() {
                     act[i] = a * s * u;
-                    da[i] = g * u * s * (T::one() + a * (T::one() - s));
-                    du[i] = g * a * s;
                 }
-            });
-        Ok((out, Shape::from(3 * n)))
-    }
+            }
+        });
+    Ok(out)
 }
 
 /// `silu(gate) · up` (the Llama MLP activation). `gate, up: (..., I)`, same shape and dtype.
