@@ -422,8 +422,10 @@ pub(crate) fn decoder_layer(
     else {
         return Ok(None);
     };
-    let hold = |t: Option<&Tensor>| t.map(|t| (t.clone(), sink::slot(t).expect("checked")));
-    let (bias, qk_norm) = (w.bias.map(hold), w.qk_norm.map(hold));
+    // The slots of the biases and per-head norms follow the nine in `extra`'s order.
+    let mut extra_slots = slots[9..].iter().cloned();
+    let mut hold = |t: Option<&Tensor>| Some((t?.clone(), extra_slots.next()?));
+    let (bias, qk_norm) = (w.bias.map(&mut hold), w.qk_norm.map(&mut hold));
     let slots: [Arc<sink::Slot>; 9] = match slots[..9].to_vec().try_into() {
         Ok(s) => s,
         Err(_) => return Ok(None),
