@@ -54,10 +54,16 @@ impl Layer {
     fn fused(&self) -> crate::ops::LayerWeights<'_> {
         use crate::ops::layer_index::{DOWN, GATE, K, O, Q, UP, V};
         let mut bias = [None; 9];
-        for (i, l) in [(Q, &self.q), (K, &self.k), (V, &self.v), (O, &self.o)] {
-            bias[i] = l.bias();
-        }
-        for (i, l) in [(GATE, &self.gate), (UP, &self.up), (DOWN, &self.down)] {
+        let projections = [
+            (Q, &self.q),
+            (K, &self.k),
+            (V, &self.v),
+            (O, &self.o),
+            (GATE, &self.gate),
+            (UP, &self.up),
+            (DOWN, &self.down),
+        ];
+        for (i, l) in projections {
             bias[i] = l.bias();
         }
         crate::ops::LayerWeights {

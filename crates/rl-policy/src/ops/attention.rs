@@ -94,7 +94,7 @@ impl Kernel for SoftmaxBwd {
             .zip(y.par_chunks(k).zip(g.par_chunks(k)))
             .with_min_len(MIN_ROWS)
             .for_each(|(o, (y, g))| {
-                let dot = sum_lanes(k.min(y.len()), |i| y[i] * g[i]);
+                let dot = sum_lanes(y.len(), |i| y[i] * g[i]);
                 for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
                     *o = scale * y * (g - dot);
                 }

@@ -87,15 +87,17 @@ pub(super) fn sum_lanes<A: num_traits::Float>(n: usize, f: impl Fn(usize) -> A) 
 /// [`LANES`] partial maxima.
 #[inline(always)]
 pub(super) fn max_lanes<T: Real>(x: &[T]) -> T {
+    // A select rather than `Float::max`, whose NaN rule keeps the loop from vectorizing.
+    let max = |m: T, v: T| if v > m { v } else { m };
     let mut acc = [T::neg_infinity(); LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
+            *a = max(*a, v);
         }
     }
-    let tail = chunks.remainder().iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
-    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
+    let tail = chunks.remainder().iter().fold(T::neg_infinity(), |m, &v| max(m, v));
+    acc.iter().fold(tail, |m, &v| max(m, v))
 }
 
 /// `true` when the fused kernels apply to `t`: CPU f32/f64, or (feature `cuda`) CUDA

@@ -422,14 +422,12 @@ pub(crate) fn decoder_layer(
     else {
         return Ok(None);
     };
-    // The slots of the biases and per-head norms follow the nine in `extra`'s order.
-    let mut extra_slots = slots[9..].iter().cloned();
+    // The nine weights' slots, then those of the biases and per-head norms in `extra`'s order.
+    let (main, extra_slots) = slots.split_at(all.len());
+    let slots: [Arc<sink::Slot>; 9] = std::array::from_fn(|i| main[i].clone());
+    let mut extra_slots = extra_slots.iter().cloned();
     let mut hold = |t: Option<&Tensor>| Some((t?.clone(), extra_slots.next()?));
     let (bias, qk_norm) = (w.bias.map(&mut hold), w.qk_norm.map(&mut hold));
-    let slots: [Arc<sink::Slot>; 9] = match slots[..9].to_vec().try_into() {
-        Ok(s) => s,
-        Err(_) => return Ok(None),
-    };
     let (b, t, h) = x.dims3()?;
     let m = b * t;
     let LayerShape { heads: nh, kv_heads: nkv, head_dim, eps } = shape;
