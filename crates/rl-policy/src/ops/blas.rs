@@ -32,6 +32,8 @@ use rayon::prelude::*;
 use crate::{PolicyError, Result};
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx512_bf16;
 
 /// `cblas_?gemm(layout, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`, LP64.
@@ -1033,6 +1035,11 @@ pub(crate) fn mm(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 /// How the CPU runs matrix products with bf16 operands ([`super::precision`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Path {
+    /// rl-zero's own kernels on the AMX-BF16 tiles (`tdpbf16ps`; Intel Sapphire Rapids and
+    /// later), no MKL needed, for products with at least 32 rows and 32 columns; smaller ones
+    /// (the decoding steps of sampling) take [`Bf16Path::MklAmx`] when MKL is loaded, else
+    /// [`Bf16Path::Avx512Bf16`]. Set `RLZ_NO_AMX=1` to leave the tiles to MKL (or unused).
+    Amx,
     /// MKL's `cblas_gemm_bf16bf16f32` on a CPU with AMX-BF16 tiles.
     MklAmx,
     /// rl-zero's own kernels on the AVX-512 BF16 dot-product instruction (`vdpbf16ps`; AMD Zen 4
@@ -1049,6 +1056,7 @@ pub enum Bf16Path {
 impl std::fmt::Display for Bf16Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Amx => "amx (rl-zero's tdpbf16ps kernels)",
             Self::MklAmx => "mkl-bf16 (AMX)",
             Self::Avx512Bf16 => "avx512-bf16 (vdpbf16ps)",
             Self::Mkl => "mkl-bf16 (no AMX)",
@@ -1075,15 +1083,28 @@ pub fn cpu_has_amx_bf16() -> bool {
 /// Which path the CPU's bf16 products take now (it changes when [`use_mkl`] succeeds).
 ///
 /// ```
-/// use rl_policy::ops::blas::{Bf16Path, bf16_path, cpu_backend, cpu_has_avx512_bf16};
+/// use rl_policy::ops::blas::{Bf16Path, bf16_path, cpu_backend, cpu_has_amx_bf16, cpu_has_avx512_bf16};
 ///
-/// if cpu_backend() == "gemm" {
+/// let path = bf16_path();
+/// if path == Bf16Path::Amx {
+///     assert!(cpu_has_amx_bf16());
+/// } else if cpu_backend() == "gemm" {
 ///     let expected =
 ///         if cpu_has_avx512_bf16() { Bf16Path::Avx512Bf16 } else { Bf16Path::F32Fallback };
-///     assert_eq!(bf16_path(), expected);
+///     assert_eq!(path, expected);
 /// }
 /// ```
 pub fn bf16_path() -> Bf16Path {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        return Bf16Path::Amx;
+    }
+    small_bf16_path()
+}
+
+/// The path of bf16 products without rl-zero's AMX kernels: those too small for them
+/// ([`Bf16Path::Amx`]), or all of them on a CPU without the tiles.
+fn small_bf16_path() -> Bf16Path {
     match MKL.get().and_then(|m| m.gemm_bf16) {
         Some(_) if cpu_has_amx_bf16() => Bf16Path::MklAmx,
         _ if cpu_has_avx512_bf16() => Bf16Path::Avx512Bf16,
@@ -1093,8 +1114,8 @@ pub fn bf16_path() -> Bf16Path {
 }
 
 /// Why the bf16 products leave this CPU's AMX tiles unused, when they do: `Some` (a message
-/// naming the fix) on a CPU with AMX-BF16 ([`cpu_has_amx_bf16`]) whose bf16 products do not take
-/// [`Bf16Path::MklAmx`] because MKL is not loaded, `None` elsewhere. On a 2-core Xeon with AMX
+/// naming the fix) on a CPU with AMX-BF16 ([`cpu_has_amx_bf16`]) whose bf16 products take
+/// neither [`Bf16Path::Amx`] nor [`Bf16Path::MklAmx`], `None` elsewhere. On a 2-core Xeon with AMX
 /// (2026-12-05, docs/benchmarks.md) MKL's AMX path ran a bf16 forward + backward of SmolLM2
 /// 2.5x (1 thread) and 2.1x (2 threads) faster than rl-zero's AVX-512 BF16 kernels, which on
 /// that CPU are slower than its f32 products. `LanguageModel::set_compute_dtype` logs it once
@@ -1103,25 +1124,27 @@ pub fn bf16_path() -> Bf16Path {
 /// ```
 /// use rl_policy::ops::blas::{Bf16Path, amx_unused, bf16_path, cpu_has_amx_bf16};
 ///
-/// assert_eq!(amx_unused().is_some(), cpu_has_amx_bf16() && bf16_path() != Bf16Path::MklAmx);
+/// let tiles = matches!(bf16_path(), Bf16Path::Amx | Bf16Path::MklAmx);
+/// assert_eq!(amx_unused().is_some(), cpu_has_amx_bf16() && !tiles);
 /// if let Some(why) = amx_unused() {
 ///     assert!(why.contains("RLZ_BLAS"));
 /// }
 /// ```
 pub fn amx_unused() -> Option<&'static str> {
-    if !cpu_has_amx_bf16() || bf16_path() == Bf16Path::MklAmx {
+    if !cpu_has_amx_bf16() || matches!(bf16_path(), Bf16Path::Amx | Bf16Path::MklAmx) {
         return None;
     }
     Some(if MKL.get().is_some() {
-        "this CPU has AMX-BF16 tiles, but bf16 products run without them because the MKL \
-         library RLZ_BLAS names has no cblas_gemm_bf16bf16f32 (MKL 2020 or later has it); set \
-         RLZ_BLAS=$(bash scripts/setup_mkl.sh) to run them on the tiles (without them, bf16 is \
+        "this CPU has AMX-BF16 tiles, but bf16 products run without them: rl-zero's AMX kernels \
+         are off (RLZ_NO_AMX is set, or Linux refused the tile state) and the MKL library \
+         RLZ_BLAS names has no cblas_gemm_bf16bf16f32 (MKL 2020 or later has it); unset \
+         RLZ_NO_AMX, or set RLZ_BLAS=$(bash scripts/setup_mkl.sh) (without the tiles, bf16 is \
          slower than f32 there: docs/benchmarks.md)"
     } else {
-        "this CPU has AMX-BF16 tiles, but bf16 products run without them because MKL is not \
-         loaded; set RLZ_BLAS=$(bash scripts/setup_mkl.sh) to run them on the tiles (a bf16 forward \
-         + backward 2.1-2.5x faster on a 2-core Xeon; without MKL, bf16 is slower than f32 \
-         there: docs/benchmarks.md)"
+        "this CPU has AMX-BF16 tiles, but bf16 products run without them: rl-zero's AMX kernels \
+         are off (RLZ_NO_AMX is set, or Linux refused the tile state) and MKL is not loaded; \
+         unset RLZ_NO_AMX, or set RLZ_BLAS=$(bash scripts/setup_mkl.sh) to run them on the tiles \
+         through MKL (without the tiles, bf16 is slower than f32 there: docs/benchmarks.md)"
     })
 }
 
@@ -1345,8 +1368,16 @@ fn batched_bf16(
         return vec![0.0; len];
     }
     #[cfg(target_arch = "x86_64")]
-    if bf16_path() == Bf16Path::Avx512Bf16 {
-        return batched_avx512_bf16((batch, m, n, k), a, sa, b, sb);
+    {
+        let unit = |s: Strides| s.rs == 1 || s.cs == 1;
+        let amx = m >= amx::MIN_DIM && n >= amx::MIN_DIM && unit(sa) && unit(sb);
+        let amx = amx && bf16_path() == Bf16Path::Amx;
+        if amx {
+            return batched_own((batch, m, n, k), a, sa, b, sb, amx_product);
+        }
+        if small_bf16_path() == Bf16Path::Avx512Bf16 {
+            return batched_own((batch, m, n, k), a, sa, b, sb, avx512_bf16_product);
+        }
     }
     let fits = |v: usize| c_int::try_from(v).is_ok();
     let f = MKL.get().and_then(|mkl| mkl.gemm_bf16);
@@ -1416,16 +1447,63 @@ fn batched_bf16(
     out
 }
 
-/// [`batched_bf16`] on the AVX-512 BF16 kernels: few rows against a transposed weight stream it
-/// ([`avx512_bf16::dots`]), everything else is packed ([`avx512_bf16::gemm`]); batch items one
-/// per thread, a single product split over the threads when it is large.
+/// One bf16 product of rl-zero's own kernels: `c (m × n, row stride ldc) = a · b`, spread over the
+/// rayon threads when the flag is set.
+///
+/// # Safety
+/// As [`avx512_bf16::gemm`], with the kernel's CPU features available.
 #[cfg(target_arch = "x86_64")]
-fn batched_avx512_bf16(
+type OwnProduct = unsafe fn((usize, usize, usize), Mat<u16>, Mat<u16>, *mut f32, usize, bool);
+
+/// [`OwnProduct`] on the AVX-512 BF16 kernels: few rows against a transposed weight stream it
+/// ([`avx512_bf16::dots`]), everything else is packed ([`avx512_bf16::gemm`]).
+///
+/// # Safety
+/// As [`avx512_bf16::gemm`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512_bf16_product(
+    mnk: (usize, usize, usize),
+    a: Mat<u16>,
+    b: Mat<u16>,
+    c: *mut f32,
+    ldc: usize,
+    parallel: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if !avx512_bf16::dots(mnk, a, b, c, ldc, parallel) {
+            avx512_bf16::gemm(mnk, a, b, c, ldc, parallel);
+        }
+    }
+}
+
+/// [`OwnProduct`] on the AMX tiles ([`amx::gemm`]).
+///
+/// # Safety
+/// As [`amx::gemm`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_product(
+    mnk: (usize, usize, usize),
+    a: Mat<u16>,
+    b: Mat<u16>,
+    c: *mut f32,
+    ldc: usize,
+    parallel: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { amx::gemm(mnk, a, b, c, ldc, parallel) }
+}
+
+/// [`batched_bf16`] on one of rl-zero's own kernels: batch items one per thread, a single product
+/// split over the threads when it is large.
+#[cfg(target_arch = "x86_64")]
+fn batched_own(
     (batch, m, n, k): (usize, usize, usize, usize),
     a: &[half::bf16],
     sa: Strides,
     b: &[half::bf16],
     sb: Strides,
+    product: OwnProduct,
 ) -> Vec<f32> {
     let len = batch * m * n;
     let mut out = Vec::<f32>::with_capacity(len);
@@ -1435,15 +1513,12 @@ fn batched_avx512_bf16(
     let one = move |i: usize, parallel: bool| {
         let (c, ma, mb) = (c, ma, mb);
         // SAFETY: item `i`'s operands lie inside `a` and `b` (the caller checked their extents);
-        // its output block `i·m·n..(i+1)·m·n` of `out` is written by this call only; the CPU runs
-        // AVX-512 BF16 (`bf16_path`).
+        // its output block `i·m·n..(i+1)·m·n` of `out` is written by this call only; the caller
+        // chose `product` for a CPU that runs it (`bf16_path`).
         unsafe {
             let ai = Mat { ptr: ma.ptr.add(i * sa.batch), ..ma };
             let bi = Mat { ptr: mb.ptr.add(i * sb.batch), ..mb };
-            let ci = c.0.add(i * m * n);
-            if !avx512_bf16::dots((m, n, k), ai, bi, ci, n, parallel) {
-                avx512_bf16::gemm((m, n, k), ai, bi, ci, n, parallel);
-            }
+            product((m, n, k), ai, bi, c.0.add(i * m * n), n, parallel);
         }
     };
     if batch > 1 {
