@@ -2,9 +2,10 @@
 //! bf16-rounded operands (values and gradients, tight), and SmolLM2-135M in bf16 against f32
 //! (per-token log-prob deltas and per-tensor gradient cosine similarity, bounds stated below).
 //!
-//! The products take the path `ops::blas::bf16_path` names: MKL's `cblas_gemm_bf16bf16f32` on AMX
-//! (with `RLZ_BLAS=<libmkl_rt.so>`), rl-zero's AVX-512 BF16 kernels where the CPU has them, else
-//! the f32 fallback (`RLZ_NO_AVX512_BF16=1` forces it there; `.ci/run` phase `bf16-fallback`).
+//! The products take the path `ops::blas::bf16_path` names: rl-zero's AMX kernels on a CPU with
+//! AMX tiles (`RLZ_NO_AMX=1` turns them off), MKL's `cblas_gemm_bf16bf16f32` (with
+//! `RLZ_BLAS=<libmkl_rt.so>`), rl-zero's AVX-512 BF16 kernels where the CPU has them, else the f32
+//! fallback (`RLZ_NO_AMX=1 RLZ_NO_AVX512_BF16=1` forces it there; `.ci/run` phase `bf16-fallback`).
 
 use std::sync::Arc;
 

@@ -117,6 +117,35 @@ unsafe fn fill_tile(
     let k0 = 2 * T * t;
     let cols = (2 * T).min(k.saturating_sub(k0));
     let word = |lo: u16, hi: u16| u32::from(lo) | u32::from(hi) << 16;
+    if rows == T && cols == 2 * T {
+        // A whole tile: straight from the source (x86 is little-endian, so two adjacent bf16
+        // values read as one `u32` are the word `lo | hi << 16`).
+        if unit_cols(x) {
+            for r in 0..T {
+                let src = addr(x, o * T + r, k0).cast::<u32>();
+                for q in 0..T {
+                    // SAFETY: row `16o + r < outer`, columns `k0 .. k0 + 32 ≤ k`, contiguous.
+                    let w = unsafe { src.add(q).read_unaligned() };
+                    tile[if pairs_major { q * T + r } else { r * T + q }] = w;
+                }
+            }
+        } else {
+            for q in 0..T {
+                // SAFETY: columns `k0 + 2q, k0 + 2q + 1 < k`, rows `16o .. 16o + 16 ≤ outer`,
+                // contiguous.
+                let (lo, hi) = unsafe {
+                    (
+                        std::slice::from_raw_parts(addr(x, o * T, k0 + 2 * q), T),
+                        std::slice::from_raw_parts(addr(x, o * T, k0 + 2 * q + 1), T),
+                    )
+                };
+                for r in 0..T {
+                    tile[if pairs_major { q * T + r } else { r * T + q }] = word(lo[r], hi[r]);
+                }
+            }
+        }
+        return;
+    }
     // The words in the order the reads give them: row-major (`r·16 + q`) when `x`'s rows are
     // contiguous, pair-major (`q·16 + r`) when its columns are.
     let mut w = [0u32; TILE];
@@ -174,9 +203,9 @@ unsafe fn pack(
     (panels, kt): (usize, usize),
     pairs_major: bool,
     parallel: bool,
-) -> Vec<u32> {
-    let mut out = vec![0u32; panels * kt * TILE];
-    let live = outer.div_ceil(T);
+) -> Packed {
+    let mut buf = Packed::take(panels * kt * TILE);
+    let out = &mut buf.0[..panels * kt * TILE];
     if unit_cols(x) {
         let fill = |(o, panel): (usize, &mut [u32])| {
             for (t, tile) in panel.chunks_exact_mut(TILE).enumerate().take(kt) {
@@ -184,7 +213,7 @@ unsafe fn pack(
                 unsafe { fill_tile(x, (outer, k), (o, t), pairs_major, tile) };
             }
         };
-        let chunks = out.chunks_mut(kt * TILE).take(live);
+        let chunks = out.chunks_mut(kt * TILE);
         if parallel {
             chunks.collect::<Vec<_>>().into_par_iter().enumerate().for_each(fill);
         } else {
@@ -193,7 +222,7 @@ unsafe fn pack(
     } else {
         let dst = Out(out.as_mut_ptr());
         let fill = |t: usize| {
-            for o in 0..live {
+            for o in 0..panels {
                 // SAFETY: tile `(o, t)` of `out` (`o < panels`, `t < kt`) is written by this
                 // task only; `out` outlives the tasks.
                 let tile = unsafe {
@@ -209,7 +238,51 @@ unsafe fn pack(
             (0..kt).for_each(fill);
         }
     }
-    out
+    buf
+}
+
+/// Most words a packing buffer keeps between calls (256 MiB); larger ones are freed.
+const POOL_MAX_WORDS: usize = 1 << 26;
+/// Most buffers kept.
+const POOL_MAX_BUFFERS: usize = 4;
+/// Packing buffers of earlier calls: reusing them spares each call the page faults of fresh
+/// memory (on the Emerald Rapids Xeon of 2026-12-05 those made up most of the packing time).
+static POOL: std::sync::Mutex<Vec<Vec<u32>>> = std::sync::Mutex::new(Vec::new());
+
+/// A packed operand in a buffer of [`POOL`], returned to it when dropped.
+struct Packed(Vec<u32>);
+
+impl Packed {
+    /// A buffer of at least `len` words (contents unspecified: [`pack`] writes every word it
+    /// uses): the smallest pooled one that is large enough, else the largest grown.
+    fn take(len: usize) -> Self {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let fit = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+        let any = (0..pool.len()).max_by_key(|&i| pool[i].len());
+        let mut buf = fit.or(any).map(|i| pool.swap_remove(i)).unwrap_or_default();
+        drop(pool);
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        Self(buf)
+    }
+
+    /// The packed words from `at` on.
+    fn from(&self, at: usize) -> *const u32 {
+        self.0[at..].as_ptr()
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if buf.len() <= POOL_MAX_WORDS {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_MAX_BUFFERS {
+                pool.push(buf);
+            }
+        }
+    }
 }
 
 /// The 32 × 32 block `c` (row stride `ldc` floats) = the two `a` panels from `a0` / `a1` times
@@ -311,11 +384,9 @@ pub(super) unsafe fn gemm(
         // release below.
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
         for i in (i0..i1).step_by(2 * T) {
-            let a0 = pa[(i / T) * kt * TILE..].as_ptr();
-            let a1 = pa[(i / T + 1) * kt * TILE..].as_ptr();
+            let (a0, a1) = (pa.from((i / T) * kt * TILE), pa.from((i / T + 1) * kt * TILE));
             for j in (j0..j1).step_by(2 * T) {
-                let b0 = pb[(j / T) * kt * TILE..].as_ptr();
-                let b1 = pb[(j / T + 1) * kt * TILE..].as_ptr();
+                let (b0, b1) = (pb.from((j / T) * kt * TILE), pb.from((j / T + 1) * kt * TILE));
                 let (rows, cols) = ((2 * T).min(m - i), (2 * T).min(n - j));
                 // SAFETY: the panels hold `kt` tiles each (padded to whole pairs of panels); the
                 // block `(i, j)` lies in this task's part of `c`, or goes through `edge`.
