@@ -11,10 +11,7 @@
 #   bin/rl_policy-lib  rl-policy's unit tests (run.sh runs those named *cuda*: the kernel parity test)
 #   bin/device         rl-policy/tests/device.rs (goldens, finite differences, KV cache, GPU vs CPU)
 #   bin/device_bench   rl-policy/examples/device_bench.rs (the rl-zero side of the benchmark)
-#   bin/device_trainer tests/device_trainer.rs (Dr. GRPO steps on the GPU against the CPU), only
-#                      with RLZ_BUNDLE_TRAINER=1: the facade crate unifies dependency features
-#                      differently, so cargo builds candle-kernels (PTX + libmoe.a) a second time
-#                      for it (about as long as the rest of a cold build here)
+#   bin/device_trainer tests/device_trainer.rs (Dr. GRPO steps on the GPU against the CPU)
 # Each is ~55 MB, most of it the same (candle's PTX, the SASS of candle-kernels' libmoe.a): they
 # are shipped as one bin.tar.xz (xz -9 finds the repetition; ~1/20 of the size), which run.sh
 # unpacks with Python's lzma module.
@@ -26,7 +23,7 @@
 #
 # usage: bash scripts/gpu_bundle.sh
 # env:   CUDA_COMPUTE_CAP (default 80), CARGO_TARGET_DIR (default <repo>/target/gpu-bundle),
-#        OUT (default <repo>/dist/gpu-bundle), NICE (default 15), RLZ_BUNDLE_TRAINER (default 0)
+#        OUT (default <repo>/dist/gpu-bundle), NICE (default 15)
 # cost:  ~105 MB of wheels; a cold build compiles candle-kernels (PTX + libmoe.a) and every
 #        dependency in release mode: see docs/gpu.md for measured times.
 set -euo pipefail
@@ -52,12 +49,15 @@ for line in sys.stdin:
         print(m["target"]["name"] + "\t" + m["target"]["kind"][0] + "\t" + m["executable"])'
 }
 build() { nice -n "${NICE:-15}" cargo "$@" --message-format=json-render-diagnostics | executables; }
+# The same package and feature selection for every binary: the facade crate (for device_trainer)
+# and rl-policy alone unify dependency features differently, so builds selecting one of them each
+# built candle-core and candle-kernels (PTX + libmoe.a) twice; selected together, they are resolved
+# and built once. (`cargo test --example` would build the example as a test harness, without its
+# main: the example gets a `cargo build` of its own, with the same selection.)
+sel=(--release --locked -p rl-policy -p rl-zero --features rl-policy/cuda,rl-zero/cuda)
 list=$(
-  build test --no-run --release --locked -p rl-policy --features cuda --lib --test device
-  build build --release --locked -p rl-policy --features cuda --example device_bench
-  if [ "${RLZ_BUNDLE_TRAINER:-0}" = 1 ]; then
-    build test --no-run --release --locked -p rl-zero --features cuda --test device_trainer
-  fi
+  build test --no-run "${sel[@]}" --lib --test device --test device_trainer
+  build build "${sel[@]}" --example device_bench
 )
 secs=$(( $(date +%s) - start ))
 
@@ -72,8 +72,7 @@ while IFS=$'\t' read -r name kind exe; do
     device_trainer/test) cp "$exe" "$stage/bin/device_trainer" ;;
   esac
 done <<<"$list"
-bins="rl_policy-lib device device_bench"
-[ "${RLZ_BUNDLE_TRAINER:-0}" = 1 ] && bins="$bins device_trainer"
+bins="rl_policy-lib device device_bench device_trainer"
 for b in $bins; do
   [ -x "$stage/bin/$b" ] || { echo "gpu_bundle: bin/$b was not built" >&2; exit 1; }
 done
