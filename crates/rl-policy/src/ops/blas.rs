@@ -1371,7 +1371,7 @@ fn batched_bf16(
     {
         let unit = |s: Strides| s.rs == 1 || s.cs == 1;
         let amx = m >= amx::MIN_DIM && n >= amx::MIN_DIM && unit(sa) && unit(sb);
-        let amx = amx && bf16_path() == Bf16Path::Amx;
+        let amx = (amx || amx::decode_fits((m, n, k), sb.rs)) && bf16_path() == Bf16Path::Amx;
         if amx {
             return batched_own((batch, m, n, k), a, sa, b, sb, amx_product);
         }
@@ -1477,7 +1477,8 @@ unsafe fn avx512_bf16_product(
     }
 }
 
-/// [`OwnProduct`] on the AMX tiles ([`amx::gemm`]).
+/// [`OwnProduct`] on the AMX tiles: [`amx::decode`] for a few rows against a transposed weight
+/// (the decoding step: the weight streamed once, unpacked), else [`amx::gemm`].
 ///
 /// # Safety
 /// As [`amx::gemm`].
@@ -1490,8 +1491,14 @@ unsafe fn amx_product(
     ldc: usize,
     parallel: bool,
 ) {
-    // SAFETY: the caller's contract.
-    unsafe { amx::gemm(mnk, a, b, c, ldc, parallel) }
+    // SAFETY: the caller's contract; `decode_fits` checked `decode`'s further conditions.
+    unsafe {
+        if amx::decode_fits(mnk, b.rs) {
+            amx::decode(mnk, a, b, c, ldc, parallel);
+        } else {
+            amx::gemm(mnk, a, b, c, ldc, parallel);
+        }
+    }
 }
 
 /// [`batched_bf16`] on one of rl-zero's own kernels: batch items one per thread, a single product
@@ -1655,8 +1662,9 @@ mod tests {
         }
     }
 
-    /// bf16 products on the active [`Bf16Path`] (on a CPU with AVX-512 BF16: rl-zero's kernels,
-    /// both the packed and the streaming one) against the f64 product of the same bf16-rounded
+    /// bf16 products on the active [`Bf16Path`] (on a CPU with AMX: rl-zero's tile kernels, the
+    /// packed one and the decoding one that streams a transposed weight; with AVX-512 BF16:
+    /// rl-zero's kernels, both the packed and the streaming one) against the f64 product of the same bf16-rounded
     /// operands, for every layout the decoder produces, tile remainders (rows, columns and `k`
     /// not multiples of the tiles, odd `k`), multi-threaded sizes and batches.
     #[test]
@@ -1675,6 +1683,9 @@ mod tests {
             (300, 96, 200),
             (130, 700, 64),
             (70, 513, 290),
+            (1, 32, 16),
+            (3, 96, 80),
+            (16, 64, 1040),
         ] {
             let a = values(&[m, k], 1, DType::F32);
             let b = values(&[k, n], 2, DType::F32);

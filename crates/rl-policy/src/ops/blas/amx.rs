@@ -412,3 +412,160 @@ pub(super) unsafe fn gemm(
         (0..blocks_m * blocks_n).for_each(task);
     }
 }
+
+/// Most rows of `x` [`decode`] takes (one tile of `xᵀ` columns).
+pub(super) const DECODE_ROWS: usize = T;
+/// Weight rows per [`decode`] task.
+const DECODE_TASK_ROWS: usize = 256;
+
+/// `true` when [`decode`] can run `x (m × k) · b` with `b = wᵀ` (`k × n`) for a weight `w` whose
+/// rows are contiguous (`b.rs == 1`): few rows of `x` (the decoding step of sampling), whole tiles
+/// along `k` and `n`.
+pub(super) fn decode_fits((m, n, k): (usize, usize, usize), b_rs: usize) -> bool {
+    (1..=DECODE_ROWS).contains(&m) && k % (2 * T) == 0 && n % T == 0 && k > 0 && b_rs == 1
+}
+
+/// `c (m × n, row stride ldc) = x (m × k) · b` for `b = wᵀ`, `w` a row-major bf16 weight (`n × k`,
+/// row stride `b.cs`) read straight from memory as the tiles' left operand (no packing: a
+/// decoding step reads each weight once), times `xᵀ` packed into `k / 32` right-operand tiles that
+/// stay in L1. Four groups of 16 weight rows share each `xᵀ` tile; each group's 16 × 16 product
+/// (weight rows × rows of `x`) is transposed into `c`.
+///
+/// # Safety
+/// [`available`] is `true`; [`decode_fits`] holds (for `b.rs`); `x` addresses `m × k` readable elements, `b`
+/// `k × n`; `c` addresses `m × n` writable elements at row stride `ldc ≥ n` that nothing else
+/// touches.
+pub(super) unsafe fn decode(
+    (m, n, k): (usize, usize, usize),
+    x: Mat<u16>,
+    b: Mat<u16>,
+    c: *mut f32,
+    ldc: usize,
+    parallel: bool,
+) {
+    let kt = k / (2 * T);
+    // SAFETY: the caller's bounds.
+    let xt = unsafe { pack(m, k, x, (1, kt), true, false) };
+    let (w, ldw) = (Mat { ptr: b.ptr, rs: b.cs, cs: 1 }, b.cs);
+    let out = Out(c);
+    let task = |s: usize| {
+        let (r0, r1) = (s * DECODE_TASK_ROWS, ((s + 1) * DECODE_TASK_ROWS).min(n));
+        let mut acc = [0f32; 4 * TILE];
+        // SAFETY: tile instructions on this thread only, between this configuration and the
+        // release below.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
+        let mut r = r0;
+        while r < r1 {
+            let groups = if r1 - r >= 4 * T { 4 } else { 1 };
+            // SAFETY: weight rows `r .. r + 16·groups ≤ n` (`n` is a multiple of 16), `kt` tiles
+            // of `xᵀ`; `acc` holds `groups` tiles.
+            unsafe { decode_rows(groups, kt, addr(w, r, 0), ldw, xt.from(0), acc.as_mut_ptr()) };
+            for g in 0..groups {
+                for i in 0..T {
+                    for j in 0..m {
+                        // SAFETY: row `j < m`, column `r + 16g + i < n` of `c`, in this task's
+                        // columns.
+                        unsafe {
+                            *out.ptr().add(j * ldc + r + g * T + i) = acc[g * TILE + i * T + j]
+                        };
+                    }
+                }
+            }
+            r += groups * T;
+        }
+        // SAFETY: returns the tiles to their initial state.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    };
+    let tasks = n.div_ceil(DECODE_TASK_ROWS);
+    if parallel {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// `groups` (1 or 4) tiles of 16 weight rows from `w` (row stride `ldw` elements) times the `kt`
+/// packed `xᵀ` tiles at `xt`, over the whole shared dimension, stored to `acc` (tile `g` at
+/// `g · 256`, row stride 16 floats).
+///
+/// # Safety
+/// The tiles are configured ([`CONFIG`]) on this thread; `w` addresses `16·groups` rows of
+/// `32·kt` readable elements at stride `ldw`; `xt` addresses `kt` tiles; `acc` `groups · 256`
+/// writable floats; `kt ≥ 1`.
+#[inline(always)]
+unsafe fn decode_rows(
+    groups: usize,
+    kt: usize,
+    w: *const u16,
+    ldw: usize,
+    xt: *const u32,
+    acc: *mut f32,
+) {
+    let stride = ldw * 2;
+    // SAFETY: the caller's contract; each iteration reads 64 bytes of each of the weight rows and
+    // one `xᵀ` tile, the stores write `groups` tiles of `acc`.
+    unsafe {
+        if groups == 4 {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm7, [{x} + {s64}]",
+                "tileloadd tmm4, [{w0} + {ld}]",
+                "tdpbf16ps tmm0, tmm4, tmm7",
+                "tileloadd tmm5, [{w1} + {ld}]",
+                "tdpbf16ps tmm1, tmm5, tmm7",
+                "tileloadd tmm6, [{w2} + {ld}]",
+                "tdpbf16ps tmm2, tmm6, tmm7",
+                "tileloadd tmm4, [{w3} + {ld}]",
+                "tdpbf16ps tmm3, tmm4, tmm7",
+                "add {x}, 1024",
+                "add {w0}, 64",
+                "add {w1}, 64",
+                "add {w2}, 64",
+                "add {w3}, 64",
+                "dec {kt}",
+                "jnz 2b",
+                "tilestored [{a0} + {s64}], tmm0",
+                "tilestored [{a1} + {s64}], tmm1",
+                "tilestored [{a2} + {s64}], tmm2",
+                "tilestored [{a3} + {s64}], tmm3",
+                x = inout(reg) xt => _,
+                w0 = inout(reg) w => _,
+                w1 = inout(reg) w.add(T * ldw) => _,
+                w2 = inout(reg) w.add(2 * T * ldw) => _,
+                w3 = inout(reg) w.add(3 * T * ldw) => _,
+                kt = inout(reg) kt => _,
+                ld = in(reg) stride,
+                s64 = in(reg) 64usize,
+                a0 = in(reg) acc,
+                a1 = in(reg) acc.add(TILE),
+                a2 = in(reg) acc.add(2 * TILE),
+                a3 = in(reg) acc.add(3 * TILE),
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "2:",
+                "tileloadd tmm7, [{x} + {s64}]",
+                "tileloadd tmm4, [{w0} + {ld}]",
+                "tdpbf16ps tmm0, tmm4, tmm7",
+                "add {x}, 1024",
+                "add {w0}, 64",
+                "dec {kt}",
+                "jnz 2b",
+                "tilestored [{a0} + {s64}], tmm0",
+                x = inout(reg) xt => _,
+                w0 = inout(reg) w => _,
+                kt = inout(reg) kt => _,
+                ld = in(reg) stride,
+                s64 = in(reg) 64usize,
+                a0 = in(reg) acc,
+                options(nostack),
+            );
+        }
+    }
+}
