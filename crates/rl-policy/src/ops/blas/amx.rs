@@ -13,10 +13,16 @@
 //! - `b` (`k × n`): panels of 16 columns; a panel holds `k / 2` pair rows of 16 words, so its
 //!   tile `t` (pair rows `16t .. 16t + 16`) is again 1 KiB contiguous.
 //!
-//! The register kernel keeps a 32 × 32 block of `c` in four tiles (two `a` tiles, two `b` tiles,
-//! four products per 32 values of `k`) and stores it once, after the whole of `k`. On the 2-core
-//! Emerald Rapids Xeon of 2026-12-05 one core ran it at ~0.8-1.0 TFLOP/s on SmolLM2-sized products
-//! with the operands in L2 (2.3 TFLOP/s for tiles already in registers; the loads bound it).
+//! The register kernel ([`gemm`]) keeps a 32 × 32 block of `c` in four tiles (two `a` tiles, two
+//! `b` tiles, four products per 32 values of `k`) and stores it once, after the whole of `k`. On
+//! the 2-core Emerald Rapids Xeon of 2026-12-05 one core ran it at 0.65-0.8 TFLOP/s on SmolLM2's
+//! training products alone and 0.4-0.8 within a training pass (2.3 TFLOP/s for tiles already in
+//! registers: the tile loads from L2 bound it; blocking the shared dimension did not help).
+//! Packing buffers are pooled between calls (fresh pages made up most of the packing time).
+//!
+//! The decoding step ([`decode`]: at most 16 rows against a transposed row-major weight) packs
+//! only the rows: the weight streams straight from memory into the tiles as the left operand, so
+//! it is read once per step.
 //!
 //! Linux hands the tile state to a process only after it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM,
 //! XFEATURE_XTILEDATA)`); [`available`] asks once and is `false` if the kernel refuses.
