@@ -1373,10 +1373,10 @@ fn batched_bf16(
         let amx = m >= amx::MIN_DIM && n >= amx::MIN_DIM && unit(sa) && unit(sb);
         let amx = (amx || amx::decode_fits((m, n, k), sb.rs)) && bf16_path() == Bf16Path::Amx;
         if amx {
-            return batched_own((batch, m, n, k), a, sa, b, sb, amx_product);
+            return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Amx);
         }
         if small_bf16_path() == Bf16Path::Avx512Bf16 {
-            return batched_own((batch, m, n, k), a, sa, b, sb, avx512_bf16_product);
+            return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Avx512Bf16);
         }
     }
     let fits = |v: usize| c_int::try_from(v).is_ok();
@@ -1447,56 +1447,64 @@ fn batched_bf16(
     out
 }
 
-/// One bf16 product of rl-zero's own kernels: `c (m × n, row stride ldc) = a · b`, spread over the
-/// rayon threads when the flag is set.
-///
-/// # Safety
-/// As [`avx512_bf16::gemm`], with the kernel's CPU features available.
+/// rl-zero's own bf16 product kernels ([`batched_own`]).
 #[cfg(target_arch = "x86_64")]
-type OwnProduct = unsafe fn((usize, usize, usize), Mat<u16>, Mat<u16>, *mut f32, usize, bool);
-
-/// [`OwnProduct`] on the AVX-512 BF16 kernels: few rows against a transposed weight stream it
-/// ([`avx512_bf16::dots`]), everything else is packed ([`avx512_bf16::gemm`]).
-///
-/// # Safety
-/// As [`avx512_bf16::gemm`].
-#[cfg(target_arch = "x86_64")]
-unsafe fn avx512_bf16_product(
-    mnk: (usize, usize, usize),
-    a: Mat<u16>,
-    b: Mat<u16>,
-    c: *mut f32,
-    ldc: usize,
-    parallel: bool,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if !avx512_bf16::dots(mnk, a, b, c, ldc, parallel) {
-            avx512_bf16::gemm(mnk, a, b, c, ldc, parallel);
-        }
-    }
+#[derive(Clone, Copy)]
+enum OwnKernel {
+    /// The AVX-512 BF16 kernels: few rows against a transposed weight stream it
+    /// ([`avx512_bf16::dots`]), everything else is packed ([`avx512_bf16::gemm`]).
+    Avx512Bf16,
+    /// The AMX tiles: [`amx::decode`] for a few rows against a transposed weight (the decoding
+    /// step: the weight streamed once, unpacked), else [`amx::gemm`].
+    Amx,
 }
 
-/// [`OwnProduct`] on the AMX tiles: [`amx::decode`] for a few rows against a transposed weight
-/// (the decoding step: the weight streamed once, unpacked), else [`amx::gemm`].
+/// Zero `m × n` outputs at `c` (row stride `ldc`) when `k` is 0; `true` when the product is
+/// empty (`m`, `n` or `k` is 0) and so done.
 ///
 /// # Safety
-/// As [`amx::gemm`].
+/// `c` addresses `m` rows of `n` writable elements at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn amx_product(
-    mnk: (usize, usize, usize),
-    a: Mat<u16>,
-    b: Mat<u16>,
-    c: *mut f32,
-    ldc: usize,
-    parallel: bool,
-) {
-    // SAFETY: the caller's contract; `decode_fits` checked `decode`'s further conditions.
-    unsafe {
-        if amx::decode_fits(mnk, b.rs) {
-            amx::decode(mnk, a, b, c, ldc, parallel);
-        } else {
-            amx::gemm(mnk, a, b, c, ldc, parallel);
+unsafe fn empty_product((m, n, k): (usize, usize, usize), c: *mut f32, ldc: usize) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row `i` of `c`.
+            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+        }
+    }
+    k == 0
+}
+
+#[cfg(target_arch = "x86_64")]
+impl OwnKernel {
+    /// `c (m × n, row stride ldc) = a · b`, spread over the rayon threads when `parallel`.
+    ///
+    /// # Safety
+    /// As [`avx512_bf16::gemm`] / [`amx::gemm`], with the kernel's CPU features available.
+    unsafe fn product(
+        self,
+        mnk: (usize, usize, usize),
+        (a, b): (Mat<u16>, Mat<u16>),
+        c: *mut f32,
+        ldc: usize,
+        parallel: bool,
+    ) {
+        // SAFETY: the caller's contract; `decode_fits` checks `decode`'s further conditions.
+        unsafe {
+            match self {
+                Self::Avx512Bf16 => {
+                    if !avx512_bf16::dots(mnk, a, b, c, ldc, parallel) {
+                        avx512_bf16::gemm(mnk, a, b, c, ldc, parallel);
+                    }
+                }
+                Self::Amx if amx::decode_fits(mnk, b.rs) => {
+                    amx::decode(mnk, a, b, c, ldc, parallel)
+                }
+                Self::Amx => amx::gemm(mnk, a, b, c, ldc, parallel),
+            }
         }
     }
 }
@@ -1510,7 +1518,7 @@ fn batched_own(
     sa: Strides,
     b: &[half::bf16],
     sb: Strides,
-    product: OwnProduct,
+    kernel: OwnKernel,
 ) -> Vec<f32> {
     let len = batch * m * n;
     let mut out = Vec::<f32>::with_capacity(len);
@@ -1521,11 +1529,11 @@ fn batched_own(
         let (c, ma, mb) = (c, ma, mb);
         // SAFETY: item `i`'s operands lie inside `a` and `b` (the caller checked their extents);
         // its output block `i·m·n..(i+1)·m·n` of `out` is written by this call only; the caller
-        // chose `product` for a CPU that runs it (`bf16_path`).
+        // chose `kernel` for a CPU that runs it (`bf16_path`).
         unsafe {
             let ai = Mat { ptr: ma.ptr.add(i * sa.batch), ..ma };
             let bi = Mat { ptr: mb.ptr.add(i * sb.batch), ..mb };
-            product((m, n, k), ai, bi, c.0.add(i * m * n), n, parallel);
+            kernel.product((m, n, k), (ai, bi), c.0.add(i * m * n), n, parallel);
         }
     };
     if batch > 1 {

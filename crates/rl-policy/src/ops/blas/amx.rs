@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Mat, Out};
+use super::{Mat, Out, empty_product};
 
 /// Rows (and columns) of a tile and pairs of the shared dimension in one.
 const T: usize = 16;
@@ -76,6 +76,13 @@ fn request_tiles() -> bool {
 #[cfg(not(target_os = "linux"))]
 fn request_tiles() -> bool {
     false
+}
+
+/// Assembly that zeroes the four accumulator tiles `tmm0`-`tmm3`, the start of both kernels.
+macro_rules! zero_accumulators {
+    () => {
+        "tilezero tmm0\ntilezero tmm1\ntilezero tmm2\ntilezero tmm3"
+    };
 }
 
 /// The tile configuration (palette 1): tiles 0-7 all 16 rows × 64 bytes.
@@ -309,10 +316,7 @@ unsafe fn block(
     // write the 32 × 32 block; tile registers are not used by compiled Rust code.
     unsafe {
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
+            zero_accumulators!(),
             "2:",
             "tileloadd tmm4, [{a0} + {s}]",
             "tileloadd tmm6, [{b0} + {s}]",
@@ -363,14 +367,8 @@ pub(super) unsafe fn gemm(
     ldc: usize,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for i in 0..m {
-            // SAFETY: row `i` of `c`.
-            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
-        }
+    // SAFETY: the caller's bounds on `c`.
+    if unsafe { empty_product((m, n, k), c, ldc) } {
         return;
     }
     let kt = k.div_ceil(2 * T);
@@ -513,10 +511,7 @@ unsafe fn decode_rows(
     unsafe {
         if groups == 4 {
             asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
+                zero_accumulators!(),
                 "2:",
                 "tileloadd tmm7, [{x} + {s64}]",
                 "tileloadd tmm4, [{w0} + {ld}]",

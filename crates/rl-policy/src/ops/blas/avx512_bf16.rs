@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Mat, Out, PREFETCH_GROUPS, prefetch_rows};
+use super::{Mat, Out, PREFETCH_GROUPS, empty_product, prefetch_rows};
 
 /// Rows of a register tile of `c`.
 const MR: usize = 8;
@@ -184,17 +184,11 @@ pub(super) unsafe fn gemm(
     ldc: usize,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
+    // SAFETY: the caller's bounds on `c`.
+    if unsafe { empty_product((m, n, k), c, ldc) } {
         return;
     }
     let kp = k.div_ceil(2);
-    if kp == 0 {
-        for i in 0..m {
-            // SAFETY: row `i` of `c`.
-            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
-        }
-        return;
-    }
     let bt = Mat { ptr: b.ptr, rs: b.cs, cs: b.rs };
     // SAFETY: the caller's bounds (`bt` addresses the same elements as `b`).
     let (pa, pb) = unsafe { (pack(m, k, a, MR, parallel), pack(n, k, bt, NR, parallel)) };
