@@ -1036,8 +1036,9 @@ pub(crate) fn mm(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Path {
     /// rl-zero's own kernels on the AMX-BF16 tiles (`tdpbf16ps`; Intel Sapphire Rapids and
-    /// later), no MKL needed, for products with at least 32 rows and 32 columns; smaller ones
-    /// (the decoding steps of sampling) take [`Bf16Path::MklAmx`] when MKL is loaded, else
+    /// later), no MKL needed, for products with at least 32 rows and 32 columns and for the
+    /// decoding steps of sampling (at most 16 rows against a transposed weight of whole tiles);
+    /// other small products take [`Bf16Path::MklAmx`] when MKL is loaded, else
     /// [`Bf16Path::Avx512Bf16`]. Set `RLZ_NO_AMX=1` to leave the tiles to MKL (or unused).
     Amx,
     /// MKL's `cblas_gemm_bf16bf16f32` on a CPU with AMX-BF16 tiles.
@@ -1369,9 +1370,11 @@ fn batched_bf16(
     }
     #[cfg(target_arch = "x86_64")]
     {
+        // The AMX kernels read operands with contiguous rows or columns (any candle matmul
+        // layout has one).
         let unit = |s: Strides| s.rs == 1 || s.cs == 1;
-        let amx = m >= amx::MIN_DIM && n >= amx::MIN_DIM && unit(sa) && unit(sb);
-        let amx = (amx || amx::decode_fits((m, n, k), sb.rs)) && bf16_path() == Bf16Path::Amx;
+        let shape = (m >= amx::MIN_DIM && n >= amx::MIN_DIM) || amx::decode_fits((m, n, k), sb.rs);
+        let amx = shape && unit(sa) && unit(sb) && bf16_path() == Bf16Path::Amx;
         if amx {
             return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Amx);
         }
@@ -1672,8 +1675,8 @@ mod tests {
 
     /// bf16 products on the active [`Bf16Path`] (on a CPU with AMX: rl-zero's tile kernels, the
     /// packed one and the decoding one that streams a transposed weight; with AVX-512 BF16:
-    /// rl-zero's kernels, both the packed and the streaming one) against the f64 product of the same bf16-rounded
-    /// operands, for every layout the decoder produces, tile remainders (rows, columns and `k`
+    /// rl-zero's kernels, both the packed and the streaming one) against the f64 product of the
+    /// same bf16-rounded operands, for every layout the decoder produces, tile remainders (rows, columns and `k`
     /// not multiples of the tiles, odd `k`), multi-threaded sizes and batches.
     #[test]
     fn bf16_products_match_the_product_of_rounded_operands() {

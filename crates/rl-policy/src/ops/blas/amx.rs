@@ -352,13 +352,14 @@ unsafe fn block(
     }
 }
 
-/// `c (m × n, row stride ldc) = a (m × k) · b (k × n)` for bf16 operands (any strides), f32
-/// accumulation and result, on the AMX tiles. Parallel over blocks of `c` on the rayon threads
-/// when `parallel`.
+/// `c (m × n, row stride ldc) = a (m × k) · b (k × n)` for bf16 operands (each with contiguous
+/// rows or columns), f32 accumulation and result, on the AMX tiles. Parallel over blocks of `c`
+/// on the rayon threads when `parallel`.
 ///
 /// # Safety
-/// [`available`] is `true`; `a` and `b` address `m × k` and `k × n` readable elements; `c`
-/// addresses `m × n` writable elements at row stride `ldc ≥ n` that nothing else touches.
+/// [`available`] is `true`; `a` and `b` address `m × k` and `k × n` readable elements, each with
+/// a unit row or column stride; `c` addresses `m × n` writable elements at row stride `ldc ≥ n`
+/// that nothing else touches.
 pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     a: Mat<u16>,
@@ -436,9 +437,9 @@ pub(super) fn decode_fits((m, n, k): (usize, usize, usize), b_rs: usize) -> bool
 /// (weight rows × rows of `x`) is transposed into `c`.
 ///
 /// # Safety
-/// [`available`] is `true`; [`decode_fits`] holds (for `b.rs`); `x` addresses `m × k` readable elements, `b`
-/// `k × n`; `c` addresses `m × n` writable elements at row stride `ldc ≥ n` that nothing else
-/// touches.
+/// [`available`] is `true`; [`decode_fits`] holds (for `b.rs`); `x` has a unit row or column
+/// stride and addresses `m × k` readable elements, `b` `k × n`; `c` addresses `m × n` writable
+/// elements at row stride `ldc ≥ n` that nothing else touches.
 pub(super) unsafe fn decode(
     (m, n, k): (usize, usize, usize),
     x: Mat<u16>,
