@@ -201,14 +201,14 @@ unsafe fn fill_tile(
     }
 }
 
-/// Packs `x` (`outer × k`, rows or columns contiguous: `x.cs == 1` or `x.rs == 1`) in tiles of 16 `outer` indices × 16 pairs
-/// ([`fill_tile`]): `panels` panels of `kt` tiles, panel `o`'s tile `t` at `(o·kt + t)·256`.
-/// With contiguous rows the tiles are filled panel by panel (each reads its rows in order); with
+/// Packs `x` (`outer × k`, rows or columns contiguous: `x.cs == 1` or `x.rs == 1`) in tiles of
+/// 16 `outer` indices × 16 pairs ([`fill_tile`]): `panels` panels of `kt` tiles, panel `o`'s tile
+/// `t` at `(o·kt + t)·256`. With contiguous rows the tiles are filled panel by panel (each reads its rows in order); with
 /// contiguous columns, tile column by tile column (each pair of `x` columns is read once, in
 /// order, across all panels), so strided operands are not re-read from memory per panel.
 ///
 /// # Safety
-/// `x` addresses `outer × k` readable elements.
+/// `x` addresses `outer × k` readable elements, and `x.cs == 1` or `x.rs == 1`.
 unsafe fn pack(
     outer: usize,
     k: usize,
@@ -461,10 +461,14 @@ pub(super) unsafe fn decode(
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
         let mut r = r0;
         while r < r1 {
-            let groups = if r1 - r >= 4 * T { 4 } else { 1 };
+            // Up to four groups of 16 rows; past the task's last row the kernel recomputes the
+            // first group (its extra tiles are not read).
+            let groups = ((r1 - r) / T).min(4);
+            let rows: [*const u16; 4] =
+                std::array::from_fn(|g| addr(w, r + if g < groups { g * T } else { 0 }, 0));
             // SAFETY: weight rows `r .. r + 16·groups ≤ n` (`n` is a multiple of 16), `kt` tiles
-            // of `xᵀ`; `acc` holds `groups` tiles.
-            unsafe { decode_rows(groups, kt, addr(w, r, 0), ldw, xt.from(0), acc.as_mut_ptr()) };
+            // of `xᵀ`; `acc` holds four tiles.
+            unsafe { decode_rows(kt, rows, ldw, xt.from(0), acc.as_mut_ptr()) };
             for g in 0..groups {
                 for i in 0..T {
                     for j in 0..m {
@@ -489,85 +493,55 @@ pub(super) unsafe fn decode(
     }
 }
 
-/// `groups` (1 or 4) tiles of 16 weight rows from `w` (row stride `ldw` elements) times the `kt`
+/// Four tiles of 16 weight rows (tile `g` from `w[g]`, row stride `ldw` elements) times the `kt`
 /// packed `xᵀ` tiles at `xt`, over the whole shared dimension, stored to `acc` (tile `g` at
 /// `g · 256`, row stride 16 floats).
 ///
 /// # Safety
-/// The tiles are configured ([`CONFIG`]) on this thread; `w` addresses `16·groups` rows of
-/// `32·kt` readable elements at stride `ldw`; `xt` addresses `kt` tiles; `acc` `groups · 256`
-/// writable floats; `kt ≥ 1`.
+/// The tiles are configured ([`CONFIG`]) on this thread; each `w[g]` addresses 16 rows of `32·kt`
+/// readable elements at stride `ldw`; `xt` addresses `kt` tiles; `acc` 1024 writable floats;
+/// `kt ≥ 1`.
 #[inline(always)]
-unsafe fn decode_rows(
-    groups: usize,
-    kt: usize,
-    w: *const u16,
-    ldw: usize,
-    xt: *const u32,
-    acc: *mut f32,
-) {
-    let stride = ldw * 2;
+unsafe fn decode_rows(kt: usize, w: [*const u16; 4], ldw: usize, xt: *const u32, acc: *mut f32) {
     // SAFETY: the caller's contract; each iteration reads 64 bytes of each of the weight rows and
-    // one `xᵀ` tile, the stores write `groups` tiles of `acc`.
+    // one `xᵀ` tile, the stores write the four tiles of `acc`.
     unsafe {
-        if groups == 4 {
-            asm!(
-                zero_accumulators!(),
-                "2:",
-                "tileloadd tmm7, [{x} + {s64}]",
-                "tileloadd tmm4, [{w0} + {ld}]",
-                "tdpbf16ps tmm0, tmm4, tmm7",
-                "tileloadd tmm5, [{w1} + {ld}]",
-                "tdpbf16ps tmm1, tmm5, tmm7",
-                "tileloadd tmm6, [{w2} + {ld}]",
-                "tdpbf16ps tmm2, tmm6, tmm7",
-                "tileloadd tmm4, [{w3} + {ld}]",
-                "tdpbf16ps tmm3, tmm4, tmm7",
-                "add {x}, 1024",
-                "add {w0}, 64",
-                "add {w1}, 64",
-                "add {w2}, 64",
-                "add {w3}, 64",
-                "dec {kt}",
-                "jnz 2b",
-                "tilestored [{a0} + {s64}], tmm0",
-                "tilestored [{a1} + {s64}], tmm1",
-                "tilestored [{a2} + {s64}], tmm2",
-                "tilestored [{a3} + {s64}], tmm3",
-                x = inout(reg) xt => _,
-                w0 = inout(reg) w => _,
-                w1 = inout(reg) w.add(T * ldw) => _,
-                w2 = inout(reg) w.add(2 * T * ldw) => _,
-                w3 = inout(reg) w.add(3 * T * ldw) => _,
-                kt = inout(reg) kt => _,
-                ld = in(reg) stride,
-                s64 = in(reg) 64usize,
-                a0 = in(reg) acc,
-                a1 = in(reg) acc.add(TILE),
-                a2 = in(reg) acc.add(2 * TILE),
-                a3 = in(reg) acc.add(3 * TILE),
-                options(nostack),
-            );
-        } else {
-            asm!(
-                "tilezero tmm0",
-                "2:",
-                "tileloadd tmm7, [{x} + {s64}]",
-                "tileloadd tmm4, [{w0} + {ld}]",
-                "tdpbf16ps tmm0, tmm4, tmm7",
-                "add {x}, 1024",
-                "add {w0}, 64",
-                "dec {kt}",
-                "jnz 2b",
-                "tilestored [{a0} + {s64}], tmm0",
-                x = inout(reg) xt => _,
-                w0 = inout(reg) w => _,
-                kt = inout(reg) kt => _,
-                ld = in(reg) stride,
-                s64 = in(reg) 64usize,
-                a0 = in(reg) acc,
-                options(nostack),
-            );
-        }
+        asm!(
+            zero_accumulators!(),
+            "2:",
+            "tileloadd tmm7, [{x} + {s64}]",
+            "tileloadd tmm4, [{w0} + {ld}]",
+            "tdpbf16ps tmm0, tmm4, tmm7",
+            "tileloadd tmm5, [{w1} + {ld}]",
+            "tdpbf16ps tmm1, tmm5, tmm7",
+            "tileloadd tmm6, [{w2} + {ld}]",
+            "tdpbf16ps tmm2, tmm6, tmm7",
+            "tileloadd tmm4, [{w3} + {ld}]",
+            "tdpbf16ps tmm3, tmm4, tmm7",
+            "add {x}, 1024",
+            "add {w0}, 64",
+            "add {w1}, 64",
+            "add {w2}, 64",
+            "add {w3}, 64",
+            "dec {kt}",
+            "jnz 2b",
+            "tilestored [{a0} + {s64}], tmm0",
+            "tilestored [{a1} + {s64}], tmm1",
+            "tilestored [{a2} + {s64}], tmm2",
+            "tilestored [{a3} + {s64}], tmm3",
+            x = inout(reg) xt => _,
+            w0 = inout(reg) w[0] => _,
+            w1 = inout(reg) w[1] => _,
+            w2 = inout(reg) w[2] => _,
+            w3 = inout(reg) w[3] => _,
+            kt = inout(reg) kt => _,
+            ld = in(reg) ldw * 2,
+            s64 = in(reg) 64usize,
+            a0 = in(reg) acc,
+            a1 = in(reg) acc.add(TILE),
+            a2 = in(reg) acc.add(2 * TILE),
+            a3 = in(reg) acc.add(3 * TILE),
+            options(nostack),
+        );
     }
 }
