@@ -1303,9 +1303,19 @@ pub(crate) fn to_bf16(t: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::bail!("to_bf16: expected a CPU f32 tensor");
     };
     let (a, b) = l.contiguous_offsets().expect("contiguous");
-    let out = f32_to_bf16(&v[a..b]);
+    let n = b - a;
+    // The values start at a 64-byte boundary (a cache line; the AMX kernels read such a left
+    // operand in place, [`amx::gemm`]): up to 31 slots before them, zeroed, are not part of the
+    // tensor.
+    let mut out = Vec::<half::bf16>::with_capacity(n + 31);
+    let at = (64 - out.as_ptr() as usize % 64) % 64 / 2;
+    let spare = out.spare_capacity_mut();
+    spare[..at].fill(std::mem::MaybeUninit::new(half::bf16::ZERO));
+    round_into(&v[a..b], &mut spare[at..at + n]);
+    // SAFETY: the two lines above wrote the first `at + n` elements.
+    unsafe { out.set_len(at + n) };
     drop(s);
-    Tensor::from_vec(out, t.shape(), t.device())
+    Tensor::from_vec(out, at + n, t.device())?.narrow(0, at, n)?.reshape(t.shape())
 }
 
 /// The elements `l` addresses in `s` (from its start offset on) as bf16: borrowed when `s` is
@@ -1340,6 +1350,17 @@ pub(crate) fn matmul_bf16_storage(
     Ok(CpuStorage::F32(batched_bf16(bmnk, &a, sa, &b, sb)))
 }
 
+/// `true` when an `m × k · k × n` bf16 product with these operand strides goes to the AMX tiles
+/// ([`amx::gemm`] or [`amx::decode`]): the path is on, both operands have a unit row or column
+/// stride (any candle matmul layout has one), and the shape is large enough to pack or is a
+/// decoding step.
+#[cfg(target_arch = "x86_64")]
+fn amx_route((m, n, k): (usize, usize, usize), sa: Strides, sb: Strides) -> bool {
+    let unit = |s: Strides| s.rs == 1 || s.cs == 1;
+    let shape = (m >= amx::MIN_DIM && n >= amx::MIN_DIM) || amx::decode_fits((m, n, k), sb.rs);
+    shape && unit(sa) && unit(sb) && bf16_path() == Bf16Path::Amx
+}
+
 /// BLAS transpose flag and leading dimension of a `rows × cols` operand, when it has unit
 /// stride along one axis.
 fn blas_ld(s: Strides, rows: usize, cols: usize) -> Option<(c_int, usize)> {
@@ -1370,16 +1391,12 @@ fn batched_bf16(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        // The AMX kernels read operands with contiguous rows or columns (any candle matmul
-        // layout has one).
-        let unit = |s: Strides| s.rs == 1 || s.cs == 1;
-        let shape = (m >= amx::MIN_DIM && n >= amx::MIN_DIM) || amx::decode_fits((m, n, k), sb.rs);
-        let amx = shape && unit(sa) && unit(sb) && bf16_path() == Bf16Path::Amx;
-        if amx {
-            return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Amx);
+        if amx_route((m, n, k), sa, sb) {
+            return batched_own((batch, m, n, k), (a, sa), b, sb, OwnKernel::Amx);
         }
         if small_bf16_path() == Bf16Path::Avx512Bf16 {
-            return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Avx512Bf16);
+            let a = (a, sa);
+            return batched_own((batch, m, n, k), a, b, sb, OwnKernel::Avx512Bf16);
         }
     }
     let fits = |v: usize| c_int::try_from(v).is_ok();
@@ -1517,8 +1534,7 @@ impl OwnKernel {
 #[cfg(target_arch = "x86_64")]
 fn batched_own(
     (batch, m, n, k): (usize, usize, usize, usize),
-    a: &[half::bf16],
-    sa: Strides,
+    (a, sa): (&[half::bf16], Strides),
     b: &[half::bf16],
     sb: Strides,
     kernel: OwnKernel,
@@ -1716,6 +1732,23 @@ mod tests {
         ));
         let kt = values(&[2, 3, 5, 64], 8, DType::F32).transpose(2, 3).unwrap();
         cases.push((p.clone(), kt));
+        // Batches and row strides wider than `k` for the AMX path's rounded-in-place left operand.
+        let wide = values(&[2, 70, 100], 10, DType::F32);
+        cases.push((wide.narrow(2, 3, 90).unwrap(), values(&[2, 90, 50], 11, DType::F32)));
+        cases.push((
+            values(&[2, 3, 40, 64], 12, DType::F32),
+            values(&[2, 3, 64, 48], 13, DType::F32),
+        ));
+        // A bf16 left operand at a 64-byte boundary, which the AMX path reads in place.
+        let (m, k) = (64, 96);
+        let flat = values(&[m * k + 32], 14, DType::BF16);
+        let at = {
+            let (s, _) = flat.storage_and_layout();
+            let candle_core::Storage::Cpu(CpuStorage::BF16(v)) = &*s else { unreachable!() };
+            (64 - v.as_ptr() as usize % 64) % 64 / 2
+        };
+        let aligned = flat.narrow(0, at, m * k).unwrap().reshape((m, k)).unwrap();
+        cases.push((aligned, values(&[k, 48], 15, DType::F32)));
         for (i, (a, b)) in cases.iter().enumerate() {
             let rank = a.rank();
             let (m, k, n) = (a.dims()[rank - 2], a.dims()[rank - 1], b.dims()[rank - 1]);

@@ -13,6 +13,10 @@
 //! - `b` (`k × n`): panels of 16 columns; a panel holds `k / 2` pair rows of 16 words, so its
 //!   tile `t` (pair rows `16t .. 16t + 16`) is again 1 KiB contiguous.
 //!
+//! A left operand whose rows are already tile rows (contiguous, 64-byte aligned start and row
+//! stride, whole tiles) is read in place instead: `super::to_bf16` aligns the activations it
+//! rounds for that.
+//!
 //! The register kernel ([`gemm`]) keeps a 32 × 32 block of `c` in four tiles (two `a` tiles, two
 //! `b` tiles, four products per 32 values of `k`) and stores it once, after the whole of `k`. On
 //! the 2-core Emerald Rapids Xeon of 2026-12-05 one core ran it at 0.65-0.8 TFLOP/s on SmolLM2's
@@ -298,36 +302,42 @@ impl Drop for Packed {
     }
 }
 
-/// The 32 × 32 block `c` (row stride `ldc` floats) = the two `a` panels from `a0` / `a1` times
-/// the two `b` panels from `b0` / `b1`, over `kt` tiles of the shared dimension.
+/// Where the left operand's tiles are: the two 16-row tiles of one 32-row block start at `a0` /
+/// `a1`, their rows `row` bytes apart, and the next tile along the shared dimension `step` bytes
+/// further on (packed panels: 64 and 1024; `a` read in place: its row stride and 64).
+#[derive(Clone, Copy)]
+struct Left {
+    a0: *const u8,
+    a1: *const u8,
+    row: usize,
+    step: usize,
+}
+
+/// The 32 × 32 block `c` (row stride `ldc` floats) = the 32 rows of the left operand that `a`
+/// locates times the two `b` panels from `b0` / `b1`, over `kt` tiles of the shared dimension.
 ///
 /// # Safety
-/// The tiles are configured ([`CONFIG`]) on this thread; `a0`, `a1`, `b0`, `b1` each address `kt`
-/// packed tiles; `c` addresses 32 rows of 32 writable floats at stride `ldc`; `kt ≥ 1`.
+/// The tiles are configured ([`CONFIG`]) on this thread; `a` addresses `kt` tiles per row of
+/// tiles, `b0`, `b1` each `kt` packed tiles; `c` addresses 32 rows of 32 writable floats at stride
+/// `ldc`; `kt ≥ 1`.
 #[inline(always)]
-unsafe fn block(
-    kt: usize,
-    a: (*const u32, *const u32),
-    b: (*const u32, *const u32),
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn block(kt: usize, a: Left, b: (*const u32, *const u32), c: *mut f32, ldc: usize) {
     // SAFETY: the caller's contract; the loop reads `kt` tiles from each pointer and the stores
     // write the 32 × 32 block; tile registers are not used by compiled Rust code.
     unsafe {
         asm!(
             zero_accumulators!(),
             "2:",
-            "tileloadd tmm4, [{a0} + {s}]",
+            "tileloadd tmm4, [{a0} + {sa}]",
             "tileloadd tmm6, [{b0} + {s}]",
             "tdpbf16ps tmm0, tmm4, tmm6",
             "tileloadd tmm7, [{b1} + {s}]",
             "tdpbf16ps tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a1} + {s}]",
+            "tileloadd tmm5, [{a1} + {sa}]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 1024",
-            "add {a1}, 1024",
+            "add {a0}, {step}",
+            "add {a1}, {step}",
             "add {b0}, 1024",
             "add {b1}, 1024",
             "dec {kt}",
@@ -336,8 +346,10 @@ unsafe fn block(
             "tilestored [{c1} + {ldc}], tmm1",
             "tilestored [{c2} + {ldc}], tmm2",
             "tilestored [{c3} + {ldc}], tmm3",
-            a0 = inout(reg) a.0 => _,
-            a1 = inout(reg) a.1 => _,
+            a0 = inout(reg) a.a0 => _,
+            a1 = inout(reg) a.a1 => _,
+            sa = in(reg) a.row,
+            step = in(reg) a.step,
             b0 = inout(reg) b.0 => _,
             b1 = inout(reg) b.1 => _,
             kt = inout(reg) kt => _,
@@ -354,7 +366,10 @@ unsafe fn block(
 
 /// `c (m × n, row stride ldc) = a (m × k) · b (k × n)` for bf16 operands (each with contiguous
 /// rows or columns), f32 accumulation and result, on the AMX tiles. Parallel over blocks of `c`
-/// on the rayon threads when `parallel`.
+/// on the rayon threads when `parallel`. `a` is read in place, without packing, when it has
+/// contiguous rows at a 64-byte aligned start and row stride, whole 32-row blocks and whole
+/// 32-value tiles of `k` (a tile row is then 64 bytes of a row of `a`, one cache line); `b` is
+/// always packed (the tiles want it in pairs of the shared dimension).
 ///
 /// # Safety
 /// [`available`] is `true`; `a` and `b` address `m × k` and `k × n` readable elements, each with
@@ -375,9 +390,24 @@ pub(super) unsafe fn gemm(
     let kt = k.div_ceil(2 * T);
     let (pm, pn) = (m.div_ceil(2 * T) * 2, n.div_ceil(2 * T) * 2);
     let bt = Mat { ptr: b.ptr, rs: b.cs, cs: b.rs };
+    let aligned = |x: usize| x.is_multiple_of(64);
+    let whole = m.is_multiple_of(2 * T) && k.is_multiple_of(2 * T);
+    let in_place = unit_cols(a) && whole && aligned(a.ptr as usize) && aligned(2 * a.rs);
     // SAFETY: the caller's bounds (`bt` addresses the same elements as `b`).
     let (pa, pb) = unsafe {
-        (pack(m, k, a, (pm, kt), false, parallel), pack(n, k, bt, (pn, kt), true, parallel))
+        let pa = (!in_place).then(|| pack(m, k, a, (pm, kt), false, parallel));
+        (pa, pack(n, k, bt, (pn, kt), true, parallel))
+    };
+    let left = |i: usize| match &pa {
+        Some(p) => Left {
+            a0: p.from((i / T) * kt * TILE).cast(),
+            a1: p.from((i / T + 1) * kt * TILE).cast(),
+            row: 64,
+            step: 4 * TILE,
+        },
+        None => {
+            Left { a0: addr(a, i, 0).cast(), a1: addr(a, i + T, 0).cast(), row: 2 * a.rs, step: 64 }
+        }
     };
     let (blocks_m, blocks_n) = (m.div_ceil(MC), n.div_ceil(NC));
     let out = Out(c);
@@ -389,7 +419,7 @@ pub(super) unsafe fn gemm(
         // release below.
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
         for i in (i0..i1).step_by(2 * T) {
-            let (a0, a1) = (pa.from((i / T) * kt * TILE), pa.from((i / T + 1) * kt * TILE));
+            let a0 = left(i);
             for j in (j0..j1).step_by(2 * T) {
                 let (b0, b1) = (pb.from((j / T) * kt * TILE), pb.from((j / T + 1) * kt * TILE));
                 let (rows, cols) = ((2 * T).min(m - i), (2 * T).min(n - j));
@@ -397,9 +427,9 @@ pub(super) unsafe fn gemm(
                 // block `(i, j)` lies in this task's part of `c`, or goes through `edge`.
                 unsafe {
                     if rows == 2 * T && cols == 2 * T {
-                        block(kt, (a0, a1), (b0, b1), out.ptr().add(i * ldc + j), ldc);
+                        block(kt, a0, (b0, b1), out.ptr().add(i * ldc + j), ldc);
                     } else {
-                        block(kt, (a0, a1), (b0, b1), edge.as_mut_ptr(), 2 * T);
+                        block(kt, a0, (b0, b1), edge.as_mut_ptr(), 2 * T);
                         for r in 0..rows {
                             let dst = out.ptr().add((i + r) * ldc + j);
                             std::ptr::copy_nonoverlapping(edge.as_ptr().add(r * 2 * T), dst, cols);
