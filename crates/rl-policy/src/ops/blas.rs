@@ -1350,17 +1350,6 @@ pub(crate) fn matmul_bf16_storage(
     Ok(CpuStorage::F32(batched_bf16(bmnk, &a, sa, &b, sb)))
 }
 
-/// `true` when an `m × k · k × n` bf16 product with these operand strides goes to the AMX tiles
-/// ([`amx::gemm`] or [`amx::decode`]): the path is on, both operands have a unit row or column
-/// stride (any candle matmul layout has one), and the shape is large enough to pack or is a
-/// decoding step.
-#[cfg(target_arch = "x86_64")]
-fn amx_route((m, n, k): (usize, usize, usize), sa: Strides, sb: Strides) -> bool {
-    let unit = |s: Strides| s.rs == 1 || s.cs == 1;
-    let shape = (m >= amx::MIN_DIM && n >= amx::MIN_DIM) || amx::decode_fits((m, n, k), sb.rs);
-    shape && unit(sa) && unit(sb) && bf16_path() == Bf16Path::Amx
-}
-
 /// BLAS transpose flag and leading dimension of a `rows × cols` operand, when it has unit
 /// stride along one axis.
 fn blas_ld(s: Strides, rows: usize, cols: usize) -> Option<(c_int, usize)> {
@@ -1391,12 +1380,16 @@ fn batched_bf16(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if amx_route((m, n, k), sa, sb) {
-            return batched_own((batch, m, n, k), (a, sa), b, sb, OwnKernel::Amx);
+        // The AMX kernels read operands with contiguous rows or columns (any candle matmul
+        // layout has one).
+        let unit = |s: Strides| s.rs == 1 || s.cs == 1;
+        let shape = (m >= amx::MIN_DIM && n >= amx::MIN_DIM) || amx::decode_fits((m, n, k), sb.rs);
+        let amx = shape && unit(sa) && unit(sb) && bf16_path() == Bf16Path::Amx;
+        if amx {
+            return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Amx);
         }
         if small_bf16_path() == Bf16Path::Avx512Bf16 {
-            let a = (a, sa);
-            return batched_own((batch, m, n, k), a, b, sb, OwnKernel::Avx512Bf16);
+            return batched_own((batch, m, n, k), a, sa, b, sb, OwnKernel::Avx512Bf16);
         }
     }
     let fits = |v: usize| c_int::try_from(v).is_ok();
@@ -1534,7 +1527,8 @@ impl OwnKernel {
 #[cfg(target_arch = "x86_64")]
 fn batched_own(
     (batch, m, n, k): (usize, usize, usize, usize),
-    (a, sa): (&[half::bf16], Strides),
+    a: &[half::bf16],
+    sa: Strides,
     b: &[half::bf16],
     sb: Strides,
     kernel: OwnKernel,
@@ -1732,7 +1726,7 @@ mod tests {
         ));
         let kt = values(&[2, 3, 5, 64], 8, DType::F32).transpose(2, 3).unwrap();
         cases.push((p.clone(), kt));
-        // Batches and row strides wider than `k` for the AMX path's rounded-in-place left operand.
+        // Batches, and a row stride wider than `k` (the AMX path packs such a left operand).
         let wide = values(&[2, 70, 100], 10, DType::F32);
         cases.push((wide.narrow(2, 3, 90).unwrap(), values(&[2, 90, 50], 11, DType::F32)));
         cases.push((
@@ -1777,6 +1771,41 @@ mod tests {
                 a.dims(),
                 b.dims()
             );
+        }
+    }
+
+    /// `to_bf16` rounds as the scalar rule does and starts its values on a cache line (where the
+    /// AMX kernels read a left operand in place), whatever the source's layout.
+    #[test]
+    fn to_bf16_starts_on_a_cache_line() {
+        // Many sizes: any one allocation may land on a cache line by chance.
+        let shapes = (1..40).map(|n| (vec![n, 3 * n + 1], false));
+        for (shape, transposed) in shapes.chain([(vec![1usize], false), (vec![64, 96], true)]) {
+            let t = values(&shape, 16, DType::F32);
+            let t = if transposed { t.t().unwrap() } else { t };
+            let r = to_bf16(&t).unwrap();
+            assert_eq!(r.dims(), t.dims());
+            let (s, l) = r.storage_and_layout();
+            let candle_core::Storage::Cpu(CpuStorage::BF16(v)) = &*s else { unreachable!() };
+            assert!(l.is_contiguous());
+            let start = v[l.start_offset()..].as_ptr() as usize;
+            assert_eq!(
+                start % 64,
+                0,
+                "{shape:?}: values start {} bytes past a cache line",
+                start % 64
+            );
+            let want: Vec<u16> = t
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&x| bf16_bits(x))
+                .collect();
+            let got: Vec<u16> =
+                v[l.start_offset()..][..want.len()].iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want, "{shape:?}");
         }
     }
 
