@@ -1176,11 +1176,22 @@ const CONVERT: usize = 1 << 15;
 
 /// `x` rounded to bf16, in parallel, into a new vector (not zeroed first).
 fn f32_to_bf16(x: &[f32]) -> Vec<half::bf16> {
-    let mut out = Vec::with_capacity(x.len());
-    round_into(x, &mut out.spare_capacity_mut()[..x.len()]);
-    // SAFETY: `round_into` wrote all `x.len()` elements.
-    unsafe { out.set_len(x.len()) };
-    out
+    f32_to_bf16_from(x, false).0
+}
+
+/// `x` rounded to bf16, in parallel, into a new vector, and the index its values start at: 0, or
+/// with `aligned` after up to 31 zeros, so that they start at a 64-byte boundary (a cache line;
+/// the AMX kernels read such a left operand in place, [`amx::gemm`]).
+fn f32_to_bf16_from(x: &[f32], aligned: bool) -> (Vec<half::bf16>, usize) {
+    let n = x.len();
+    let mut out = Vec::with_capacity(if aligned { n + 31 } else { n });
+    let at = if aligned { (64 - out.as_ptr() as usize % 64) % 64 / 2 } else { 0 };
+    let spare = out.spare_capacity_mut();
+    spare[..at].fill(std::mem::MaybeUninit::new(half::bf16::ZERO));
+    round_into(x, &mut spare[at..at + n]);
+    // SAFETY: the two lines above wrote the first `at + n` elements.
+    unsafe { out.set_len(at + n) };
+    (out, at)
 }
 
 /// `x` rounded to bf16 into `out` (of `x`'s length), in parallel.
@@ -1303,19 +1314,11 @@ pub(crate) fn to_bf16(t: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::bail!("to_bf16: expected a CPU f32 tensor");
     };
     let (a, b) = l.contiguous_offsets().expect("contiguous");
-    let n = b - a;
-    // The values start at a 64-byte boundary (a cache line; the AMX kernels read such a left
-    // operand in place, [`amx::gemm`]): up to 31 slots before them, zeroed, are not part of the
-    // tensor.
-    let mut out = Vec::<half::bf16>::with_capacity(n + 31);
-    let at = (64 - out.as_ptr() as usize % 64) % 64 / 2;
-    let spare = out.spare_capacity_mut();
-    spare[..at].fill(std::mem::MaybeUninit::new(half::bf16::ZERO));
-    round_into(&v[a..b], &mut spare[at..at + n]);
-    // SAFETY: the two lines above wrote the first `at + n` elements.
-    unsafe { out.set_len(at + n) };
+    // The values start on a cache line; the zeros before them are not part of the tensor.
+    let (out, at) = f32_to_bf16_from(&v[a..b], true);
     drop(s);
-    Tensor::from_vec(out, at + n, t.device())?.narrow(0, at, n)?.reshape(t.shape())
+    let len = out.len();
+    Tensor::from_vec(out, len, t.device())?.narrow(0, at, len - at)?.reshape(t.shape())
 }
 
 /// The elements `l` addresses in `s` (from its start offset on) as bf16: borrowed when `s` is
@@ -1686,8 +1689,8 @@ mod tests {
     /// bf16 products on the active [`Bf16Path`] (on a CPU with AMX: rl-zero's tile kernels, the
     /// packed one and the decoding one that streams a transposed weight; with AVX-512 BF16:
     /// rl-zero's kernels, both the packed and the streaming one) against the f64 product of the
-    /// same bf16-rounded operands, for every layout the decoder produces, tile remainders (rows, columns and `k`
-    /// not multiples of the tiles, odd `k`), multi-threaded sizes and batches.
+    /// same bf16-rounded operands, for every layout the decoder produces, tile remainders (rows,
+    /// columns and `k` not multiples of the tiles, odd `k`), multi-threaded sizes and batches.
     #[test]
     fn bf16_products_match_the_product_of_rounded_operands() {
         let mut cases: Vec<(Tensor, Tensor)> = Vec::new();

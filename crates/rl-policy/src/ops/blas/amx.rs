@@ -403,7 +403,7 @@ pub(super) unsafe fn gemm(
             a0: p.from((i / T) * kt * TILE).cast(),
             a1: p.from((i / T + 1) * kt * TILE).cast(),
             row: 64,
-            step: 4 * TILE,
+            step: TILE * std::mem::size_of::<u32>(),
         },
         None => {
             Left { a0: addr(a, i, 0).cast(), a1: addr(a, i + T, 0).cast(), row: 2 * a.rs, step: 64 }
